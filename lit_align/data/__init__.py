@@ -1,0 +1,1 @@
+"""Records in, typed batches out: one DataModule for every method."""

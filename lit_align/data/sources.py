@@ -1,0 +1,111 @@
+"""Where records come from: local files, hub datasets, built-in task generators.
+
+A source is any object with ``records() -> Iterator[tuple[str, dict]]`` yielding
+``(origin, record)``. ``origin`` names the file and line (or generator and index) so
+that validation errors can point at the exact record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+class DataError(ValueError):
+    """A record is malformed. The message names file, record and field."""
+
+
+@runtime_checkable
+class Source(Protocol):
+    def records(self) -> Iterator[tuple[str, dict]]: ...
+
+
+class LocalFile:
+    """Records from a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file."""
+
+    def __init__(self, path: str):
+        """
+        Args:
+            path: file to read; the suffix picks the reader (.jsonl, .json, .parquet).
+        """
+        self.path = path
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        path = Path(self.path).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            yield from self._jsonl(path)
+        elif suffix == ".json":
+            yield from self._json(path)
+        elif suffix == ".parquet":
+            yield from self._parquet(path)
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+
+    @staticmethod
+    def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                origin = f"{path}:line {lineno}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{origin}: malformed JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+                yield origin, record
+
+    @staticmethod
+    def _json(path: Path) -> Iterator[tuple[str, dict]]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        for i, record in enumerate(data):
+            origin = f"{path}:record {i}"
+            if not isinstance(record, dict):
+                raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+            yield origin, record
+
+    @staticmethod
+    def _parquet(path: Path) -> Iterator[tuple[str, dict]]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        for i, record in enumerate(table.to_pylist()):
+            yield f"{path}:row {i}", record
+
+
+class HubDataset:
+    """Records from a Hugging Face dataset id (or a local dataset folder) via ``datasets.load_dataset``."""
+
+    def __init__(self, name: str, split: str = "train", subset: str | None = None):
+        """
+        Args:
+            name: dataset id such as ``HuggingFaceH4/ultrafeedback_binarized``, or a local folder.
+            split: which split to read, e.g. ``train`` or ``train_prefs``.
+            subset: the dataset configuration name, if it has several.
+        """
+        self.name, self.split, self.subset = name, split, subset
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(self.name, self.subset, split=self.split)
+        except (ConnectionError, OSError) as e:
+            raise DataError(
+                f"dataset {self.name!r} (split {self.split!r}) could not be loaded: {e.__class__.__name__}. "
+                "Without hub access, save the data as .jsonl/.parquet and use "
+                "class_path: lit_align.data.sources.LocalFile instead."
+            ) from None
+        for i, record in enumerate(ds):
+            yield f"{self.name}[{self.split}]:row {i}", dict(record)

@@ -1,0 +1,1 @@
+"""Built-in tasks: generators of records plus their verifiers."""
