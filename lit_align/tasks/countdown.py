@@ -1,0 +1,447 @@
+"""Countdown: reach a target number with arithmetic on a handful of given numbers.
+
+A problem is ``{"target": int, "nums": [int, ...]}`` (the schema of the public
+Countdown-Tasks-3to4 data used by TinyZero-style RL studies). The model must write one
+expression with ``+ - * /`` and parentheses that uses every number of ``nums`` exactly once
+and equals ``target``. Division is exact (rational), so ``(7 / 2) * 4 = 14`` is fine.
+
+Scoring (the study's shaped reward), on the *last* ``<answer>...</answer>`` of a completion:
+    1.0  the expression equals the target and uses exactly the multiset ``nums``;
+    0.1  an answer tag is there, but the answer is wrong, misuses numbers or does not parse;
+    0.0  no ``<answer>...</answer>`` at all.
+
+Safety: completions are untrusted model output. They are never handed to ``eval``, ``exec``
+or ``ast``; a small parser accepts only ASCII digits, ``+ - * /``, parentheses and
+whitespace, and gives up early on long answers, deep nesting, many literals, or values and
+denominators that grow too large, so every input is scored in well under a millisecond
+or so. Unary operators are rejected: Countdown numbers are positive, and a bare grammar
+keeps each literal a plain digit run that maps one-to-one onto ``nums``.
+
+Besides the verifier, the module generates solvable problems, solves them by exhaustive
+search, and turns a solution into a short synthetic reasoning trace for SFT warm-up.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from fractions import Fraction
+from typing import Union
+
+# Bounds for untrusted answers; generous for 3-6 numbers below 1000, tiny for an attacker.
+MAX_ANSWER_CHARS = 200
+MAX_DEPTH = 20
+MAX_LITERALS = 10
+MAX_MAGNITUDE = 10**12
+
+_DIGITS = "0123456789"  # spelled out: str.isdigit() would also accept '٣' or '３'
+_OPERATORS = "+-*/"
+_SPACE = " \t\r\n"
+_OPEN, _CLOSE = "<answer>", "</answer>"
+
+# A solution tree: a literal, or (operator, left, right).
+Node = Union[int, tuple]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _tokenize(text: str) -> list:
+    """Split into ints and one-character operator/paren strings; reject anything else."""
+    tokens: list = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch in _DIGITS:
+            j = i
+            while j < len(text) and text[j] in _DIGITS:
+                j += 1
+            tokens.append(int(text[i:j]))  # at most MAX_ANSWER_CHARS digits, so cheap
+            i = j
+        elif ch in _OPERATORS or ch in "()":
+            tokens.append(ch)
+            i += 1
+        elif ch in _SPACE:
+            i += 1
+        else:
+            raise ValueError(f"unexpected character {ch!r} at position {i}")
+    return tokens
+
+
+def _checked(value: Fraction) -> Fraction:
+    """Stop runaway growth before it costs time (huge products or denominators)."""
+    if abs(value) > MAX_MAGNITUDE or value.denominator > MAX_MAGNITUDE:
+        raise ValueError("intermediate value out of bounds")
+    return value
+
+
+def _apply(op: str, a: Fraction, b: Fraction) -> Fraction:
+    """One exact binary operation."""
+    if op == "+":
+        return _checked(a + b)
+    if op == "-":
+        return _checked(a - b)
+    if op == "*":
+        return _checked(a * b)
+    if b == 0:
+        raise ValueError("division by zero")
+    return _checked(a / b)
+
+
+class _Parser:
+    """Recursive descent over: expr = term (('+'|'-') term)*; term = atom (('*'|'/') atom)*;
+    atom = integer | '(' expr ')'. Recursion is bounded by MAX_DEPTH, not by the input."""
+
+    def __init__(self, tokens: list):
+        self.tokens, self.pos, self.literals = tokens, 0, []
+
+    def peek(self) -> object:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def expr(self, depth: int) -> Fraction:
+        value = self.term(depth)
+        while self.peek() in ("+", "-"):
+            op = self.tokens[self.pos]
+            self.pos += 1
+            value = _apply(op, value, self.term(depth))
+        return value
+
+    def term(self, depth: int) -> Fraction:
+        value = self.atom(depth)
+        while self.peek() in ("*", "/"):
+            op = self.tokens[self.pos]
+            self.pos += 1
+            value = _apply(op, value, self.atom(depth))
+        return value
+
+    def atom(self, depth: int) -> Fraction:
+        token = self.peek()
+        self.pos += 1
+        if isinstance(token, int):
+            self.literals.append(token)
+            return _checked(Fraction(token))
+        if token == "(":
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"parentheses nested deeper than {MAX_DEPTH}")
+            value = self.expr(depth + 1)
+            if self.peek() != ")":
+                raise ValueError("missing ')'")
+            self.pos += 1
+            return value
+        raise ValueError("expected a number or '('" if token is None else f"unexpected {token!r}")
+
+
+def parse_expression(text: str) -> tuple[Fraction, list[int]]:
+    """Evaluate an arithmetic answer exactly.
+
+    Returns the value and the integer literals in order of appearance. Raises ``ValueError``
+    with the reason for anything outside the grammar or the bounds (length, depth, literal
+    count, magnitude), including division by zero.
+    """
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ValueError(f"answer longer than {MAX_ANSWER_CHARS} characters")
+    tokens = _tokenize(text)
+    if not tokens:
+        raise ValueError("empty expression")
+    if sum(isinstance(t, int) for t in tokens) > MAX_LITERALS:
+        raise ValueError(f"more than {MAX_LITERALS} numbers")
+    parser = _Parser(tokens)
+    value = parser.expr(0)
+    if parser.pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[parser.pos]!r} after the expression")
+    return value, parser.literals
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _problem(record: dict) -> tuple[int, list[int]]:
+    """Target and numbers as ints; hub or JSON data may store them as strings."""
+    nums = record["nums"]
+    if isinstance(nums, str):
+        nums = nums.strip("[]").replace(",", " ").split()
+    return int(record["target"]), [int(n) for n in nums]
+
+
+def _last_answer(completion: str) -> str | None:
+    """Text inside the last closed answer tag pair; rfind keeps this linear on any input."""
+    end = completion.rfind(_CLOSE)
+    if end < 0:
+        return None
+    start = completion.rfind(_OPEN, 0, end)
+    return None if start < 0 else completion[start + len(_OPEN) : end]
+
+
+def score(completion: str, record: dict) -> float:
+    """1.0 for a correct answer, 0.1 for a present but wrong/invalid one, 0.0 for none."""
+    target, nums = _problem(record)
+    answer = _last_answer(completion)
+    if answer is None:
+        return 0.0
+    try:
+        value, literals = parse_expression(answer.strip())
+    except ValueError:
+        return 0.1
+    if value == target and sorted(literals) == sorted(nums):
+        return 1.0
+    return 0.1
+
+
+class CountdownVerifier:
+    """Reward for Countdown completions: ``score`` applied to each (completion, record) pair."""
+
+    def __call__(self, completions: list[str], records: list[dict]) -> list[float]:
+        if len(completions) != len(records):
+            raise ValueError(f"{len(completions)} completions but {len(records)} records")
+        return [score(c, r) for c, r in zip(completions, records)]
+
+
+# ----------------------------------------------------------------------------- solving
+
+
+def _combine(a: tuple[Fraction, Node], b: tuple[Fraction, Node]) -> Iterator[tuple[Fraction, Node]]:
+    """Every value reachable from two operands with one operation, both orders."""
+    (x, p), (y, q) = a, b
+    yield x + y, ("+", p, q)
+    yield x * y, ("*", p, q)
+    yield x - y, ("-", p, q)
+    yield y - x, ("-", q, p)
+    if y != 0:
+        yield x / y, ("/", p, q)
+    if x != 0:
+        yield y / x, ("/", q, p)
+
+
+def _search(items: list[tuple[Fraction, Node]], target: Fraction) -> Node | None:
+    """Merge two items at a time; this covers every ordering and bracketing."""
+    if len(items) == 1:
+        return items[0][1] if items[0][0] == target else None
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            rest = items[:i] + items[i + 1 : j] + items[j + 1 :]
+            for merged in _combine(items[i], items[j]):
+                found = _search(rest + [merged], target)
+                if found is not None:
+                    return found
+    return None
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
+
+
+def _format(node: Node) -> tuple[str, int]:
+    """Render a tree with only the parentheses the left-to-right grammar needs."""
+    if isinstance(node, int):
+        return str(node), 3
+    op, left, right = node
+    (ltext, lprec), (rtext, rprec) = _format(left), _format(right)
+    prec = _PRECEDENCE[op]
+    if lprec < prec:
+        ltext = f"({ltext})"
+    # a - (b + c) and a / (b * c) keep their parentheses; a + (b - c) does not need them.
+    if rprec < prec or (rprec == prec and op in "-/"):
+        rtext = f"({rtext})"
+    return f"{ltext} {op} {rtext}", prec
+
+
+def _solution_tree(nums: list[int], target: int) -> Node | None:
+    if not nums:
+        return None
+    return _search([(Fraction(n), n) for n in nums], Fraction(target))
+
+
+def solve(nums: list[int], target: int) -> str | None:
+    """An expression using each number once that equals ``target``, or None if none exists.
+
+    Exhaustive and exact; a few milliseconds for four numbers, too slow beyond five or six.
+    """
+    tree = _solution_tree([int(n) for n in nums], int(target))
+    return None if tree is None else _format(tree)[0]
+
+
+# ----------------------------------------------------------------------------- generating
+
+_MAX_GENERATOR_NUMBERS = 5  # traces need `solve`, whose cost explodes past five numbers
+_TRIES_PER_PROBLEM = 10_000
+
+
+def _check_settings(num_problems: int, min_numbers: int, max_numbers: int, max_number: int, max_target: int) -> None:
+    if num_problems < 0:
+        raise ValueError(f"num_problems must be >= 0, got {num_problems}")
+    if not 2 <= min_numbers <= max_numbers <= _MAX_GENERATOR_NUMBERS:
+        raise ValueError(
+            f"need 2 <= min_numbers <= max_numbers <= {_MAX_GENERATOR_NUMBERS}, got {min_numbers}..{max_numbers}"
+        )
+    if max_number < 1 or max_target < 1:
+        raise ValueError(f"max_number and max_target must be >= 1, got {max_number} and {max_target}")
+
+
+def _random_target(rng: random.Random, nums: list[int]) -> int:
+    """Fold the numbers with random operations, keeping every intermediate a positive integer."""
+    pool = list(nums)
+    while len(pool) > 1:
+        a = pool.pop(rng.randrange(len(pool)))
+        b = pool.pop(rng.randrange(len(pool)))
+        big, small = max(a, b), min(a, b)
+        options = [a + b, a * b]
+        if big != small:
+            options.append(big - small)
+        if big % small == 0:
+            options.append(big // small)
+        pool.append(rng.choice(options))
+    return pool[0]
+
+
+def generate_problems(
+    num_problems: int,
+    seed: int = 0,
+    min_numbers: int = 3,
+    max_numbers: int = 4,
+    max_number: int = 100,
+    max_target: int = 1000,
+) -> list[dict]:
+    """Solvable problems ``{"target", "nums"}``, the same list for the same arguments.
+
+    Targets are built forwards from the numbers, so no search is needed and each problem
+    has at least one solution. More numbers, larger numbers and larger targets are harder.
+    """
+    _check_settings(num_problems, min_numbers, max_numbers, max_number, max_target)
+    rng = random.Random(seed)
+    problems = []
+    for _ in range(num_problems):
+        for _ in range(_TRIES_PER_PROBLEM):
+            nums = [rng.randint(1, max_number) for _ in range(rng.randint(min_numbers, max_numbers))]
+            target = _random_target(rng, nums)
+            if 1 <= target <= max_target:
+                problems.append({"target": target, "nums": nums})
+                break
+        else:
+            raise ValueError(f"no target <= {max_target} found for numbers up to {max_number}; raise max_target")
+    return problems
+
+
+# ----------------------------------------------------------------------------- SFT data
+
+
+def _steps(node: Node) -> tuple[Fraction, list[str]]:
+    """Value of a tree and its operations written out one per step, innermost first."""
+    if isinstance(node, int):
+        return Fraction(node), []
+    op, left, right = node
+    (a, left_steps), (b, right_steps) = _steps(left), _steps(right)
+    value = _apply(op, a, b)
+    return value, left_steps + right_steps + [f"{a} {op} {b} = {value}"]
+
+
+def _wrong_attempt(rng: random.Random, nums: list[int], target: int) -> tuple[str, int] | None:
+    """A random positive whole-number combination of all numbers that misses the target."""
+    items = [(Fraction(n), n) for n in nums]
+    while len(items) > 1:
+        a = items.pop(rng.randrange(len(items)))
+        b = items.pop(rng.randrange(len(items)))
+        items.append(rng.choice(list(_combine(a, b))))
+    value, tree = items[0]
+    if value.denominator != 1 or value <= 0 or value == target:
+        return None
+    return _format(tree)[0], int(value)
+
+
+def _misses(rng: random.Random, nums: list[int], target: int, draws: int = 40) -> list[str]:
+    """Up to two near misses with different values, the farther first, so the trace closes in."""
+    by_value = {}
+    for _ in range(draws):  # cheap; most draws are negative or fractional and get dropped
+        attempt = _wrong_attempt(rng, nums, target)
+        if attempt is not None:
+            by_value.setdefault(attempt[1], attempt[0])
+    nearest = sorted(by_value.items(), key=lambda item: abs(item[0] - target))[:2]
+    lines = []
+    for value, text in reversed(nearest):
+        verdict = "too small" if value < target else "too big"
+        lines.append(f"Try {text} = {value}, {verdict}.")
+    return lines
+
+
+def reasoning_trace(record: dict, seed: int | None = None) -> str:
+    """A short think-then-answer completion: two honest misses, then the worked solution.
+
+    ``seed`` picks the misses; by default it comes from the problem, so traces are stable.
+    Raises ``ValueError`` when the problem has no solution.
+    """
+    target, nums = _problem(record)
+    tree = _solution_tree(nums, target)
+    if tree is None:
+        raise ValueError(f"no solution for target {target} with {nums}")
+    rng = random.Random(f"{target}:{nums}" if seed is None else seed)
+    lines = [f"Need {target} from {', '.join(map(str, nums))}, each used once."]
+    lines += _misses(rng, nums, target)
+    lines.append("Try " + ", then ".join(_steps(tree)[1]) + f". That is {target}.")
+    return "<think>\n" + "\n".join(lines) + "\n</think>\n" + f"<answer>{_format(tree)[0]}</answer>"
+
+
+def prompt_text(record: dict) -> str:
+    """The user instruction for one problem."""
+    target, nums = _problem(record)
+    return (
+        f"Make {target} from the numbers {', '.join(map(str, nums))}. "
+        "Combine them with + - * / and parentheses, using every number exactly once. "
+        "Think it through inside <think> </think>, then put only the expression inside "
+        "<answer> </answer>, for example <answer>(1 + 2) * 3</answer>."
+    )
+
+
+def to_sft_record(record: dict, seed: int | None = None) -> dict:
+    """A chat record whose assistant turn is a synthetic reasoning trace."""
+    target, nums = _problem(record)
+    return {
+        "messages": [
+            {"role": "user", "content": prompt_text(record)},
+            {"role": "assistant", "content": reasoning_trace(record, seed)},
+        ],
+        "target": target,
+        "nums": nums,
+    }
+
+
+def to_prompt_record(record: dict) -> dict:
+    """A prompt-only record for online RL; target and nums ride along for the verifier."""
+    target, nums = _problem(record)
+    return {"prompt": [{"role": "user", "content": prompt_text(record)}], "target": target, "nums": nums}
+
+
+class CountdownSource:
+    """Generated Countdown problems as SFT traces or RL prompts (a data ``Source``)."""
+
+    def __init__(
+        self,
+        num_problems: int = 1000,
+        seed: int = 0,
+        min_numbers: int = 3,
+        max_numbers: int = 4,
+        max_number: int = 100,
+        with_traces: bool = True,
+        max_target: int = 1000,
+    ):
+        """
+        Args:
+            num_problems: how many problems to generate.
+            seed: random seed; the same seed gives the same problems.
+            min_numbers: fewest numbers in a problem.
+            max_numbers: most numbers in a problem (at most 5).
+            max_number: largest number drawn.
+            with_traces: True for SFT records with reasoning traces, False for RL prompt records.
+            max_target: largest target allowed.
+        """
+        # Fail at config time rather than when the data module first reads records.
+        _check_settings(num_problems, min_numbers, max_numbers, max_number, max_target)
+        self.num_problems, self.seed = num_problems, seed
+        self.min_numbers, self.max_numbers = min_numbers, max_numbers
+        self.max_number, self.max_target = max_number, max_target
+        self.with_traces = with_traces
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        problems = generate_problems(
+            self.num_problems, self.seed, self.min_numbers, self.max_numbers, self.max_number, self.max_target
+        )
+        for i, problem in enumerate(problems):
+            record = to_sft_record(problem) if self.with_traces else to_prompt_record(problem)
+            yield f"countdown(seed={self.seed}):problem {i}", record
