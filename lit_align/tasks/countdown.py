@@ -13,8 +13,8 @@ Scoring (the study's shaped reward), on the *last* ``<answer>...</answer>`` of a
 Safety: completions are untrusted model output. They are never handed to ``eval``, ``exec``
 or ``ast``; a small parser accepts only ASCII digits, ``+ - * /``, parentheses and
 whitespace, and gives up early on long answers, deep nesting, many literals, or values and
-denominators that grow too large, so every input is scored in well under a millisecond
-or so. Unary operators are rejected: Countdown numbers are positive, and a bare grammar
+denominators that grow too large, so any input is scored within a millisecond or so.
+Unary operators are rejected: Countdown numbers are positive, and a bare grammar
 keeps each literal a plain digit run that maps one-to-one onto ``nums``.
 
 Besides the verifier, the module generates solvable problems, solves them by exhaustive
@@ -173,7 +173,11 @@ def _last_answer(completion: str) -> str | None:
 
 
 def score(completion: str, record: dict) -> float:
-    """1.0 for a correct answer, 0.1 for a present but wrong/invalid one, 0.0 for none."""
+    """1.0 for a correct answer, 0.1 for a present but wrong/invalid one, 0.0 for none.
+
+    Only the completion is untrusted; a record without int-like ``target``/``nums`` is a
+    data bug and raises ``ValueError`` (or ``KeyError``) instead of scoring.
+    """
     target, nums = _problem(record)
     answer = _last_answer(completion)
     if answer is None:
@@ -212,15 +216,21 @@ def _combine(a: tuple[Fraction, Node], b: tuple[Fraction, Node]) -> Iterator[tup
         yield y / x, ("/", q, p)
 
 
-def _search(items: list[tuple[Fraction, Node]], target: Fraction) -> Node | None:
-    """Merge two items at a time; this covers every ordering and bracketing."""
+def _search(items: list[tuple[Fraction, Node]], target: Fraction, tidy: bool) -> Node | None:
+    """Merge two items at a time; this covers every ordering and bracketing.
+
+    With ``tidy``, only non-negative whole intermediates are kept (the TV-show rules).
+    """
     if len(items) == 1:
         return items[0][1] if items[0][0] == target else None
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
             rest = items[:i] + items[i + 1 : j] + items[j + 1 :]
             for merged in _combine(items[i], items[j]):
-                found = _search(rest + [merged], target)
+                if tidy and (merged[0] < 0 or merged[0].denominator != 1):
+                    continue
+                # Merged item first, so solutions read '(a + b) * c' rather than 'c * (a + b)'.
+                found = _search([merged] + rest, target, tidy)
                 if found is not None:
                     return found
     return None
@@ -247,7 +257,10 @@ def _format(node: Node) -> tuple[str, int]:
 def _solution_tree(nums: list[int], target: int) -> Node | None:
     if not nums:
         return None
-    return _search([(Fraction(n), n) for n in nums], Fraction(target))
+    items, goal = [(Fraction(n), n) for n in nums], Fraction(target)
+    # A tidy solution makes a more readable trace; the full search is the fallback.
+    tree = _search(items, goal, tidy=True)
+    return tree if tree is not None else _search(items, goal, tidy=False)
 
 
 def solve(nums: list[int], target: int) -> str | None:
@@ -266,6 +279,7 @@ _TRIES_PER_PROBLEM = 10_000
 
 
 def _check_settings(num_problems: int, min_numbers: int, max_numbers: int, max_number: int, max_target: int) -> None:
+    """Reject generator settings that are meaningless or would make `solve` crawl."""
     if num_problems < 0:
         raise ValueError(f"num_problems must be >= 0, got {num_problems}")
     if not 2 <= min_numbers <= max_numbers <= _MAX_GENERATOR_NUMBERS:

@@ -1,0 +1,73 @@
+"""Typed batches and the pure functions that pad examples into them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lit_align.data.formats import IGNORE_INDEX, Example
+
+
+@dataclass
+class SFTBatch:
+    """Right-padded token ids with labels (``-100`` where no loss).
+
+    ``loss_normalizer``: what the summed token loss of this batch is divided by. For training it is
+    set so that, after gradient accumulation and data-parallel averaging, the gradient equals that of
+    the mean over every loss token of the global batch; for evaluation it is this batch's token count.
+    """
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long
+    labels: torch.Tensor  # (B, T) long
+    loss_normalizer: float
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded prompts for generation, with the source records (for verifiers and rewards)."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long
+    records: list[dict]
+
+
+def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
+    """Pad lists of ints to a (B, max_len) tensor.
+
+    >>> pad([[1, 2, 3], [4]], 0).tolist()
+    [[1, 2, 3], [4, 0, 0]]
+    >>> pad([[1, 2, 3], [4]], 0, side="left").tolist()
+    [[1, 2, 3], [0, 0, 4]]
+    """
+    width = max(len(s) for s in sequences)
+    rows = [s + [value] * (width - len(s)) if side == "right" else [value] * (width - len(s)) + s for s in sequences]
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def collate_sft(examples: list[Example], pad_id: int, loss_normalizer: float | None = None) -> SFTBatch:
+    """Pad examples into an ``SFTBatch``; the normalizer defaults to the batch's own loss-token count.
+
+    >>> from lit_align.data.formats import Example
+    >>> b = collate_sft([Example([5, 6, 7], [-100, 6, 7], "a"), Example([5, 8], [-100, 8], "b")], pad_id=0)
+    >>> b.input_ids.tolist(), b.attention_mask.tolist(), b.labels.tolist(), b.loss_normalizer
+    ([[5, 6, 7], [5, 8, 0]], [[1, 1, 1], [1, 1, 0]], [[-100, 6, 7], [-100, 8, -100]], 3.0)
+    """
+    input_ids = pad([e.input_ids for e in examples], pad_id)
+    attention_mask = pad([[1] * len(e.input_ids) for e in examples], 0)
+    labels = pad([e.labels for e in examples], IGNORE_INDEX)
+    batch = SFTBatch(input_ids, attention_mask, labels, 0.0)
+    batch.loss_normalizer = float(loss_normalizer if loss_normalizer is not None else batch.num_loss_tokens)
+    return batch
+
+
+def collate_prompts(prompts: list[list[int]], records: list[dict], pad_id: int) -> PromptBatch:
+    """Left-pad prompts so that generation continues every row from the same position."""
+    input_ids = pad(prompts, pad_id, side="left")
+    attention_mask = pad([[1] * len(p) for p in prompts], 0, side="left")
+    return PromptBatch(input_ids, attention_mask, records)

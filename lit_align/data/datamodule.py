@@ -1,0 +1,153 @@
+"""``AlignDataModule``: every source, every method, one path from records to typed batches."""
+
+from __future__ import annotations
+
+import logging
+import random
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from lit_align.data import formats
+from lit_align.data.collate import collate_prompts, collate_sft
+from lit_align.data.sampler import WindowBatchSampler
+from lit_align.data.sources import DataError, Source
+
+log = logging.getLogger(__name__)
+
+
+class _Indexed(Dataset):
+    """Items are looked up by ``(index, window_tokens)`` pairs from ``WindowBatchSampler``."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, window_tokens = key
+            return self.items[index], window_tokens
+        return self.items[key], None
+
+
+class AlignDataModule(L.LightningDataModule):
+    """Reads, validates and tokenizes records for whichever method is being trained.
+
+    The method decides the batch type through its ``data_format`` (``"sft"`` or ``"prompt"``) and
+    lends its tokenizer, so the data always matches the model.
+    """
+
+    def __init__(
+        self,
+        train: Source,
+        val: Source | None = None,
+        val_fraction: float = 0.0,
+        limit: int | None = None,
+        max_length: int = 1024,
+        truncation: str = "truncate",
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            train: where training records come from (LocalFile, HubDataset, CountdownSource, ...).
+            val: where validation records come from; when None, ``val_fraction`` of train is held out.
+            val_fraction: share of train records held out for validation when ``val`` is None.
+            limit: read at most this many records from each source (quick runs).
+            max_length: longest sequence in tokens, prompt included.
+            truncation: over-long records: "truncate" cuts the completion's end, "drop" skips the record.
+            batch_size: examples per micro-batch on each device.
+            val_batch_size: examples per validation batch (default: batch_size).
+            num_workers: DataLoader worker processes.
+            seed: seed for the train/val split and the shuffling order.
+        """
+        super().__init__()
+        if truncation not in ("truncate", "drop"):
+            raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.train_source, self.val_source = train, val
+        self.val_fraction, self.limit, self.seed = val_fraction, limit, seed
+        self.max_length, self.truncation = max_length, truncation
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.tokenizer = None
+        self.data_format = "sft"
+        self.train_items: list = []
+        self.val_items: list = []
+
+    def _read(self, source: Source) -> list[tuple[str, dict]]:
+        records = []
+        for origin, record in source.records():
+            if self.limit is not None and len(records) >= self.limit:
+                break
+            records.append((origin, record))
+        return records
+
+    def setup(self, stage: str | None = None) -> None:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is not None:
+            self.tokenizer = module.tokenizer
+            self.data_format = module.data_format
+        if self.tokenizer is None:
+            raise RuntimeError("AlignDataModule needs a tokenizer: attach it to a method or set .tokenizer")
+        train = self._read(self.train_source)
+        if self.val_source is not None:
+            val = self._read(self.val_source)
+        else:
+            random.Random(self.seed).shuffle(train)
+            n_val = int(round(len(train) * self.val_fraction))
+            train, val = train[n_val:], train[:n_val]
+        self.train_items = self._prepare(train, "train")
+        self.val_items = self._prepare(val, "val")
+
+    def _prepare(self, records: list[tuple[str, dict]], split: str) -> list:
+        if self.data_format == "prompt":
+            return [(formats.prompt_ids(r, o, self.tokenizer), r) for o, r in records]
+        examples = [formats.sft_example(r, o, self.tokenizer) for o, r in records]
+        kept = [formats.truncate(e, self.max_length, self.truncation) for e in examples]
+        over = sum(len(e.input_ids) > self.max_length for e in examples)
+        dropped = sum(k is None for k in kept)
+        if over:
+            log.warning(
+                "%s: %d of %d records longer than max_length=%d (%s): %d truncated, %d dropped",
+                split, over, len(examples), self.max_length, self.truncation, over - dropped, dropped,
+            )
+        self.stats = getattr(self, "stats", {}) | {f"{split}/over_length": over, f"{split}/dropped": dropped}
+        return [k for k in kept if k is not None]
+
+    def _collate(self, items: list, pad_id: int, accumulate: int = 1, world_size: int = 1):
+        if self.data_format == "prompt":
+            prompts = [item[0][0] for item in items]
+            return collate_prompts(prompts, [item[0][1] for item in items], pad_id)
+        window_tokens = items[0][1]
+        normalizer = None if window_tokens is None else window_tokens / (accumulate * world_size)
+        return collate_sft([item[0] for item in items], pad_id, normalizer)
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_items:
+            raise DataError("no training records left after reading and filtering the train source")
+        trainer = self.trainer
+        accumulate = trainer.accumulate_grad_batches if trainer else 1
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        counts = [x.num_loss_tokens for x in self.train_items] if self.data_format == "sft" else [1] * len(self.train_items)
+        sampler = WindowBatchSampler(counts, self.batch_size, accumulate, world, rank, shuffle=True, seed=self.seed)
+        collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id, accumulate=accumulate, world_size=world)
+        return DataLoader(_Indexed(self.train_items), batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id)
+        return DataLoader(
+            _Indexed(self.val_items), batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,181 @@
+"""Record schemas, validation, and tokenization into examples.
+
+Formats (detected from a record's fields):
+
+- ``messages``: a chat, ``[{"role": "system"|"user"|"assistant", "content": str}, ...]``.
+  Loss on every assistant turn.
+- ``prompt`` + ``completion``: both text, or both message lists. Loss on the completion only.
+- ``prompt`` alone (text or messages): a prompt to sample from (RL, evaluation).
+
+Chat text is rendered with the tokenizer's chat template once and tokenized *without* extra special
+tokens, so a template that writes BOS itself never gets a second one. Loss tokens are found by
+character offsets into that one rendering, so segment boundaries cannot shift the tokenization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lit_align.data.sources import DataError
+
+ROLES = ("system", "user", "assistant")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One tokenized record: ``labels`` is ``IGNORE_INDEX`` on tokens that carry no loss."""
+
+    input_ids: list[int]
+    labels: list[int]
+    origin: str
+
+    @property
+    def num_loss_tokens(self) -> int:
+        # The first token is never predicted (nothing precedes it), so it never counts.
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
+
+
+def _field(record: dict, key: str, origin: str):
+    if key not in record:
+        raise DataError(f"{origin}: missing field {key!r} (fields present: {sorted(record)})")
+    return record[key]
+
+
+def validate_messages(messages, origin: str, field: str = "messages") -> list[dict]:
+    """Check a message list; errors name the record and the exact field."""
+    if not isinstance(messages, list):
+        raise DataError(f"{origin}: field {field!r} must be a list of messages, got {type(messages).__name__}")
+    if not messages:
+        raise DataError(f"{origin}: field {field!r} is an empty conversation")
+    for i, message in enumerate(messages):
+        where = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            raise DataError(f"{origin}: field {where!r} must be an object, got {type(message).__name__}")
+        role = _field(message, "role", f"{origin}: {where}")
+        if role not in ROLES:
+            raise DataError(f"{origin}: field '{where}.role' has unknown role {role!r} (expected one of {ROLES})")
+        content = _field(message, "content", f"{origin}: {where}")
+        if not isinstance(content, str):
+            raise DataError(f"{origin}: field '{where}.content' must be a string, got {type(content).__name__}")
+    return messages
+
+
+def detect_format(record: dict, origin: str) -> str:
+    if "messages" in record:
+        return "messages"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    if "prompt" in record:
+        return "prompt"
+    raise DataError(
+        f"{origin}: cannot tell the record's format from its fields {sorted(record)}; expected 'messages', "
+        "'prompt'+'completion', or 'prompt'"
+    )
+
+
+def sft_example(record: dict, origin: str, tokenizer) -> Example:
+    """Tokenize a ``messages`` or ``prompt``+``completion`` record for supervised fine-tuning."""
+    kind = detect_format(record, origin)
+    if kind == "messages":
+        messages = validate_messages(record["messages"], origin)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{origin}: field 'messages' has no assistant turn, so nothing to learn")
+        return chat_example(messages, 0, origin, tokenizer)
+    if kind != "prompt_completion":
+        raise DataError(f"{origin}: SFT needs 'messages' or 'prompt'+'completion', found only {sorted(record)}")
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, list) or isinstance(completion, list):
+        prompt = validate_messages(prompt, origin, "prompt")
+        completion = validate_messages(completion, origin, "completion")
+        if not any(m["role"] == "assistant" for m in completion):
+            raise DataError(f"{origin}: field 'completion' has no assistant message")
+        return chat_example(prompt + completion, len(prompt), origin, tokenizer)
+    for key, value in (("prompt", prompt), ("completion", completion)):
+        if not isinstance(value, str):
+            raise DataError(f"{origin}: field {key!r} must be a string or a message list, got {type(value).__name__}")
+    if not completion:
+        raise DataError(f"{origin}: field 'completion' is empty")
+    return text_example(prompt, completion, origin, tokenizer)
+
+
+def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def chat_example(messages: list[dict], loss_from: int, origin: str, tokenizer) -> Example:
+    """Tokenize a chat; assistant turns at index >= ``loss_from`` carry loss up to and including EOS."""
+    if not tokenizer.chat_template:
+        raise DataError(f"{origin}: chat records need a tokenizer with a chat template, and this one has none")
+    text = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or i < loss_from:
+            continue
+        prefix = _render(tokenizer, messages[:i], generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if not (upto.startswith(prefix) and text.startswith(upto)):
+            raise DataError(
+                f"{origin}: the chat template renders earlier turns differently once later turns follow, so "
+                "assistant tokens cannot be located; use prompt+completion records for this tokenizer"
+            )
+        spans.append((len(prefix), len(upto)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    eos = tokenizer.eos_token_id
+    for start, end in spans:
+        in_span = [t for t, (s, _) in enumerate(offsets) if start <= s < end]
+        # Text after the turn's EOS (e.g. a newline) is never generated, so it carries no loss.
+        last = max((t for t in in_span if ids[t] == eos), default=in_span[-1] if in_span else None)
+        for t in in_span:
+            if last is not None and t <= last:
+                labels[t] = ids[t]
+    return Example(ids, labels, origin)
+
+
+def text_example(prompt: str, completion: str, origin: str, tokenizer) -> Example:
+    """Plain text: prompt with the tokenizer's own special tokens, completion plus one EOS."""
+    prompt_ids = prompt_text_ids(prompt, tokenizer)
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if not completion_ids or completion_ids[-1] != tokenizer.eos_token_id:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    return Example(prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids, origin)
+
+
+def prompt_text_ids(prompt: str, tokenizer) -> list[int]:
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    # Some tokenizers also append EOS to every encoded text; a prompt must not end the sequence.
+    if len(ids) > 1 and ids[-1] == tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return ids
+
+
+def prompt_ids(record: dict, origin: str, tokenizer) -> list[int]:
+    """Token ids of a record's prompt, ready for generation (chat prompts end with the assistant header)."""
+    prompt = _field(record, "prompt", origin)
+    if isinstance(prompt, list):
+        messages = validate_messages(prompt, origin, "prompt")
+        if not tokenizer.chat_template:
+            raise DataError(f"{origin}: chat prompts need a tokenizer with a chat template")
+        return tokenizer(_render(tokenizer, messages, generation_prompt=True), add_special_tokens=False)["input_ids"]
+    if not isinstance(prompt, str):
+        raise DataError(f"{origin}: field 'prompt' must be a string or a message list, got {type(prompt).__name__}")
+    if not prompt:
+        raise DataError(f"{origin}: field 'prompt' is empty")
+    return prompt_text_ids(prompt, tokenizer)
+
+
+def truncate(example: Example, max_length: int, mode: str) -> Example | None:
+    """Fit an example into ``max_length`` tokens: ``truncate`` cuts the end, ``drop`` returns None.
+
+    An example whose prompt alone leaves no room for a loss token is returned as None in both modes.
+    """
+    if len(example.input_ids) <= max_length:
+        return example
+    if mode == "drop":
+        return None
+    if mode != "truncate":
+        raise ValueError(f"truncation must be 'truncate' or 'drop', got {mode!r}")
+    cut = Example(example.input_ids[:max_length], example.labels[:max_length], example.origin)
+    return cut if cut.num_loss_tokens > 0 else None
