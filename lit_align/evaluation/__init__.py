@@ -1,0 +1,1 @@
+"""Evaluation: verifier scores and accuracy of sampled completions."""

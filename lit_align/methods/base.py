@@ -1,0 +1,106 @@
+"""What every method shares: the policy, its tokenizer, optimiser and schedule, generation, export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from lit_align import models
+from lit_align.data.collate import PromptBatch
+from lit_align.generation import SamplingParams, sample
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
+    """Linear warm-up to the optimiser's lr, then cosine decay to ``min_lr_ratio`` of it."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class PolicyModule(L.LightningModule):
+    """Base of the methods that train a causal LM policy."""
+
+    data_format = "sft"
+
+    def __init__(
+        self,
+        model: str = "embedded:smollm2-135m-instruct",
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        lora: models.LoRA | None = None,
+        load_in_4bit: bool = False,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        generation: SamplingParams | None = None,
+    ):
+        """
+        Args:
+            model: embedded:NAME, tiny:causal-lm, a local folder, a .gguf file, or a hub id.
+            dtype: weight dtype: float32, bfloat16 or float16 (CPUs: float32).
+            trust_remote_code: allow model code shipped with a hub model to run.
+            lora: train LoRA adapters instead of all weights (None: full fine-tuning).
+            load_in_4bit: load frozen base weights as bitsandbytes NF4 (QLoRA; needs lora).
+            gradient_checkpointing: recompute activations in backward to save memory.
+            optimizer: optimiser class and its settings (lr, weight_decay, ...).
+            scheduler: learning-rate schedule; None means linear warm-up then cosine decay.
+            warmup_steps: warm-up optimiser steps of the default schedule.
+            min_lr_ratio: final lr of the default schedule, as a share of the peak.
+            generation: sampling settings for predict (and for methods that generate).
+        """
+        super().__init__()
+        if load_in_4bit and lora is None:
+            raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
+        self.save_hyperparameters()
+        # hparams may hold plain dicts (LightningCLI records the parsed config); keep the real objects.
+        self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
+        self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.tokenizer = models.load_tokenizer(model, trust_remote_code)
+        self.policy = None
+        self.generation = generation or SamplingParams()
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        policy = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
+        if self.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is not None:
+            scheduler = self.scheduler_factory(optimizer)
+        else:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = warmup_cosine(optimizer, self.warmup_steps, total, self.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict]:
+        samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
+        n = self.generation.n
+        return [
+            {"record": batch.records[i // n], "completion": text} for i, text in enumerate(samples.texts)
+        ]
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the policy (LoRA merged) and tokenizer in Hugging Face format."""
+        directory = Path(directory)
+        merged = models.merged_copy(self.policy)
+        merged.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
