@@ -1,11 +1,13 @@
-"""Callbacks every method can use: Hugging Face export at the end of training."""
+"""Callbacks every method can use: Hugging Face export after fit, predictions to jsonl."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 log = logging.getLogger(__name__)
 
@@ -26,3 +28,25 @@ class HFExport(L.Callback):
             log.info("exported the trained model to %s", path)
             print(f"[lit_align] exported the trained model in Hugging Face format to {path}")
         trainer.strategy.barrier()
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Write each ``predict`` output row (record + completion) as one JSON line."""
+
+    def __init__(self, path: str = "outputs/predictions.jsonl"):
+        """
+        Args:
+            path: output file; with several devices each rank writes ``path`` with ``.rankN`` added.
+        """
+        super().__init__(write_interval="batch")
+        self.path = path
+        self._opened: set[str] = set()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        path = Path(self.path if trainer.world_size == 1 else f"{self.path}.rank{trainer.global_rank}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = "a" if str(path) in self._opened else "w"
+        self._opened.add(str(path))
+        with path.open(mode, encoding="utf-8") as f:
+            for row in prediction:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -93,7 +93,8 @@ class AlignDataModule(L.LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         if module is not None:
             self.tokenizer = module.tokenizer
-            self.data_format = module.data_format
+            # predict samples from prompts whatever the method trains on
+            self.data_format = "prompt" if stage == "predict" else module.data_format
         if self.tokenizer is None:
             raise RuntimeError("AlignDataModule needs a tokenizer: attach it to a method or set .tokenizer")
         train = self._read(self.train_source)

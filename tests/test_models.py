@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from lit_align import models
+
+
+def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(models.ModelLoadError) as err:
+        models.load_causal_lm("Qwen/Qwen2.5-0.5B")
+    message = str(err.value)
+    assert "Qwen/Qwen2.5-0.5B" in message and "local" in message and "embedded:" in message
+    with pytest.raises(models.ModelLoadError, match="Qwen/Qwen2.5-0.5B"):
+        models.load_tokenizer("Qwen/Qwen2.5-0.5B")
+
+
+def test_unknown_embedded_name_lists_known_ones():
+    with pytest.raises(models.ModelLoadError, match="smollm2-135m-instruct"):
+        models.load_causal_lm("embedded:nope")
+
+
+def test_local_folder_round_trip(tmp_path, tokenizer, tiny_lm):
+    tiny_lm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = models.load_causal_lm(str(tmp_path))
+    ids = torch.tensor([[1, 5, 6]])
+    assert torch.allclose(loaded(input_ids=ids).logits, tiny_lm(input_ids=ids).logits)
+    assert models.load_tokenizer(str(tmp_path)).chat_template == tokenizer.chat_template
+
+
+def test_bad_dtype_is_named():
+    with pytest.raises(ValueError, match="float64"):
+        models.torch_dtype("float64")
+
+
+def test_bf16_on_cpu_warns():
+    if torch.cuda.is_available():
+        pytest.skip("only meaningful without a GPU")
+    with pytest.warns(UserWarning, match="bf16"):
+        models.torch_dtype("bfloat16")
+
+
+def test_lora_freezes_base_and_trains_adapters(tiny_lm):
+    wrapped = models.apply_lora(tiny_lm, models.LoRA(r=2, alpha=4))
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
