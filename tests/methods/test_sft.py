@@ -97,3 +97,14 @@ def test_lora_export_loads_back_with_identical_logits(tmp_path):
 def test_qlora_requires_lora():
     with pytest.raises(ValueError, match="lora"):
         SFT(model="tiny:causal-lm", load_in_4bit=True)
+
+
+def test_gradient_checkpointing_gives_the_same_step():
+    def weights(checkpointing):
+        torch.manual_seed(0)
+        module = SFT(model="tiny:causal-lm", gradient_checkpointing=checkpointing, optimizer=sgd)
+        trainer(max_steps=1, limit_val_batches=0).fit(module, AlignDataModule(ListSource(records(4)), batch_size=4))
+        return module.policy.state_dict()
+
+    plain, checkpointed = weights(False), weights(True)
+    assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-6) for k in plain)

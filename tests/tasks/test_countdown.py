@@ -9,8 +9,8 @@ from fractions import Fraction
 import pytest
 
 from lit_align.data.sources import Source
+from lit_align.tasks.arithmetic import MAX_DEPTH
 from lit_align.tasks.countdown import (
-    MAX_DEPTH,
     CountdownSource,
     CountdownVerifier,
     generate_problems,
