@@ -77,9 +77,11 @@ class PolicyModule(L.LightningModule):
             return
         policy = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
         if self.gradient_checkpointing:
-            # transformers 5 renamed the switch; older releases only have the first name.
-            enable = getattr(policy, "activation_checkpointing_enable", None) or policy.gradient_checkpointing_enable
-            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5 renamed the switch; older releases only have the second name.
+            if hasattr(policy, "activation_checkpointing_enable"):
+                policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
 
     def configure_optimizers(self):
