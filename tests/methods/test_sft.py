@@ -104,6 +104,7 @@ def test_gradient_checkpointing_gives_the_same_step():
         torch.manual_seed(0)
         module = SFT(model="tiny:causal-lm", gradient_checkpointing=checkpointing, optimizer=sgd)
         trainer(max_steps=1, limit_val_batches=0).fit(module, AlignDataModule(ListSource(records(4)), batch_size=4))
+        assert module.policy.is_gradient_checkpointing == checkpointing
         return module.policy.state_dict()
 
     plain, checkpointed = weights(False), weights(True)
