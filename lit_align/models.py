@@ -212,6 +212,8 @@ def load_sequence_classifier(
     """A sequence classifier with ``num_labels`` outputs (one: a scalar reward head)."""
     if name == "tiny:classifier":
         return tiny.tiny_classifier(tiny.tiny_tokenizer()).to(torch_dtype(dtype))
+    if name == "tiny:causal-lm":
+        return tiny.tiny_causal_classifier(tiny.tiny_tokenizer()).to(torch_dtype(dtype))
     path = resolve(name)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, num_labels=num_labels)

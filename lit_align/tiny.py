@@ -16,6 +16,7 @@ from transformers import (
     BertForSequenceClassification,
     LlamaConfig,
     LlamaForCausalLM,
+    LlamaForSequenceClassification,
     PreTrainedTokenizerFast,
 )
 
@@ -61,9 +62,8 @@ def tiny_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    """A 2-layer, 64-wide Llama whose vocabulary matches ``tokenizer``."""
-    config = LlamaConfig(
+def _llama_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
         intermediate_size=128,
@@ -75,10 +75,22 @@ def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaFo
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
     )
+
+
+def tiny_causal_lm(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer, 64-wide Llama whose vocabulary matches ``tokenizer``."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(_llama_config(tokenizer))
+
+
+def tiny_causal_classifier(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForSequenceClassification:
+    """The same tiny Llama with a scalar score head: a causal-LM reward model."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForSequenceClassification(_llama_config(tokenizer))
 
 
 def tiny_classifier(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> BertForSequenceClassification:

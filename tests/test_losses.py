@@ -35,3 +35,47 @@ def test_sft_loss_hand_computed():
     assert math.isclose(losses.sft_loss(token_logps, mask, 3).item(), expected, rel_tol=1e-6)
     # A window-wide normalizer (6 tokens in the whole global batch) halves it.
     assert math.isclose(losses.sft_loss(token_logps, mask, 6).item(), expected / 2, rel_tol=1e-6)
+
+
+def test_bradley_terry_hand_values():
+    rc, rr = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 0.0])
+    # -log sigmoid(1) = log(1 + e^-1); -log sigmoid(0) = log 2
+    expected = (math.log(1 + math.exp(-1)) + math.log(2)) / 2
+    assert math.isclose(losses.bradley_terry_loss(rc, rr).item(), expected, rel_tol=1e-6)
+    # a margin of 1 turns the first pair's difference into 0
+    assert math.isclose(losses.bradley_terry_loss(rc, rr, margin=1.0).item(),
+                        (math.log(2) + math.log(1 + math.e)) / 2, rel_tol=1e-6)
+
+
+def test_reward_regression_hand_values():
+    got = losses.reward_regression_loss(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([3.0]), torch.tensor([1.0]))
+    assert math.isclose(got.item(), ((1 - 3) ** 2 + (0 - 1) ** 2) / 2)
+
+
+def _logps():
+    # policy chosen/rejected, reference chosen/rejected; h = (-1 - -2) - (-3 - -2) = 2
+    return torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
+
+
+def test_dpo_hand_values_and_log2_at_start():
+    pc, pr, rc, rr = _logps()
+    # beta 0.5: -log sigmoid(0.5 * 2) = log(1 + e^-1)
+    assert math.isclose(losses.dpo_loss(pc, pr, rc, rr, beta=0.5).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
+    same = torch.tensor([-4.0, -7.5])
+    assert math.isclose(losses.dpo_loss(same, same + 1, same, same + 1, beta=0.1).item(), math.log(2), rel_tol=1e-6)
+
+
+def test_cdpo_hand_values():
+    pc, pr, rc, rr = _logps()
+    eps = 0.2
+    # -(0.8) log sigmoid(1) - 0.2 log sigmoid(-1)
+    expected = 0.8 * math.log(1 + math.exp(-1)) + 0.2 * math.log(1 + math.e)
+    assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, eps).item(), expected, rel_tol=1e-6)
+    assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, 0.0).item(), losses.dpo_loss(pc, pr, rc, rr, 0.5).item())
+
+
+def test_ipo_hand_values():
+    pc, pr, rc, rr = _logps()
+    # (h - 1/(2 beta))^2 with h = 2, beta = 0.25 -> (2 - 2)^2 = 0; beta = 0.5 -> (2 - 1)^2 = 1
+    assert losses.ipo_loss(pc, pr, rc, rr, beta=0.25).item() == 0.0
+    assert math.isclose(losses.ipo_loss(pc, pr, rc, rr, beta=0.5).item(), 1.0)

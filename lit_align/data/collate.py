@@ -71,3 +71,47 @@ def collate_prompts(prompts: list[list[int]], records: list[dict], pad_id: int) 
     input_ids = pad(prompts, pad_id, side="left")
     attention_mask = pad([[1] * len(p) for p in prompts], 0, side="left")
     return PromptBatch(input_ids, attention_mask, records)
+
+
+@dataclass
+class PreferenceBatch:
+    """Chosen rows first, then rejected rows, padded together so one forward pass sees both.
+
+    ``labels`` mark response tokens (all ``-100`` for reward-model batches, which need none).
+    ``index`` is each pair's position in its split (the key of precomputed reference log-probs).
+    """
+
+    input_ids: torch.Tensor  # (2B, T) long
+    attention_mask: torch.Tensor  # (2B, T) long
+    labels: torch.Tensor  # (2B, T) long
+    score_chosen: torch.Tensor  # (B,) float, NaN where the record had none
+    score_rejected: torch.Tensor  # (B,) float
+    index: torch.Tensor  # (B,) long
+
+    @property
+    def num_pairs(self) -> int:
+        return self.index.numel()
+
+
+def collate_preference(examples: list, pad_id: int) -> PreferenceBatch:
+    """Pad ``PreferenceExample``s into a ``PreferenceBatch``.
+
+    >>> from lit_align.data.formats import Example
+    >>> from lit_align.data.preference import PreferenceExample
+    >>> pe = PreferenceExample(Example([5, 6], [-100, 6], "a"), Example([5, 7, 8], [-100, 7, 8], "a"), 1.0, 0.0, 3)
+    >>> b = collate_preference([pe], pad_id=0)
+    >>> b.input_ids.tolist(), b.labels.tolist(), b.index.tolist()
+    ([[5, 6, 0], [5, 7, 8]], [[-100, 6, -100], [-100, 7, 8]], [3])
+    """
+    rows = [e.chosen for e in examples] + [e.rejected for e in examples]
+    input_ids = pad([r.input_ids for r in rows], pad_id)
+    attention_mask = pad([[1] * len(r.input_ids) for r in rows], 0)
+    labels = pad([r.labels or [IGNORE_INDEX] * len(r.input_ids) for r in rows], IGNORE_INDEX)
+    return PreferenceBatch(
+        input_ids,
+        attention_mask,
+        labels,
+        torch.tensor([e.score_chosen for e in examples], dtype=torch.float32),
+        torch.tensor([e.score_rejected for e in examples], dtype=torch.float32),
+        torch.tensor([e.index for e in examples], dtype=torch.long),
+    )

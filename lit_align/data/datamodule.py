@@ -9,8 +9,8 @@ from functools import partial
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data import formats
-from lit_align.data.collate import collate_prompts, collate_sft
+from lit_align.data import formats, preference
+from lit_align.data.collate import collate_preference, collate_prompts, collate_sft
 from lit_align.data.sampler import WindowBatchSampler
 from lit_align.data.sources import DataError, Source
 
@@ -110,22 +110,46 @@ class AlignDataModule(L.LightningDataModule):
     def _prepare(self, records: list[tuple[str, dict]], split: str) -> list:
         if self.data_format == "prompt":
             return [(formats.prompt_ids(r, o, self.tokenizer), r) for o, r in records]
-        examples = [formats.sft_example(r, o, self.tokenizer) for o, r in records]
-        kept = [formats.truncate(e, self.max_length, self.truncation) for e in examples]
-        over = sum(len(e.input_ids) > self.max_length for e in examples)
-        dropped = sum(k is None for k in kept)
-        if over:
+        if self.data_format == "sft":
+            examples = [formats.sft_example(r, o, self.tokenizer) for o, r in records]
+            over = [len(e.input_ids) > self.max_length for e in examples]
+            kept = [formats.truncate(e, self.max_length, self.truncation) for e in examples]
+        elif self.data_format == "preference":
+            pairs = [preference.policy_example(preference.parse_pair(r, o), self.tokenizer) for o, r in records]
+            over = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) > self.max_length for p in pairs]
+            kept = [self._truncate_pair(p) for p in pairs]
+        elif self.data_format == "reward":
+            built = [preference.reward_example(preference.parse_pair(r, o), self.tokenizer, self.max_length) for o, r in records]
+            over = [cut for _, cut in built]
+            kept = [None if cut and self.truncation == "drop" else p for p, cut in built]
+        else:
+            raise ValueError(f"unknown data_format {self.data_format!r}")
+        n_over, dropped = sum(over), sum(k is None for k in kept)
+        if n_over or dropped:
             log.warning(
                 "%s: %d of %d records longer than max_length=%d (%s): %d truncated, %d dropped",
-                split, over, len(examples), self.max_length, self.truncation, over - dropped, dropped,
+                split, n_over, len(records), self.max_length, self.truncation, n_over - dropped, dropped,
             )
-        self.stats = getattr(self, "stats", {}) | {f"{split}/over_length": over, f"{split}/dropped": dropped}
-        return [k for k in kept if k is not None]
+        self.stats = getattr(self, "stats", {}) | {f"{split}/over_length": n_over, f"{split}/dropped": dropped}
+        kept = [k for k in kept if k is not None]
+        for i, item in enumerate(kept):
+            if isinstance(item, preference.PreferenceExample):
+                item.index = i
+        return kept
+
+    def _truncate_pair(self, pair: preference.PreferenceExample) -> preference.PreferenceExample | None:
+        chosen = formats.truncate(pair.chosen, self.max_length, self.truncation)
+        rejected = formats.truncate(pair.rejected, self.max_length, self.truncation)
+        if chosen is None or rejected is None:
+            return None
+        return preference.PreferenceExample(chosen, rejected, pair.score_chosen, pair.score_rejected)
 
     def _collate(self, items: list, pad_id: int, accumulate: int = 1, world_size: int = 1):
         if self.data_format == "prompt":
             prompts = [item[0][0] for item in items]
             return collate_prompts(prompts, [item[0][1] for item in items], pad_id)
+        if self.data_format in ("preference", "reward"):
+            return collate_preference([item[0] for item in items], pad_id)
         window_tokens = items[0][1]
         normalizer = None if window_tokens is None else window_tokens / (accumulate * world_size)
         return collate_sft([item[0] for item in items], pad_id, normalizer)

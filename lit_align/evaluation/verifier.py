@@ -26,7 +26,8 @@ def evaluate_with_verifier(
         batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
         out = sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
         expanded = [r for r in batch.records for _ in range(params.n)]
-        scores.extend(verifier(out.texts, expanded))
+        prompts = [r.get("prompt") for r in expanded]
+        scores.extend(verifier(prompts, out.texts, expanded).tolist())
     scores_t = torch.tensor(scores, dtype=torch.float64)
     return {
         "score": float(scores_t.mean()),
@@ -51,7 +52,7 @@ class VerifierEval(L.Callback):
         """
         Args:
             source: held-out prompt records (e.g. CountdownSource with with_traces false and another seed).
-            verifier: callable (completions, records) -> scores in [0, 1].
+            verifier: reward source (prompts, completions, records) -> (N,) scores in [0, 1].
             num_prompts: how many held-out prompts to score.
             max_new_tokens: longest completion.
             temperature: 0 for greedy decoding.

@@ -1,5 +1,7 @@
 """Training methods, each a LightningModule."""
 
+from lit_align.methods.dpo import DPO
+from lit_align.methods.reward import RewardModel
 from lit_align.methods.sft import SFT
 
-__all__ = ["SFT"]
+__all__ = ["DPO", "RewardModel", "SFT"]

@@ -26,6 +26,18 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def optimizer_config(module: L.LightningModule, optimizer_factory, scheduler_factory, warmup_steps: int, min_lr_ratio: float):
+    """Optimiser over the trainable parameters, and a per-step schedule (default: warm-up + cosine)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = optimizer_factory(params)
+    if scheduler_factory is not None:
+        scheduler = scheduler_factory(optimizer)
+    else:
+        total = max(1, int(module.trainer.estimated_stepping_batches))
+        scheduler = warmup_cosine(optimizer, warmup_steps, total, min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class PolicyModule(L.LightningModule):
     """Base of the methods that train a causal LM policy."""
 
@@ -62,7 +74,8 @@ class PolicyModule(L.LightningModule):
         super().__init__()
         if load_in_4bit and lora is None:
             raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
-        self.save_hyperparameters()
+        # callables and loss objects are recorded by the CLI config, not as (unpicklable) hparams
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss"])
         # hparams may hold plain dicts (LightningCLI records the parsed config); keep the real objects.
         self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
         self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
@@ -85,14 +98,7 @@ class PolicyModule(L.LightningModule):
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is not None:
-            scheduler = self.scheduler_factory(optimizer)
-        else:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = warmup_cosine(optimizer, self.warmup_steps, total, self.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_config(self, self.optimizer_factory, self.scheduler_factory, self.warmup_steps, self.min_lr_ratio)
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict]:
         samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from fractions import Fraction
 from typing import Union
 
+import torch
+
 from lit_align.tasks.arithmetic import apply_op, parse_expression
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
@@ -76,12 +78,15 @@ def score(completion: str, record: dict) -> float:
 
 
 class CountdownVerifier:
-    """Reward for Countdown completions: ``score`` applied to each (completion, record) pair."""
+    """Reward source for Countdown: ``score`` of each completion against its record's problem.
 
-    def __call__(self, completions: list[str], records: list[dict]) -> list[float]:
+    ``verifier(prompts, completions, records) -> (N,) float tensor``; prompts are not needed.
+    """
+
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
         if len(completions) != len(records):
             raise ValueError(f"{len(completions)} completions but {len(records)} records")
-        return [score(c, r) for c, r in zip(completions, records)]
+        return torch.tensor([score(c, r) for c, r in zip(completions, records)], dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------- solving

@@ -7,6 +7,7 @@ import time
 from fractions import Fraction
 
 import pytest
+import torch
 
 from lit_align.data.sources import Source
 from lit_align.tasks.arithmetic import MAX_DEPTH
@@ -254,9 +255,10 @@ def test_answer_tag_tricks():
 
 def test_verifier_maps_score_and_checks_lengths():
     verify = CountdownVerifier()
-    assert verify([answer("(25 + 3) * 2"), answer("1"), "none"], [RECORD] * 3) == [1.0, 0.1, 0.0]
+    got = verify([None] * 3, [answer("(25 + 3) * 2"), answer("1"), "none"], [RECORD] * 3)
+    assert got.dtype == torch.float32 and got.tolist() == pytest.approx([1.0, 0.1, 0.0])
     with pytest.raises(ValueError):
-        verify([answer("1")], [RECORD, RECORD])
+        verify([None], [answer("1")], [RECORD, RECORD])
 
 
 # ----------------------------------------------------------------------------- parser

@@ -1,0 +1,210 @@
+"""Direct Preference Optimization (Rafailov et al., 2023) and its IPO / conservative variants.
+
+With sequence log-probabilities log pi(y|x) of the policy and log pi_ref(y|x) of a fixed reference,
+
+    h    = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
+    DPO  : L = -E log sigma(beta h)
+    cDPO : L = -E [(1 - eps) log sigma(beta h) + eps log sigma(-beta h)]     (label smoothing eps)
+    IPO  : L =  E (h - 1 / (2 beta))^2                                        (Azar et al., 2023)
+
+plus an optional NLL term on the chosen response (``nll_weight`` times its per-token mean).
+Implicit rewards beta * (log pi - log pi_ref) are logged as ``rewards/chosen`` etc.
+
+Chosen and rejected responses go through the policy in one concatenated forward pass. The
+reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
+``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs are
+computed once before training and cached on disk. Simplification: IPO uses summed (not
+length-averaged) sequence log-probs, as in its paper's definition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.fabric.utilities.apply_func import move_data_to_device
+
+from lit_align import losses, models, ops
+from lit_align.data.collate import PreferenceBatch, collate_preference
+from lit_align.methods.base import PolicyModule
+
+log = logging.getLogger(__name__)
+
+
+class PreferenceLoss:
+    """A DPO-family objective on sequence log-probs; ``beta`` scales the logged implicit rewards."""
+
+    beta: float
+
+    def __call__(self, pc, pr, rc, rr) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SigmoidDPO(PreferenceLoss):
+    def __init__(self, beta: float = 0.1):
+        """
+        Args:
+            beta: strength of the implicit KL constraint to the reference.
+        """
+        self.beta = beta
+
+    def __call__(self, pc, pr, rc, rr):
+        return losses.dpo_loss(pc, pr, rc, rr, self.beta)
+
+
+class ConservativeDPO(PreferenceLoss):
+    def __init__(self, beta: float = 0.1, label_smoothing: float = 0.1):
+        """
+        Args:
+            beta: strength of the implicit KL constraint to the reference.
+            label_smoothing: assumed probability that a preference label is flipped.
+        """
+        self.beta, self.label_smoothing = beta, label_smoothing
+
+    def __call__(self, pc, pr, rc, rr):
+        return losses.cdpo_loss(pc, pr, rc, rr, self.beta, self.label_smoothing)
+
+
+class IPO(PreferenceLoss):
+    def __init__(self, beta: float = 0.1):
+        """
+        Args:
+            beta: regularisation; the log-ratio margin is pulled towards 1 / (2 beta).
+        """
+        self.beta = beta
+
+    def __call__(self, pc, pr, rc, rr):
+        return losses.ipo_loss(pc, pr, rc, rr, self.beta)
+
+
+class DPO(PolicyModule):
+    """Preference optimisation of a causal LM against a fixed reference model."""
+
+    data_format = "preference"
+
+    def __init__(
+        self,
+        *args,
+        loss: PreferenceLoss = lazy_instance(SigmoidDPO, beta=0.1),
+        nll_weight: float = 0.0,
+        reference: Literal["adapter_off", "copy"] = "copy",
+        precompute_reference: bool = False,
+        reference_cache_dir: str = "outputs/reference_logps",
+        **kwargs,
+    ):
+        """
+        Args:
+            loss: SigmoidDPO, IPO or ConservativeDPO, with its beta.
+            nll_weight: weight of an extra NLL term on the chosen responses (0: off).
+            reference: "adapter_off" (policy with LoRA disabled; needs lora) or "copy" (frozen copy of the start model).
+            precompute_reference: compute reference log-probs once before training and cache them on disk.
+            reference_cache_dir: folder of the cached reference log-probs.
+        """
+        super().__init__(*args, **kwargs)
+        if reference == "adapter_off" and self.lora is None:
+            raise ValueError("reference 'adapter_off' needs a LoRA policy; set lora or use reference 'copy'")
+        self.loss_fn, self.nll_weight = loss, nll_weight
+        self.reference_kind, self.precompute_reference = reference, precompute_reference
+        self.reference_cache_dir = reference_cache_dir
+        self.reference_model = None
+        self.reference_logps: dict[str, torch.Tensor] = {}
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.reference_kind == "copy" and self.reference_model is None and not self.reference_logps:
+            ref = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
+            self.reference_model = ref.eval().requires_grad_(False)
+
+    def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
+        """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return ops.token_logprobs(logits, batch.labels).sum(-1)
+
+    @torch.no_grad()
+    def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
+        if self.reference_kind == "copy":
+            return self.sequence_logps(self.reference_model, batch)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                return self.sequence_logps(self.policy, batch)
+        finally:
+            self.policy.train(was_training)
+
+    def _reference(self, batch: PreferenceBatch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        stage = "val" if stage == "test" else stage  # test reads the validation split
+        if stage in self.reference_logps:
+            cached = self.reference_logps[stage][batch.index.cpu()].to(batch.input_ids.device)
+            return cached[:, 0], cached[:, 1]
+        return self.reference_sequence_logps(batch).split(batch.num_pairs)
+
+    def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
+        logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        token_logps = ops.token_logprobs(logits, batch.labels)
+        pc, pr = token_logps.sum(-1).split(batch.num_pairs)
+        rc, rr = self._reference(batch, stage)
+        loss = self.loss_fn(pc, pr, rc, rr)
+        if self.nll_weight:
+            mask = ops.loss_mask(batch.labels)[: batch.num_pairs]
+            loss = loss + self.nll_weight * losses.sft_loss(token_logps[: batch.num_pairs], mask, mask.sum())
+        reward_c = self.loss_fn.beta * (pc - rc).detach()
+        reward_r = self.loss_fn.beta * (pr - rr).detach()
+        self.log_dict(
+            {
+                f"{stage}/loss": loss,
+                f"{stage}/rewards/chosen": reward_c.mean(),
+                f"{stage}/rewards/rejected": reward_r.mean(),
+                f"{stage}/rewards/margin": (reward_c - reward_r).mean(),
+                f"{stage}/rewards/accuracy": (reward_c > reward_r).float().mean(),
+            },
+            prog_bar=stage == "train",
+            batch_size=batch.num_pairs,
+        )
+        return loss
+
+    def training_step(self, batch: PreferenceBatch, batch_idx: int):
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: PreferenceBatch, batch_idx: int):
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: PreferenceBatch, batch_idx: int):
+        self._shared_step(batch, "test")
+
+    def on_fit_start(self) -> None:
+        if not self.precompute_reference:
+            return
+        datamodule = self.trainer.datamodule
+        for stage, items in (("train", datamodule.train_items), ("val", datamodule.val_items)):
+            if items:
+                self.reference_logps[stage] = self._cached_reference_logps(items, datamodule.val_batch_size)
+        self.reference_model = None  # no longer needed: every step reads the cache
+
+    def _cached_reference_logps(self, items: list, batch_size: int) -> torch.Tensor:
+        """(N, 2) reference log-probs (chosen, rejected) for every pair, from disk when already computed."""
+        model = self.reference_model if self.reference_kind == "copy" else self.policy
+        with torch.no_grad():  # a cheap fingerprint of the weights, so a changed checkpoint misses the cache
+            weights = sum(float(p.double().sum()) for p in model.parameters() if not p.requires_grad)
+        key = hashlib.sha256(repr((self.model_name, self.dtype_name, self.reference_kind, weights)).encode())
+        for item in items:
+            key.update(repr((item.chosen.input_ids, item.chosen.labels, item.rejected.input_ids, item.rejected.labels)).encode())
+        path = Path(self.reference_cache_dir) / f"{key.hexdigest()[:24]}.pt"
+        if path.is_file():
+            log.info("reference log-probs read from %s", path)
+            return torch.load(path)
+        out = torch.empty(len(items), 2)
+        for start in range(0, len(items), batch_size):
+            batch = collate_preference(items[start : start + batch_size], self.tokenizer.pad_token_id)
+            batch = move_data_to_device(batch, self.device)
+            chosen, rejected = self.reference_sequence_logps(batch).split(batch.num_pairs)
+            out[start : start + batch_size] = torch.stack([chosen, rejected], dim=1).cpu()
+        if self.trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(out, path)
+            log.info("reference log-probs for %d pairs cached at %s", len(items), path)
+        return out

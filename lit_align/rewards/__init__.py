@@ -1,0 +1,1 @@
+"""Reward sources: reward-model scorers and verifiers."""

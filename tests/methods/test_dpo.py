@@ -1,0 +1,69 @@
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.sources import LocalFile
+from lit_align.methods.dpo import DPO, IPO, ConservativeDPO, SigmoidDPO
+from lit_align.models import LoRA
+
+FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "ultrafeedback_binarized_sample.jsonl")
+
+
+def trainer(**kw):
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
+    return L.Trainer(**(defaults | kw))
+
+
+def data(batch_size=4):
+    return AlignDataModule(LocalFile(FIXTURE), val=LocalFile(FIXTURE), batch_size=batch_size, max_length=128)
+
+
+@pytest.mark.parametrize("reference, lora", [("copy", None), ("adapter_off", LoRA(r=4, alpha=8, dropout=0.0))])
+def test_first_loss_is_log2_when_policy_equals_reference(reference, lora):
+    module = DPO(model="tiny:causal-lm", reference=reference, lora=lora)
+    metrics = trainer().validate(module, data(), verbose=False)[0]
+    assert metrics["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["val/rewards/margin"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_adapter_off_reference_needs_lora():
+    with pytest.raises(ValueError, match="LoRA"):
+        DPO(model="tiny:causal-lm", reference="adapter_off")
+
+
+def fit_weights(tmp_path, precompute, steps=4):
+    torch.manual_seed(0)
+    module = DPO(model="tiny:causal-lm", precompute_reference=precompute, reference_cache_dir=str(tmp_path / "cache"),
+                 optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    trainer(max_steps=steps, limit_val_batches=0).fit(module, data())
+    return module
+
+
+def test_precomputed_reference_matches_on_the_fly(tmp_path):
+    live = fit_weights(tmp_path, precompute=False)
+    cached = fit_weights(tmp_path, precompute=True)
+    assert cached.reference_model is None, "the frozen copy is freed once its log-probs are cached"
+    files = list((tmp_path / "cache").glob("*.pt"))
+    assert len(files) == 1  # keyed by content: the train and val splits here hold the same pairs
+    for key, value in live.policy.state_dict().items():
+        assert torch.allclose(value, cached.policy.state_dict()[key], atol=1e-5), key
+    again = fit_weights(tmp_path, precompute=True)  # second run reads the cache
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    assert all(torch.allclose(v, again.policy.state_dict()[k], atol=1e-5) for k, v in cached.policy.state_dict().items())
+
+
+@pytest.mark.parametrize("loss", [SigmoidDPO(beta=0.1), IPO(beta=0.1), ConservativeDPO(beta=0.1, label_smoothing=0.1)])
+def test_dpo_raises_reward_margin_and_accuracy(loss):
+    torch.manual_seed(0)
+    module = DPO(model="tiny:causal-lm", loss=loss, nll_weight=0.1, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    dm = data()
+    start = trainer().validate(module, dm, verbose=False)[0]
+    trainer(max_steps=15, limit_val_batches=0).fit(module, dm)
+    end = trainer().validate(module, dm, verbose=False)[0]
+    assert end["val/rewards/margin"] > start["val/rewards/margin"] + 0.1
+    assert end["val/rewards/accuracy"] > 0.9 and start["val/rewards/accuracy"] == 0.0

@@ -1,0 +1,79 @@
+import random
+
+import lightning as L
+import pytest
+import torch
+
+from lit_align.data.collate import collate_preference
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
+from lit_align.rewards.model import RewardModelScorer, reward_scores
+
+
+class ListSource:
+    def __init__(self, records):
+        self._records = records
+
+    def records(self):
+        for i, r in enumerate(self._records):
+            yield f"list:{i}", r
+
+
+FILLER = "the quick brown fox jumps over lazy dog hello world".split()
+
+
+def good_bad_pairs(n, seed):
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = " ".join(rng.choices(FILLER, k=4))
+        body = " ".join(rng.choices(FILLER, k=rng.randint(2, 6)))
+        rows.append({"prompt": prompt, "chosen": f"{body} good", "rejected": f"{body} bad", "score_chosen": 1.0, "score_rejected": 0.0})
+    return rows
+
+
+def trainer(**kw):
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
+    return L.Trainer(**(defaults | kw))
+
+
+@pytest.mark.parametrize("backbone", ["tiny:classifier", "tiny:causal-lm"])
+def test_reward_model_learns_held_out_preferences_and_exports(backbone, tmp_path):
+    torch.manual_seed(0)
+    rm = RewardModel(model=backbone, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
+    data = AlignDataModule(ListSource(good_bad_pairs(64, 0)), val=ListSource(good_bad_pairs(32, 1)), batch_size=8, max_length=64)
+    before = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
+    trainer(max_steps=40, limit_val_batches=0).fit(rm, data)
+    after = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
+    assert after >= 0.9 and after > before, (before, after)
+
+    rm.export(tmp_path / "rm")
+    scorer = RewardModelScorer(str(tmp_path / "rm"))
+    assert scorer.max_length == 64
+    rows = good_bad_pairs(4, 2)
+    rm.eval()
+    batch = collate_preference([data._prepare([("x", r)], "x")[0] for r in rows], rm.tokenizer.pad_token_id)
+    with torch.no_grad():
+        chosen, rejected = rm(batch)
+    got = scorer.score([r["prompt"] for r in rows] * 2, [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+    assert torch.allclose(got, torch.cat([chosen, rejected]), atol=1e-5)
+
+
+def test_causal_reward_reads_the_last_attended_token():
+    rm = RewardModel(model="tiny:causal-lm")
+    rm.configure_model()
+    ids = torch.tensor([[1, 40, 41, 42]])
+    alone = reward_scores(rm.model, ids, torch.ones_like(ids))
+    padded = reward_scores(rm.model, torch.tensor([[1, 40, 41, 42, 0, 0]]), torch.tensor([[1, 1, 1, 1, 0, 0]]))
+    assert torch.allclose(alone, padded, atol=1e-6)
+
+
+def test_reward_losses_need_scores_when_they_use_them():
+    r = torch.tensor([1.0])
+    nan = torch.tensor([float("nan")])
+    with pytest.raises(ValueError, match="score"):
+        ScoreRegression()(r, r, nan, nan)
+    with pytest.raises(ValueError, match="score"):
+        BradleyTerry(score_margin=True)(r, r, nan, nan)
+    assert BradleyTerry()(r, r, nan, nan).item() == pytest.approx(0.6931, abs=1e-4)
