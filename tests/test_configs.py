@@ -11,7 +11,8 @@ from lit_align.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINER_OVERRIDES = sorted((CONFIGS / "trainer").glob("*.yaml"))
-METHOD_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "trainer")
+# configs/pairs/ configure the pairs tool, not a LightningCLI run (tests/test_pairs.py covers them).
+METHOD_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "pairs"))
 # Paper setups name hub models and GPU settings: parse-only here.
 RUNNABLE = [p for p in METHOD_CONFIGS if "paper" not in p.parts]
 
@@ -42,6 +43,20 @@ def test_trainer_override_composes(override, capsys):
         assert parsed["trainer"][key] == value, key
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _data_overrides(config: Path) -> list[str]:
+    """Configs that read a file another command writes (e.g. on-policy pairs) run on a fixture instead."""
+    parsed = yaml.safe_load(config.read_text())
+    train = parsed["data"]["train"]
+    path = train.get("init_args", {}).get("path", "")
+    if not train["class_path"].endswith("LocalFile") or not path.startswith("outputs/"):
+        return []
+    assert parsed["model"]["class_path"].endswith(("DPO", "RewardModel")), "add a fixture for this kind of data"
+    return ["--data.train.init_args.path", str(FIXTURES / "ultrafeedback_binarized_sample.jsonl")]
+
+
 @pytest.mark.parametrize("config", RUNNABLE, ids=_id)
 def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -49,6 +64,6 @@ def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
     cli = main([
         "fit", "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--model.init_args.model", "tiny:causal-lm", "--trainer.fast_dev_run", "1",
-        "--trainer.logger", "false", "--data.limit", "16",
+        "--trainer.logger", "false", "--data.limit", "16", *_data_overrides(config),
     ])
     assert cli.trainer.global_step == 1

@@ -18,7 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lit_align.data.formats import Example, chat_example, text_example, validate_messages
+from lit_align.data.formats import (
+    Example,
+    chat_example,
+    text_example,
+    validate_messages,
+)
 from lit_align.data.sources import DataError
 
 

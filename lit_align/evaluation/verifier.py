@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -13,10 +12,11 @@ from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
 from lit_align.data.sources import Source
 from lit_align.generation import SamplingParams, sample
+from lit_align.rewards.base import Reward, checked_rewards
 
 
 def evaluate_with_verifier(
-    model, tokenizer, records: list[tuple[str, dict]], verifier: Callable, params: SamplingParams, batch_size: int = 16
+    model, tokenizer, records: list[tuple[str, dict]], verifier: Reward, params: SamplingParams, batch_size: int = 16
 ) -> dict:
     """Mean verifier score and exact accuracy (share of completions scoring 1.0) over ``records``."""
     device = next(model.parameters()).device
@@ -27,7 +27,7 @@ def evaluate_with_verifier(
         out = sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
         expanded = [r for r in batch.records for _ in range(params.n)]
         prompts = [r.get("prompt") for r in expanded]
-        scores.extend(verifier(prompts, out.texts, expanded).tolist())
+        scores.extend(checked_rewards(verifier, prompts, out.texts, expanded).tolist())
     scores_t = torch.tensor(scores, dtype=torch.float64)
     return {
         "score": float(scores_t.mean()),
@@ -42,7 +42,7 @@ class VerifierEval(L.Callback):
     def __init__(
         self,
         source: Source,
-        verifier: Callable,
+        verifier: Reward,
         num_prompts: int = 32,
         max_new_tokens: int = 160,
         temperature: float = 0.0,

@@ -95,6 +95,8 @@ class PolicyModule(L.LightningModule):
                 policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # from_pretrained returns eval mode; Lightning keeps module modes as they are, so ask for train mode.
+        policy.train()
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
 
     def configure_optimizers(self):

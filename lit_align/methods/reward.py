@@ -100,7 +100,8 @@ class RewardModel(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = models.load_sequence_classifier(self.model_name, self.dtype_name, self.trust_remote_code)
+            model = models.load_sequence_classifier(self.model_name, self.dtype_name, self.trust_remote_code)
+            self.model = model.train()  # from_pretrained returns eval mode, which would switch dropout off
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -16,6 +16,7 @@ import torch
 from lit_align import models
 from lit_align.data.collate import pad
 from lit_align.data.preference import reward_ids
+from lit_align.rewards.base import Reward
 
 METADATA = "lit_align_reward.json"
 
@@ -30,7 +31,7 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
-class RewardModelScorer:
+class RewardModelScorer(Reward):
     """Score (prompt, response) pairs with a reward model, formatting them exactly as in training.
 
     Also a reward source: ``scorer(prompts, completions, records) -> (N,) tensor``.

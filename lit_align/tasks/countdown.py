@@ -30,6 +30,7 @@ from typing import Union
 
 import torch
 
+from lit_align.rewards.base import Reward
 from lit_align.tasks.arithmetic import apply_op, parse_expression
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
@@ -77,7 +78,7 @@ def score(completion: str, record: dict) -> float:
     return 0.1
 
 
-class CountdownVerifier:
+class CountdownVerifier(Reward):
     """Reward source for Countdown: ``score`` of each completion against its record's problem.
 
     ``verifier(prompts, completions, records) -> (N,) float tensor``; prompts are not needed.

@@ -12,7 +12,14 @@ import random
 import re
 from collections.abc import Iterator
 
-from lit_align.tasks.countdown import _problem, _wrong_attempt, generate_problems, prompt_text, reasoning_trace, score
+from lit_align.tasks.countdown import (
+    _problem,
+    _wrong_attempt,
+    generate_problems,
+    prompt_text,
+    reasoning_trace,
+    score,
+)
 
 SPOILERS = ("wrong_value", "wrong_number", "no_answer")
 

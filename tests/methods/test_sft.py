@@ -94,6 +94,12 @@ def test_lora_export_loads_back_with_identical_logits(tmp_path):
         assert not torch.allclose(base.policy(input_ids=ids).logits, got, atol=1e-4), "LoRA must have been merged"
 
 
+def test_policy_trains_in_train_mode():
+    module = SFT(model="tiny:causal-lm")
+    module.configure_model()
+    assert all(m.training for m in module.policy.modules())
+
+
 def test_qlora_requires_lora():
     with pytest.raises(ValueError, match="lora"):
         SFT(model="tiny:causal-lm", load_in_4bit=True)

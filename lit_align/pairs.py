@@ -1,0 +1,121 @@
+"""On-policy preference pairs: sample N completions per prompt, score them, keep best and worst.
+
+    python -m lit_align.pairs --config configs/pairs/countdown_embedded.yaml
+
+For each prompt the policy samples ``num_samples`` completions; a reward source scores them; the
+highest- and lowest-scoring completions become ``chosen`` and ``rejected`` when their scores
+differ (prompts whose samples all score the same are skipped and counted). The output is a jsonl
+of preference records that ``AlignDataModule`` reads (``lit_align.data.sources.LocalFile``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from lit_align import models
+from lit_align.data.collate import collate_prompts
+from lit_align.data.formats import prompt_ids
+from lit_align.data.sources import Source
+from lit_align.generation import SamplingParams, sample
+from lit_align.rewards.base import Reward, checked_rewards
+
+log = logging.getLogger(__name__)
+
+
+def _prompt_of(record: dict):
+    if "prompt" in record:
+        return record["prompt"]
+    messages = record["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last]
+
+
+def _pair(record: dict, texts: list[str], scores: torch.Tensor) -> dict | None:
+    best, worst = int(scores.argmax()), int(scores.argmin())
+    if scores[best] == scores[worst]:
+        return None
+    prompt = _prompt_of(record)
+    wrap = (lambda t: [{"role": "assistant", "content": t}]) if isinstance(prompt, list) else (lambda t: t)
+    extra = {k: v for k, v in record.items() if k not in ("prompt", "messages", "chosen", "rejected")}
+    return extra | {
+        "prompt": prompt,
+        "chosen": wrap(texts[best]),
+        "rejected": wrap(texts[worst]),
+        "score_chosen": float(scores[best]),
+        "score_rejected": float(scores[worst]),
+    }
+
+
+def make_preference_pairs(
+    source: Source,
+    reward: Reward,
+    model: str = "embedded:smollm2-135m-instruct",
+    output: str = "outputs/pairs/pairs.jsonl",
+    num_samples: int = 4,
+    max_new_tokens: int = 160,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    limit: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> dict:
+    """Write on-policy preference pairs to ``output`` and return counts.
+
+    Args:
+        source: prompt records (a "prompt" field, or "messages" whose last assistant turn is dropped).
+        reward: reward source scoring each completion (CountdownVerifier, RewardModelScorer, ...).
+        model: the policy that samples: embedded:NAME, a folder (e.g. an SFT export), .gguf or hub id.
+        output: jsonl file to write.
+        num_samples: completions sampled per prompt.
+        max_new_tokens: longest completion.
+        temperature: sampling temperature (> 0, so samples differ).
+        top_p: nucleus sampling mass.
+        batch_size: prompts per generation batch.
+        limit: use at most this many prompts.
+        seed: sampling seed.
+        dtype: policy weight dtype.
+    """
+    tokenizer = models.load_tokenizer(model)
+    policy = models.load_causal_lm(model, dtype).to("cuda" if torch.cuda.is_available() else "cpu")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=num_samples)
+    records = list(itertools.islice(source.records(), limit))  # (origin, record) pairs
+    counts = {"prompts": len(records), "completions": 0, "pairs": 0, "skipped_equal_scores": 0}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w", encoding="utf-8") as out:
+        for start in range(0, len(records), batch_size):
+            window = records[start : start + batch_size]
+            chunk = [record for _, record in window]
+            batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in window], chunk, tokenizer.pad_token_id)
+            device = next(policy.parameters()).device
+            samples = sample(policy, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=seed + start)
+            expanded = [r for r in chunk for _ in range(num_samples)]
+            scores = checked_rewards(reward, [_prompt_of(r) for r in expanded], samples.texts, expanded)
+            counts["completions"] += len(samples.texts)
+            for i, record in enumerate(chunk):
+                rows = slice(i * num_samples, (i + 1) * num_samples)
+                pair = _pair(record, samples.texts[rows], scores[rows])
+                if pair is None:
+                    counts["skipped_equal_scores"] += 1
+                else:
+                    counts["pairs"] += 1
+                    out.write(json.dumps(pair, ensure_ascii=False) + "\n")
+    log.info("preference pairs: %s -> %s", counts, output)
+    print(f"[lit_align] wrote {counts['pairs']} preference pairs to {output} ({counts})")
+    return counts
+
+
+def main(args: list[str] | None = None) -> dict:
+    from jsonargparse import CLI
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return CLI(make_preference_pairs, args=args)
+
+
+if __name__ == "__main__":
+    main()

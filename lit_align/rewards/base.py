@@ -1,0 +1,37 @@
+"""The reward-source protocol and its checks.
+
+A reward source is a ``Reward``: ``reward(prompts, completions, records) -> (N,) tensor``: one
+float per completion, where ``prompts[i]`` (text or messages) and ``records[i]`` (the source record,
+e.g. with a Countdown target) belong to ``completions[i]``. Implementations: the Countdown verifier
+(``lit_align.tasks.countdown.CountdownVerifier``) and reward-model scorers
+(``lit_align.rewards.model.RewardModelScorer``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Reward:
+    """Base of the reward sources (a plain base class, so configs can pick one by class_path)."""
+
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class RewardError(ValueError):
+    """A reward source returned something unusable (wrong shape, NaN or infinite values)."""
+
+
+def checked_rewards(reward: Reward, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
+    """Call ``reward`` and insist on one finite float per completion."""
+    values = reward(prompts, completions, records)
+    name = type(reward).__name__
+    if not isinstance(values, torch.Tensor):
+        raise RewardError(f"reward source {name} returned {type(values).__name__}, expected a tensor")
+    if values.shape != (len(completions),):
+        raise RewardError(f"reward source {name} returned shape {tuple(values.shape)} for {len(completions)} completions")
+    if not torch.isfinite(values).all():
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+        raise RewardError(f"reward source {name} returned NaN or infinite rewards at positions {bad[:10]}")
+    return values.float()
