@@ -118,7 +118,7 @@ def reward_ids(prompt, response, tokenizer, max_length: int) -> tuple[list[int],
     """Token ids a reward model scores for one response, and whether they were truncated.
 
     A tokenizer with a chat template renders the conversation; any other (BERT-style encoders)
-    gets the prompt and response as a text pair, with the prompt cut first when too long.
+    gets the prompt and response as a text pair; when too long, the longer of the two is cut first.
     """
     if tokenizer.chat_template and isinstance(prompt, list) and isinstance(response, list):
         text = tokenizer.apply_chat_template(prompt + response, tokenize=False)

@@ -121,8 +121,7 @@ class DPO(PolicyModule):
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return ops.token_logprobs(logits, batch.labels).sum(-1)
+        return ops.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
 
     @torch.no_grad()
     def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
@@ -144,8 +143,7 @@ class DPO(PolicyModule):
         return self.reference_sequence_logps(batch).split(batch.num_pairs)
 
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
-        logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        token_logps = ops.token_logprobs(logits, batch.labels)
+        token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         pc, pr = token_logps.sum(-1).split(batch.num_pairs)
         rc, rr = self._reference(batch, stage)
         loss = self.loss_fn(pc, pr, rc, rr)

@@ -29,8 +29,7 @@ class SFT(PolicyModule):
         self._last_step_time = None
 
     def _nll(self, batch: SFTBatch, normalizer: float):
-        logits = self.policy(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        token_logps = ops.token_logprobs(logits, batch.labels)
+        token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         return losses.sft_loss(token_logps, ops.loss_mask(batch.labels), normalizer)
 
     def training_step(self, batch: SFTBatch, batch_idx: int):

@@ -35,3 +35,24 @@ def checked_rewards(reward: Reward, prompts: list, completions: list[str], recor
         bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
         raise RewardError(f"reward source {name} returned NaN or infinite rewards at positions {bad[:10]}")
     return values.float()
+
+
+class WeightedSum(Reward):
+    """``sum_j w_j * reward_j``: several reward sources combined (e.g. an RM plus a verifier)."""
+
+    def __init__(self, sources: list[Reward], weights: list[float] | None = None):
+        """
+        Args:
+            sources: the reward sources to combine.
+            weights: one weight per source (default: all 1).
+        """
+        weights = weights if weights is not None else [1.0] * len(sources)
+        if len(weights) != len(sources) or not sources:
+            raise ValueError(f"WeightedSum needs one weight per source: {len(sources)} sources, {len(weights)} weights")
+        self.sources, self.weights = sources, weights
+
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
+        total = torch.zeros(len(completions))
+        for source, weight in zip(self.sources, self.weights):
+            total += weight * checked_rewards(source, prompts, completions, records)
+        return total

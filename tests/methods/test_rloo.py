@@ -1,0 +1,111 @@
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from lit_align import ops
+from lit_align.data.collate import collate_prompts
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.formats import prompt_ids
+from lit_align.generation import SamplingParams, sample
+from lit_align.methods.rloo import RLOO
+from lit_align.models import LoRA
+from lit_align.rewards.base import Reward
+
+
+def test_rloo_advantages_by_hand_for_two_groups_of_three():
+    rewards = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+    # group 1: 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5; group 2: -1.5, -1.5, 3
+    expected = torch.tensor([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
+    got = ops.rloo_advantages(rewards, k=3)
+    assert torch.allclose(got, expected)
+    assert torch.allclose(got.view(2, 3).sum(1), torch.zeros(2))
+    with pytest.raises(ValueError):
+        ops.rloo_advantages(rewards, k=1)
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor([math.log(0.5), math.log(0.2)]), torch.tensor([math.log(0.25), math.log(0.4)])
+    assert torch.allclose(ops.kl_k1(logp, ref), torch.tensor([math.log(2.0), math.log(0.5)]))
+    # k3 = r - log r - 1 with r = ref/pi: r = 0.5 -> 0.5 + log 2 - 1; r = 2 -> 2 - log 2 - 1
+    expected = torch.tensor([0.5 + math.log(2) - 1, 2 - math.log(2) - 1])
+    assert torch.allclose(ops.kl_k3(logp, ref), expected, atol=1e-6)
+    assert (ops.kl_k3(logp, ref) >= 0).all()
+
+
+def test_training_forward_scores_exactly_what_was_sampled(tokenizer, tiny_lm):
+    """Left-padded prompts: the training forward must reproduce generation's distribution."""
+    records = [{"prompt": "hello"}, {"prompt": [{"role": "user", "content": "the quick brown fox"}]}]
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
+    samples = sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=6, temperature=0.0))
+    module = RLOO(model="tiny:causal-lm", reward=TokenShare(), rloo_k=2)
+    module.policy = tiny_lm.eval()
+    with torch.no_grad():
+        logps, _ = module._logps(tiny_lm, samples)
+        input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
+        mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
+        logits = tiny_lm(input_ids=input_ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
+    p = samples.prompt_ids.size(1)
+    greedy = logits[:, p - 1 : -1].argmax(-1)
+    keep = samples.completion_mask.bool()
+    assert torch.equal(greedy[keep], samples.completion_ids[keep]), "greedy tokens must be the argmax of the training forward"
+    assert (logps[keep] < 0).all() and (logps[~keep] == 0).all()
+
+
+class TokenShare(Reward):
+    """Trivially learnable: the share of completion characters that are the letter 'a'."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([c.count("a") / max(1, len(c)) for c in completions])
+
+
+class Prompts:
+    def __init__(self, n):
+        self.n = n
+
+    def records(self):
+        for i in range(self.n):
+            yield f"p:{i}", {"prompt": [{"role": "user", "content": "say something"}]}
+
+
+def trainer(**kw):
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0)
+    return L.Trainer(**(defaults | kw))
+
+
+def mean_reward(module, n=32):
+    records = list(Prompts(n).records())
+    batch = collate_prompts([prompt_ids(r, o, module.tokenizer) for o, r in records], [r for _, r in records], module.tokenizer.pad_token_id)
+    out = sample(module.policy, module.tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=123)
+    return TokenShare()(None, out.texts, None).mean().item()
+
+
+def test_rloo_raises_a_trivially_learnable_reward_and_counts_match():
+    torch.manual_seed(0)
+    module = RLOO(model="tiny:causal-lm", reward=TokenShare(), rloo_k=4, kl_coef=0.01,
+                  generation=SamplingParams(max_new_tokens=12, temperature=1.0),
+                  optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
+    module.configure_model()
+    before = mean_reward(module)
+    t = trainer(max_steps=25)
+    t.fit(module, AlignDataModule(Prompts(8 * 25), batch_size=8))
+    after = mean_reward(module)
+    assert after > before + 0.05, (before, after)
+    metrics = t.callback_metrics
+    assert metrics["train/prompts_seen"] == 8 * 25 and metrics["train/completions_seen"] == 8 * 25 * 4
+    assert t.global_step == 25 and metrics["train/optimizer_steps"] == 24  # logged before the 25th step
+
+
+def test_adapter_off_reference_starts_at_zero_kl_and_drifts():
+    torch.manual_seed(0)
+    module = RLOO(model="tiny:causal-lm", reward=TokenShare(), rloo_k=2, reference="adapter_off",
+                  lora=LoRA(r=4, alpha=8, dropout=0.0), generation=SamplingParams(max_new_tokens=8),
+                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
+    t = trainer(max_steps=1)
+    t.fit(module, AlignDataModule(Prompts(4), batch_size=4))
+    assert t.callback_metrics["train/kl"].abs() < 1e-6, "policy == reference before the first step"
+    t = trainer(max_steps=4)
+    t.fit(module, AlignDataModule(Prompts(16), batch_size=4))
+    assert t.callback_metrics["train/kl"].abs() > 1e-4
