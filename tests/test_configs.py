@@ -32,7 +32,7 @@ def _print_config(capsys, *configs: Path) -> dict:
 @pytest.mark.parametrize("config", METHOD_CONFIGS, ids=_id)
 def test_config_parses(config, capsys):
     parsed = _print_config(capsys, config)
-    assert parsed["model"]["class_path"].startswith("lit_align.methods.")
+    assert parsed["model"]["class_path"].startswith(("lit_align.methods.", "lit_align.evaluation."))
 
 
 @pytest.mark.parametrize("override", TRAINER_OVERRIDES, ids=_id)
@@ -47,23 +47,31 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _data_overrides(config: Path) -> list[str]:
-    """Configs that read a file another command writes (e.g. on-policy pairs) run on a fixture instead."""
+    """Configs that read what another command writes (on-policy pairs, a trained RM) run on stand-ins."""
     parsed = yaml.safe_load(config.read_text())
-    train = parsed["data"]["train"]
+    overrides = []
+    reward = parsed["model"].get("init_args", {}).get("reward", {})
+    if str(reward.get("init_args", {}).get("model", "")).startswith("outputs/"):
+        overrides += ["--model.init_args.reward.init_args.model", "tiny:classifier"]
+    train = parsed["data"].get("train", {})
     path = train.get("init_args", {}).get("path", "")
-    if not train["class_path"].endswith("LocalFile") or not path.startswith("outputs/"):
-        return []
-    assert parsed["model"]["class_path"].endswith(("DPO", "RewardModel")), "add a fixture for this kind of data"
-    return ["--data.train.init_args.path", str(FIXTURES / "ultrafeedback_binarized_sample.jsonl")]
+    if train.get("class_path", "").endswith("LocalFile") and path.startswith("outputs/"):
+        assert parsed["model"]["class_path"].endswith(("DPO", "RewardModel")), "add a fixture for this kind of data"
+        overrides += ["--data.train.init_args.path", str(FIXTURES / "ultrafeedback_binarized_sample.jsonl")]
+    return overrides
 
 
 @pytest.mark.parametrize("config", RUNNABLE, ids=_id)
 def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "docs").symlink_to(CONFIGS.parent / "docs")  # configs name example data relative to the repo
+    evaluation = "eval" in config.parts  # evaluation configs run `test`, the others `fit`
     cli = main([
-        "fit", "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+        "test" if evaluation else "fit", "--config", str(config), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
         "--model.init_args.model", "tiny:causal-lm", "--trainer.fast_dev_run", "1",
-        "--trainer.logger", "false", "--data.limit", "16", *_data_overrides(config),
+        "--trainer.logger", "false", "--data.limit", "4", *_data_overrides(config),
     ])
-    assert cli.trainer.global_step == 1
+    if evaluation:
+        assert cli.trainer.callback_metrics, "an evaluation run must report metrics"
+    else:
+        assert cli.trainer.global_step == 1

@@ -42,7 +42,7 @@ class AlignDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train: Source,
+        train: Source | None = None,
         val: Source | None = None,
         val_fraction: float = 0.0,
         limit: int | None = None,
@@ -55,7 +55,7 @@ class AlignDataModule(L.LightningDataModule):
     ):
         """
         Args:
-            train: where training records come from (LocalFile, HubDataset, CountdownSource, ...).
+            train: where training records come from (LocalFile, HubDataset, CountdownSource, ...); None for test-only runs.
             val: where validation records come from; when None, ``val_fraction`` of train is held out.
             val_fraction: share of train records held out for validation when ``val`` is None.
             limit: read at most this many records from each source (quick runs).
@@ -97,7 +97,7 @@ class AlignDataModule(L.LightningDataModule):
             self.data_format = "prompt" if stage == "predict" else module.data_format
         if self.tokenizer is None:
             raise RuntimeError("AlignDataModule needs a tokenizer: attach it to a method or set .tokenizer")
-        train = self._read(self.train_source)
+        train = self._read(self.train_source) if self.train_source is not None else []
         if self.val_source is not None:
             val = self._read(self.val_source)
         else:

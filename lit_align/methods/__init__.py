@@ -2,6 +2,7 @@
 
 from lit_align.methods.dpo import DPO
 from lit_align.methods.reward import RewardModel
+from lit_align.methods.rloo import RLOO
 from lit_align.methods.sft import SFT
 
-__all__ = ["DPO", "RewardModel", "SFT"]
+__all__ = ["DPO", "RLOO", "RewardModel", "SFT"]
