@@ -14,6 +14,10 @@ import torch  # noqa: E402
 
 from lit_align import tiny  # noqa: E402
 
+# Tiny models gain nothing from threads, and several threaded processes on 2 cores slow each other
+# down badly (OpenMP spin-waits), e.g. when a training run shares the machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
