@@ -6,17 +6,9 @@ import torch
 
 from lit_align.data.collate import collate_preference
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.sources import InMemory
 from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
 from lit_align.rewards.model import RewardModelScorer, reward_scores
-
-
-class ListSource:
-    def __init__(self, records):
-        self._records = records
-
-    def records(self):
-        for i, r in enumerate(self._records):
-            yield f"list:{i}", r
 
 
 FILLER = "the quick brown fox jumps over lazy dog hello world".split()
@@ -42,7 +34,7 @@ def trainer(**kw):
 def test_reward_model_learns_held_out_preferences_and_exports(backbone, tmp_path):
     torch.manual_seed(0)
     rm = RewardModel(model=backbone, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-    data = AlignDataModule(ListSource(good_bad_pairs(64, 0)), val=ListSource(good_bad_pairs(32, 1)), batch_size=8, max_length=64)
+    data = AlignDataModule(InMemory(good_bad_pairs(64, 0)), val=InMemory(good_bad_pairs(32, 1)), batch_size=8, max_length=64)
     before = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
     trainer(max_steps=40, limit_val_batches=0).fit(rm, data)
     after = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
