@@ -80,6 +80,7 @@ class AlignDataModule(L.LightningDataModule):
         self.data_format = "sft"
         self.train_items: list = []
         self.val_items: list = []
+        self.stats: dict[str, int] = {}  # over-length and dropped record counts per split
 
     def _read(self, source: Source) -> list[tuple[str, dict]]:
         records = []
@@ -130,7 +131,7 @@ class AlignDataModule(L.LightningDataModule):
                 "%s: %d of %d records longer than max_length=%d (%s): %d truncated, %d dropped",
                 split, n_over, len(records), self.max_length, self.truncation, n_over - dropped, dropped,
             )
-        self.stats = getattr(self, "stats", {}) | {f"{split}/over_length": n_over, f"{split}/dropped": dropped}
+        self.stats |= {f"{split}/over_length": n_over, f"{split}/dropped": dropped}
         kept = [k for k in kept if k is not None]
         for i, item in enumerate(kept):
             if isinstance(item, preference.PreferenceExample):
