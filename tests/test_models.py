@@ -45,3 +45,21 @@ def test_lora_freezes_base_and_trains_adapters(tiny_lm):
     wrapped = models.apply_lora(tiny_lm, models.LoRA(r=2, alpha=4))
     trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_qlora_loads_nf4_base_and_trains_adapters_on_cpu(tmp_path, tokenizer, tiny_lm):
+    """QLoRA's code path (bitsandbytes NF4 base + LoRA) runs on CPU with bitsandbytes >= 0.45."""
+    pytest.importorskip("bitsandbytes")
+    tiny_lm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = models.load_causal_lm(str(tmp_path), load_in_4bit=True)
+    assert getattr(model, "is_loaded_in_4bit", False)
+    model = models.apply_lora(model, models.LoRA(r=2, alpha=4, dropout=0.0))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    torch.optim.SGD(trainable, lr=1.0).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainable))
