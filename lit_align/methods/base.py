@@ -99,6 +99,32 @@ class PolicyModule(L.LightningModule):
         policy.train()
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
 
+    def init_reference(self, reference: str) -> None:
+        """Record which model is the reference: "adapter_off" (the LoRA policy, adapter disabled) or "copy"."""
+        if reference == "adapter_off" and self.lora is None:
+            raise ValueError("reference 'adapter_off' needs a LoRA policy; set lora or use reference 'copy'")
+        self.reference_kind = reference
+        self.reference_model = None
+
+    def load_reference_copy(self) -> None:
+        """For reference "copy": load the start model again, frozen and in eval mode."""
+        if self.reference_kind == "copy" and self.reference_model is None:
+            ref = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
+            self.reference_model = ref.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def with_reference(self, fn):
+        """``fn(reference_model)``: the frozen copy, or the policy in eval mode with its adapter off."""
+        if self.reference_kind == "copy":
+            return fn(self.reference_model)
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            with self.policy.disable_adapter():
+                return fn(self.policy)
+        finally:
+            self.policy.train(was_training)
+
     def configure_optimizers(self):
         return optimizer_config(self, self.optimizer_factory, self.scheduler_factory, self.warmup_steps, self.min_lr_ratio)
 

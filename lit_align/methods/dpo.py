@@ -28,7 +28,7 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from lit_align import losses, models, ops
+from lit_align import losses, ops
 from lit_align.data.collate import PreferenceBatch, collate_preference
 from lit_align.methods.base import PolicyModule
 
@@ -105,35 +105,22 @@ class DPO(PolicyModule):
             reference_cache_dir: folder of the cached reference log-probs.
         """
         super().__init__(*args, **kwargs)
-        if reference == "adapter_off" and self.lora is None:
-            raise ValueError("reference 'adapter_off' needs a LoRA policy; set lora or use reference 'copy'")
+        self.init_reference(reference)
         self.loss_fn, self.nll_weight = loss, nll_weight
-        self.reference_kind, self.precompute_reference = reference, precompute_reference
-        self.reference_cache_dir = reference_cache_dir
-        self.reference_model = None
+        self.precompute_reference, self.reference_cache_dir = precompute_reference, reference_cache_dir
         self.reference_logps: dict[str, torch.Tensor] = {}
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.reference_kind == "copy" and self.reference_model is None and not self.reference_logps:
-            ref = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
-            self.reference_model = ref.eval().requires_grad_(False)
+        if not self.reference_logps:  # once log-probs are cached, the copy is not needed again
+            self.load_reference_copy()
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
         return ops.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
 
-    @torch.no_grad()
     def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
-        if self.reference_kind == "copy":
-            return self.sequence_logps(self.reference_model, batch)
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                return self.sequence_logps(self.policy, batch)
-        finally:
-            self.policy.train(was_training)
+        return self.with_reference(lambda model: self.sequence_logps(model, batch))
 
     def _reference(self, batch: PreferenceBatch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         stage = "val" if stage == "test" else stage  # test reads the validation split

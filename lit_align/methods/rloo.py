@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from lit_align import models, ops
+from lit_align import ops
 from lit_align.data.collate import PromptBatch
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.generation import Samples, SamplingParams, sample
@@ -64,13 +64,10 @@ class RLOO(PolicyModule):
         super().__init__(*args, **kwargs)
         if rloo_k < 2:
             raise ValueError(f"rloo_k must be at least 2, got {rloo_k}")
-        if reference == "adapter_off" and self.lora is None:
-            raise ValueError("reference 'adapter_off' needs a LoRA policy; set lora or use reference 'copy'")
+        self.init_reference(reference)
         self.reward, self.rloo_k, self.kl_coef = reward, rloo_k, kl_coef
         self.kl_estimator = ops.kl_k1 if kl_estimator == "k1" else ops.kl_k3
         self.kl_in_reward, self.entropy_coef, self.normalization = kl_in_reward, entropy_coef, normalization
-        self.reference_kind = reference
-        self.reference_model = None
         self.sampling = SamplingParams(
             max_new_tokens=self.generation.max_new_tokens, temperature=self.generation.temperature,
             top_p=self.generation.top_p, n=rloo_k,
@@ -79,9 +76,7 @@ class RLOO(PolicyModule):
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.reference_kind == "copy" and self.reference_model is None:
-            ref = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
-            self.reference_model = ref.eval().requires_grad_(False)
+        self.load_reference_copy()
 
     def _logps(self, model, samples: Samples, with_entropy: bool = False):
         """(N, C) log-probs (and entropies) of the sampled completion tokens under ``model``."""
@@ -95,17 +90,8 @@ class RLOO(PolicyModule):
         start = samples.prompt_ids.size(1) - 1  # position t-1 predicts token t
         return logps[:, start:], (entropy[:, start:] if entropy is not None else None)
 
-    @torch.no_grad()
     def _reference_logps(self, samples: Samples) -> torch.Tensor:
-        if self.reference_kind == "copy":
-            return self._logps(self.reference_model, samples)[0]
-        was_training = self.policy.training
-        self.policy.eval()
-        try:
-            with self.policy.disable_adapter():
-                return self._logps(self.policy, samples)[0]
-        finally:
-            self.policy.train(was_training)
+        return self.with_reference(lambda model: self._logps(model, samples)[0])
 
     def _score(self, batch: PromptBatch, samples: Samples) -> torch.Tensor:
         records = [r for r in batch.records for _ in range(self.rloo_k)]
