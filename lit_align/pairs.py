@@ -19,27 +19,19 @@ import torch
 
 from lit_align import models
 from lit_align.data.collate import collate_prompts
-from lit_align.data.formats import prompt_ids
+from lit_align.data.formats import prompt_ids, prompt_of
 from lit_align.data.sources import Source
 from lit_align.generation import SamplingParams, sample
-from lit_align.rewards.base import Reward, checked_rewards
+from lit_align.rewards.base import Reward, score_samples
 
 log = logging.getLogger(__name__)
-
-
-def _prompt_of(record: dict):
-    if "prompt" in record:
-        return record["prompt"]
-    messages = record["messages"]
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return messages[:last]
 
 
 def _pair(record: dict, texts: list[str], scores: torch.Tensor) -> dict | None:
     best, worst = int(scores.argmax()), int(scores.argmin())
     if scores[best] == scores[worst]:
         return None
-    prompt = _prompt_of(record)
+    prompt = prompt_of(record)
     wrap = (lambda t: [{"role": "assistant", "content": t}]) if isinstance(prompt, list) else (lambda t: t)
     extra = {k: v for k, v in record.items() if k not in ("prompt", "messages", "chosen", "rejected")}
     return extra | {
@@ -94,8 +86,7 @@ def make_preference_pairs(
             batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in window], chunk, tokenizer.pad_token_id)
             device = next(policy.parameters()).device
             samples = sample(policy, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=seed + start)
-            expanded = [r for r in chunk for _ in range(num_samples)]
-            scores = checked_rewards(reward, [_prompt_of(r) for r in expanded], samples.texts, expanded)
+            scores, _ = score_samples(reward, chunk, samples.texts, num_samples)
             counts["completions"] += len(samples.texts)
             for i, record in enumerate(chunk):
                 rows = slice(i * num_samples, (i + 1) * num_samples)

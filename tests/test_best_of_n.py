@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from lit_align.cli import main
-from lit_align.evaluation.best_of_n import answer_key, best_of_n, majority_at_n, pass_at_k
+from lit_align.evaluation.best_of_n import (
+    answer_key,
+    best_of_n,
+    majority_at_n,
+    pass_at_k,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

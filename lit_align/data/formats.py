@@ -151,18 +151,23 @@ def prompt_text_ids(prompt: str, tokenizer) -> list[int]:
     return ids
 
 
-def prompt_ids(record: dict, origin: str, tokenizer) -> list[int]:
-    """Token ids of a record's prompt, ready for generation (chat prompts end with the assistant header).
-
-    A ``messages`` record's prompt is the conversation before its last assistant turn.
-    """
+def prompt_of(record: dict, origin: str = "record"):
+    """A record's prompt: its ``prompt`` field, or a ``messages`` conversation before its last assistant turn."""
     if "messages" in record and "prompt" not in record:
         messages = validate_messages(record["messages"], origin)
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         if last == 0:
             raise DataError(f"{origin}: field 'messages' has no turn before its first assistant reply to prompt with")
-        record = {"prompt": messages[:last]}
-    prompt = _field(record, "prompt", origin)
+        return messages[:last]
+    return _field(record, "prompt", origin)
+
+
+def prompt_ids(record: dict, origin: str, tokenizer) -> list[int]:
+    """Token ids of a record's prompt, ready for generation (chat prompts end with the assistant header).
+
+    A ``messages`` record's prompt is the conversation before its last assistant turn.
+    """
+    prompt = prompt_of(record, origin)
     if isinstance(prompt, list):
         messages = validate_messages(prompt, origin, "prompt")
         if not tokenizer.chat_template:

@@ -27,7 +27,7 @@ import torch
 from lit_align.data.collate import PromptBatch
 from lit_align.generation import SamplingParams, sample
 from lit_align.methods.base import PolicyModule
-from lit_align.rewards.base import Reward, checked_rewards
+from lit_align.rewards.base import Reward, score_samples
 
 log = logging.getLogger(__name__)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -106,11 +106,8 @@ class BestOfN(PolicyModule):
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         n = self.sampling.n
         out = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling, seed=batch_idx)
-        records = [r for r in batch.records for _ in range(n)]
-        prompts = [r.get("prompt") for r in records]
-        scores = checked_rewards(self.verifier, prompts, out.texts, records)
-        chooser = self.selector or self.verifier
-        picks = scores if self.selector is None else checked_rewards(chooser, prompts, out.texts, records)
+        scores = score_samples(self.verifier, batch.records, out.texts, n)[0]
+        picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n)[0]
         keys = [answer_key(t) for t in out.texts]
         self._rows.append(((scores >= self.correct_threshold).view(-1, n), picks.view(-1, n), [keys[i : i + n] for i in range(0, len(keys), n)]))
 

@@ -12,7 +12,7 @@ from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
 from lit_align.data.sources import Source
 from lit_align.generation import SamplingParams, sample
-from lit_align.rewards.base import Reward, checked_rewards
+from lit_align.rewards.base import Reward, score_samples
 
 
 def evaluate_with_verifier(
@@ -25,9 +25,7 @@ def evaluate_with_verifier(
         chunk = records[start : start + batch_size]
         batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
         out = sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
-        expanded = [r for r in batch.records for _ in range(params.n)]
-        prompts = [r.get("prompt") for r in expanded]
-        scores.extend(checked_rewards(verifier, prompts, out.texts, expanded).tolist())
+        scores.extend(score_samples(verifier, batch.records, out.texts, params.n)[0].tolist())
     scores_t = torch.tensor(scores, dtype=torch.float64)
     return {
         "score": float(scores_t.mean()),

@@ -29,7 +29,7 @@ from lit_align.data.collate import PromptBatch
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.generation import Samples, SamplingParams, sample
 from lit_align.methods.base import PolicyModule
-from lit_align.rewards.base import Reward, checked_rewards
+from lit_align.rewards.base import Reward, score_samples
 
 
 class RLOO(PolicyModule):
@@ -94,10 +94,8 @@ class RLOO(PolicyModule):
         return self.with_reference(lambda model: self._logps(model, samples)[0])
 
     def _score(self, batch: PromptBatch, samples: Samples) -> torch.Tensor:
-        records = [r for r in batch.records for _ in range(self.rloo_k)]
-        prompts = [r.get("prompt") for r in records]
         with torch.no_grad():
-            return checked_rewards(self.reward, prompts, samples.texts, records).to(self.device)
+            return score_samples(self.reward, batch.records, samples.texts, self.rloo_k)[0].to(self.device)
 
     def training_step(self, batch: PromptBatch, batch_idx: int):
         samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from lit_align.data.formats import prompt_of
+
 
 class Reward:
     """Base of the reward sources (a plain base class, so configs can pick one by class_path)."""
@@ -21,6 +23,13 @@ class Reward:
 
 class RewardError(ValueError):
     """A reward source returned something unusable (wrong shape, NaN or infinite values)."""
+
+
+def score_samples(reward: Reward, records: list[dict], completions: list[str], n: int) -> tuple[torch.Tensor, list[dict]]:
+    """Score ``n`` completions per record (grouped record by record); returns scores and the expanded records."""
+    expanded = [r for r in records for _ in range(n)]
+    prompts = [prompt_of(r) for r in expanded]
+    return checked_rewards(reward, prompts, completions, expanded), expanded
 
 
 def checked_rewards(reward: Reward, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:

@@ -10,7 +10,6 @@ from lit_align.data.sources import InMemory
 from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
 from lit_align.rewards.model import RewardModelScorer, reward_scores
 
-
 FILLER = "the quick brown fox jumps over lazy dog hello world".split()
 
 

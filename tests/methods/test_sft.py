@@ -10,7 +10,6 @@ from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
 from lit_align.models import LoRA
 
-
 WORDS = "the quick brown fox jumps over the lazy dog hello world good bad yes no".split()
 
 
