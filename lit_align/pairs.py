@@ -6,6 +6,10 @@ For each prompt the policy samples ``num_samples`` completions; a reward source 
 highest- and lowest-scoring completions become ``chosen`` and ``rejected`` when their scores
 differ (prompts whose samples all score the same are skipped and counted). The output is a jsonl
 of preference records that ``AlignDataModule`` reads (``lit_align.data.sources.LocalFile``).
+
+The same samples can also make SFT data from verified self-generated responses: with
+``sft_output`` set, each prompt's best completion is written as a prompt + completion record when
+its score reaches ``sft_min_score`` (e.g. 1.0: every instruction of the prompt was followed).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -43,6 +48,16 @@ def _pair(record: dict, texts: list[str], scores: torch.Tensor) -> dict | None:
     }
 
 
+def _sft_record(record: dict, texts: list[str], scores: torch.Tensor, min_score: float) -> dict | None:
+    best = int(scores.argmax())
+    if float(scores[best]) < min_score:
+        return None
+    prompt = prompt_of(record)
+    extra = {k: v for k, v in record.items() if k not in ("prompt", "messages", "chosen", "rejected", "completion")}
+    completion = [{"role": "assistant", "content": texts[best]}] if isinstance(prompt, list) else texts[best]
+    return extra | {"prompt": prompt, "completion": completion, "score": float(scores[best])}
+
+
 def make_preference_pairs(
     source: Source,
     reward: Reward,
@@ -56,6 +71,8 @@ def make_preference_pairs(
     limit: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
+    sft_output: str | None = None,
+    sft_min_score: float = 1.0,
 ) -> dict:
     """Write on-policy preference pairs to ``output`` and return counts.
 
@@ -72,14 +89,19 @@ def make_preference_pairs(
         limit: use at most this many prompts.
         seed: sampling seed.
         dtype: policy weight dtype.
+        sft_output: also write each prompt's best completion scoring at least sft_min_score here (SFT data).
+        sft_min_score: lowest score of a completion kept for sft_output.
     """
     tokenizer = models.load_tokenizer(model)
     policy = models.load_causal_lm(model, dtype).to("cuda" if torch.cuda.is_available() else "cpu")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=num_samples)
     records = list(itertools.islice(source.records(), limit))  # (origin, record) pairs
     counts = {"prompts": len(records), "completions": 0, "pairs": 0, "skipped_equal_scores": 0}
+    if sft_output:
+        counts |= {"sft_records": 0, "sft_below_min_score": 0}
+        Path(sft_output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w", encoding="utf-8") as out:
+    with open(output, "w", encoding="utf-8") as out, open(sft_output or os.devnull, "w", encoding="utf-8") as sft_out:
         for start in range(0, len(records), batch_size):
             window = records[start : start + batch_size]
             chunk = [record for _, record in window]
@@ -90,6 +112,11 @@ def make_preference_pairs(
             counts["completions"] += len(samples.texts)
             for i, record in enumerate(chunk):
                 rows = slice(i * num_samples, (i + 1) * num_samples)
+                if sft_output:
+                    sft = _sft_record(record, samples.texts[rows], scores[rows], sft_min_score)
+                    counts["sft_records" if sft else "sft_below_min_score"] += 1
+                    if sft:
+                        sft_out.write(json.dumps(sft, ensure_ascii=False) + "\n")
                 pair = _pair(record, samples.texts[rows], scores[rows])
                 if pair is None:
                     counts["skipped_equal_scores"] += 1
@@ -97,6 +124,7 @@ def make_preference_pairs(
                     counts["pairs"] += 1
                     out.write(json.dumps(pair, ensure_ascii=False) + "\n")
     log.info("preference pairs: %s -> %s", counts, output)
+    Path(output).with_suffix(".counts.json").write_text(json.dumps(counts, indent=2) + "\n")
     print(f"[lit_align] wrote {counts['pairs']} preference pairs to {output} ({counts})")
     return counts
 

@@ -50,14 +50,17 @@ def _data_overrides(config: Path) -> list[str]:
     """Configs that read what another command writes (on-policy pairs, a trained RM) run on stand-ins."""
     parsed = yaml.safe_load(config.read_text())
     overrides = []
-    reward = parsed["model"].get("init_args", {}).get("reward", {})
-    if str(reward.get("init_args", {}).get("model", "")).startswith("outputs/"):
-        overrides += ["--model.init_args.reward.init_args.model", "tiny:classifier"]
+    for scorer in ("reward", "judge"):  # reward models trained by another config
+        spec = parsed["model"].get("init_args", {}).get(scorer) or {}
+        if str(spec.get("init_args", {}).get("model", "")).startswith("outputs/"):
+            overrides += [f"--model.init_args.{scorer}.init_args.model", "tiny:classifier"]
     train = parsed["data"].get("train", {})
     path = train.get("init_args", {}).get("path", "")
     if train.get("class_path", "").endswith("LocalFile") and path.startswith("outputs/"):
-        assert parsed["model"]["class_path"].endswith(("DPO", "RewardModel")), "add a fixture for this kind of data"
-        overrides += ["--data.train.init_args.path", str(FIXTURES / "ultrafeedback_binarized_sample.jsonl")]
+        method = parsed["model"]["class_path"]
+        assert method.endswith(("DPO", "RewardModel", "SFT")), "add a fixture for this kind of data"
+        fixture = "smol_smoltalk_sample.jsonl" if method.endswith("SFT") else "ultrafeedback_binarized_sample.jsonl"
+        overrides += ["--data.train.init_args.path", str(FIXTURES / fixture)]
     return overrides
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lit_align.pairs import main, make_preference_pairs
 from lit_align.rewards.base import Reward, RewardError, checked_rewards
@@ -34,11 +35,33 @@ def test_pairs_keep_best_and_worst_and_count_everything(tmp_path):
         assert row["prompt"][0]["role"] == "user" and "target" in row
 
 
-def test_pairs_cli_reads_a_config(tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", sorted((ROOT / "configs/pairs").glob("*.yaml")), ids=lambda p: p.name)
+def test_pairs_cli_reads_a_config(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    counts = main(["--config", str(ROOT / "configs/pairs/countdown_embedded.yaml"), "--model", "tiny:causal-lm",
+    counts = main(["--config", str(config), "--model", "tiny:causal-lm",
                    "--limit", "4", "--max_new_tokens", "6", "--num_samples", "2"])
-    assert counts["prompts"] == 4 and (tmp_path / "outputs/pairs/countdown_sft_pairs.jsonl").is_file()
+    settings = yaml.safe_load(config.read_text())
+    assert counts["prompts"] == 4 and (tmp_path / settings["output"]).is_file()
+    assert json.loads((tmp_path / settings["output"]).with_suffix(".counts.json").read_text()) == counts
+    if settings.get("sft_output"):
+        lines = (tmp_path / settings["sft_output"]).read_text().splitlines()
+        assert counts["sft_records"] == len(lines) and counts["sft_records"] + counts["sft_below_min_score"] == 4
+
+
+def test_sft_output_keeps_each_prompts_best_sample_at_or_above_the_minimum(tmp_path):
+    out, sft = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl"
+    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), num_samples=3, max_new_tokens=8,
+                                   batch_size=5, sft_output=str(sft), sft_min_score=20.0)
+    rows = [json.loads(line) for line in sft.read_text().splitlines()]
+    assert counts["sft_records"] == len(rows) and counts["sft_records"] + counts["sft_below_min_score"] == 5
+    for row in rows:
+        text = row["completion"][0]["content"]
+        assert row["completion"][0]["role"] == "assistant" and row["score"] == len(text) >= 20.0
+        assert row["prompt"][0]["role"] == "user" and "target" in row
+    # With no minimum every prompt gives one record: its longest sample.
+    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), num_samples=3, max_new_tokens=8,
+                                   batch_size=5, sft_output=str(sft), sft_min_score=float("-inf"))
+    assert counts["sft_records"] == 5 == len(sft.read_text().splitlines())
 
 
 @pytest.mark.parametrize("values, fragment", [

@@ -84,8 +84,16 @@ class VerifierEval(L.Callback):
             Path(self.output).parent.mkdir(parents=True, exist_ok=True)
             Path(self.output).write_text(json.dumps(self.results, indent=2))
 
+    # The before-figure rides in checkpoints: a resumed run must not re-measure it on trained weights.
+    def state_dict(self) -> dict:
+        return {"results": self.results}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.results = dict(state_dict.get("results", {}))
+
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._run(trainer, pl_module, "before")
+        if "before" not in self.results:
+            self._run(trainer, pl_module, "before")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         self._run(trainer, pl_module, "after")

@@ -1,0 +1,169 @@
+"""Instruction-following evaluation: RM-judged win rate against a reference policy, and adherence.
+
+For each held-out prompt the policy answers once (greedy by default). Reported, through
+``python -m lit_align test``:
+
+- **win rate** against a reference policy's answer to the same prompt, judged by a reward model
+  (``judge``): a win counts 1, a tie (equal scores) 1/2, a loss 0. The study judged with a 70B reward
+  model; here any ``Reward`` judges, e.g. a ``RewardModelScorer`` of a hub RM or of one trained with
+  lit_align. The reference answers come from ``reference_model`` (generated here with the same
+  settings) or from ``reference_responses``, the ``responses.jsonl`` of an earlier run of this
+  evaluation (so a base model is sampled once and compared against many times);
+- mean judge reward of the policy and of the reference, and mean response length (tokens and words);
+- **adherence** when records carry verifiable ``constraints`` (``lit_align.tasks.constraints``):
+  prompt level (every constraint of a prompt met) and instruction level (share of constraints met).
+
+Outputs in ``output_dir``: ``metrics.json`` and ``responses.jsonl`` (one line per prompt).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lit_align import models
+from lit_align.data.collate import PromptBatch
+from lit_align.data.formats import prompt_of
+from lit_align.data.sources import DataError
+from lit_align.generation import SamplingParams, sample
+from lit_align.methods.base import PolicyModule
+from lit_align.rewards.base import Reward, checked_rewards
+
+
+def win_rate(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> float:
+    """Share of prompts where the policy's score beats the reference's; ties count half.
+
+    >>> win_rate(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0]))
+    0.625
+    """
+    if policy_scores.shape != reference_scores.shape or policy_scores.numel() == 0:
+        raise ValueError(f"win_rate needs two equal, non-empty shapes: {tuple(policy_scores.shape)} vs {tuple(reference_scores.shape)}")
+    wins = (policy_scores > reference_scores).double() + 0.5 * (policy_scores == reference_scores).double()
+    return float(wins.mean())
+
+
+def read_responses(path: str) -> list[dict]:
+    """The ``responses.jsonl`` of an earlier evaluation run (fields ``prompt`` and ``response``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such file (reference_responses must be a responses.jsonl of an earlier run)")
+    rows = []
+    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:line {lineno}: malformed JSON ({e.msg})") from None
+        for field in ("prompt", "response"):
+            if field not in row:
+                raise DataError(f"{path}:line {lineno}: missing field {field!r}")
+        rows.append(row)
+    return rows
+
+
+class InstructionEval(PolicyModule):
+    """Win rate against a reference (RM-judged), mean reward, length and adherence (``lit_align test``)."""
+
+    data_format = "prompt"
+
+    def __init__(
+        self,
+        *args,
+        judge: Reward | None = None,
+        reference_model: str | None = None,
+        reference_responses: str | None = None,
+        output_dir: str = "outputs/instruction_eval",
+        **kwargs,
+    ):
+        """
+        Args:
+            judge: reward source that judges responses (e.g. RewardModelScorer); None: no win rate or reward.
+            reference_model: policy to compare against, sampled here with the same settings.
+            reference_responses: responses.jsonl of an earlier run to compare against (instead of reference_model).
+            output_dir: where metrics.json and responses.jsonl are written.
+        """
+        kwargs.setdefault("generation", SamplingParams(max_new_tokens=128, temperature=0.0))
+        super().__init__(*args, **kwargs)
+        if reference_model is not None and reference_responses is not None:
+            raise ValueError("give reference_model or reference_responses, not both")
+        self.judge, self.reference_name, self.output_dir = judge, reference_model, output_dir
+        self.reference_rows = read_responses(reference_responses) if reference_responses else None
+        self.reference_policy = None
+        self._rows: list[dict] = []
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.reference_name is not None and self.reference_policy is None:
+            ref = models.load_causal_lm(self.reference_name, self.dtype_name, self.trust_remote_code)
+            self.reference_policy = ref.eval().requires_grad_(False)
+
+    def _answer(self, model, batch: PromptBatch, batch_idx: int):
+        out = sample(model, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
+        return out.texts[:: self.generation.n], out.completion_mask.sum(dim=1)[:: self.generation.n].tolist()
+
+    def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        texts, lengths = self._answer(self.policy, batch, batch_idx)
+        refs = [None] * len(texts)
+        if self.reference_policy is not None:
+            refs = self._answer(self.reference_policy.to(self.device), batch, batch_idx)[0]
+        for record, text, length, ref in zip(batch.records, texts, lengths, refs):
+            self._rows.append({"prompt": prompt_of(record), "response": text, "tokens": int(length),
+                               "reference": ref, "record": record})
+
+    def _attach_reference_rows(self) -> None:
+        if self.reference_rows is None:
+            return
+        if len(self.reference_rows) != len(self._rows):
+            raise DataError(f"reference_responses has {len(self.reference_rows)} responses for {len(self._rows)} prompts")
+        for i, (row, ref) in enumerate(zip(self._rows, self.reference_rows)):
+            if ref["prompt"] != row["prompt"]:
+                raise DataError(f"reference_responses: line {i + 1} answers a different prompt than this run's prompt {i + 1}")
+            row["reference"] = ref["response"]
+
+    def _judge(self, responses: list[str]) -> torch.Tensor:
+        prompts, records = [r["prompt"] for r in self._rows], [r["record"] for r in self._rows]
+        return checked_rewards(self.judge, prompts, responses, records)
+
+    def on_test_epoch_end(self) -> None:
+        self._attach_reference_rows()
+        rows = self._rows
+        metrics = {
+            "num_prompts": len(rows),
+            "mean_tokens": sum(r["tokens"] for r in rows) / max(1, len(rows)),
+            "mean_words": sum(len(r["response"].split()) for r in rows) / max(1, len(rows)),
+        }
+        if all("constraints" in r["record"] for r in rows) and rows:
+            from lit_align.tasks.constraints import adherence, check_record
+
+            metrics |= {f"adherence_{k}": v for k, v in adherence([r["response"] for r in rows], [r["record"] for r in rows]).items()}
+            for r in rows:
+                r["checks"] = check_record(r["response"], r["record"])
+        if self.judge is not None:
+            scores = self._judge([r["response"] for r in rows])
+            metrics["reward_mean"] = float(scores.mean())
+            for r, s in zip(rows, scores.tolist()):
+                r["reward"] = s
+            if all(r["reference"] is not None for r in rows):
+                ref_scores = self._judge([r["reference"] for r in rows])
+                metrics["reference_reward_mean"] = float(ref_scores.mean())
+                metrics["win_rate"] = win_rate(scores, ref_scores)
+                for r, s in zip(rows, ref_scores.tolist()):
+                    r["reference_reward"] = s
+        self.log_dict({f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        self.results = metrics
+        self._write(metrics, rows)
+        self._rows = []
+
+    def _write(self, metrics: dict, rows: list[dict]) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        with open(out / "responses.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({k: v for k, v in r.items() if k != "record"}, ensure_ascii=False) + "\n" for r in rows)
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items() if not isinstance(v, dict)}
+        print(f"[lit_align] instruction-following evaluation: {shown}")

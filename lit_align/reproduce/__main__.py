@@ -1,0 +1,3 @@
+from lit_align.reproduce.runner import main
+
+main()

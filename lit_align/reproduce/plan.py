@@ -1,0 +1,165 @@
+"""The study's two tracks as a list of stages, for three profiles.
+
+A stage is one run of an existing config (``configs/...``) with a few overrides: the model it
+starts from (an earlier stage's export), the data it reads (an earlier stage's output), and, per
+profile, its size. The runner points every output path of a stage into its own folder.
+
+Instruction following (built-in constraint prompts, ``lit_align.tasks.constraints``):
+    base samples (4 per prompt, scored by the constraint checkers) → verified responses (SFT data) and
+    best-vs-worst pairs → SFT on the verified responses → RM on the pairs → DPO from SFT on the pairs →
+    RLOO from SFT rewarded by the RM, and by the checkers → each policy evaluated by adherence and by
+    win rate against the base model, judged by the RM.
+Countdown:
+    base → SFT on synthetic traces → more SFT on fresh synthetic traces → RLOO with the verifier →
+    best-of-N with the verifier at several N (from the SFT + more data model).
+
+Profiles: ``embedded`` (the embedded SmolLM2-135M + MiniLM models on CPU), ``smoke`` (tiny random
+models and a handful of steps: the chain's plumbing, in the test suite) and ``paper`` (the configs in
+``configs/paper/``: Qwen2.5-0.5B, smol-smoltalk, UltraFeedback, DeBERTa; hub access and a GPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stage:
+    name: str  # folder name under the output root
+    command: str  # fit | test | pairs
+    config: str  # base config, relative to the repository root
+    label: str  # row name in the results
+    overrides: dict = field(default_factory=dict)  # deep-merged into the base config (lists are replaced)
+
+
+@dataclass
+class Sizes:
+    """What a profile changes besides models: steps, prompt counts, lengths."""
+
+    policy: str | None  # None: keep each config's model
+    rm_backbone: str | None
+    if_prompts: int = 96  # instruction prompts sampled by the base model
+    if_eval_prompts: int = 48
+    if_new_tokens: int = 128
+    sft_min_score: float = 1.0  # verified = every constraint met; smoke takes any sample (random models meet few)
+    sft_steps: int = 30
+    rm_steps: int = 60
+    dpo_epochs: int = 2
+    rloo_steps: int = 12
+    cd_sft_steps: int = 40
+    cd_more_steps: int = 60
+    cd_rloo_steps: int = 12
+    cd_eval_problems: int = 32
+    cd_new_tokens: int = 160
+    bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    trainer: dict = field(default_factory=dict)  # extra trainer settings for every fit stage
+
+
+PROFILES = {
+    "embedded": Sizes(policy=None, rm_backbone=None),
+    "smoke": Sizes(
+        policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=8, if_eval_prompts=4, if_new_tokens=12,
+        sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, cd_sft_steps=2, cd_more_steps=2, cd_rloo_steps=2,
+        cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2], sft_min_score=0.0, trainer={"log_every_n_steps": 1},
+    ),
+    "paper": Sizes(policy=None, rm_backbone=None),
+}
+
+
+def _verifier_eval(s: Sizes) -> dict:
+    return {"num_prompts": s.cd_eval_problems, "max_new_tokens": s.cd_new_tokens,
+            "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
+
+
+def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
+    sft_config = "configs/paper/sft_qwen2.5-0.5b_countdown_warmstart.yaml" if paper else "configs/quickstart.yaml"
+    rloo_config = "configs/paper/rloo_qwen2.5-0.5b_countdown.yaml" if paper else "configs/rloo/countdown_embedded.yaml"
+    bon_config = "configs/paper/eval_qwen2.5-0.5b_countdown_best_of_n.yaml" if paper else "configs/eval/countdown_best_of_n.yaml"
+    sized = not paper
+    return [
+        Stage("countdown_sft", "fit", sft_config, "SFT on synthetic traces", {
+            "trainer": {"max_steps": s.cd_sft_steps} if sized else {},
+            "model": {"init_args": {"model": s.policy}} if s.policy else {},
+            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
+        }),
+        Stage("countdown_sft_more", "fit", sft_config, "SFT + more synthetic traces", {
+            "trainer": {"max_steps": s.cd_more_steps} if sized else {},
+            "model": {"init_args": {"model": f"{out}/countdown_sft/export", "warmup_steps": 0}},
+            "data": {"train": {"init_args": {"seed": 1}}},  # fresh problems, never seen by the first SFT
+            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
+        }),
+        Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier", {
+            "trainer": {"max_steps": s.cd_rloo_steps} if sized else {},
+            "model": {"init_args": {"model": f"{out}/countdown_sft_more/export"}
+                      | ({"generation": {"max_new_tokens": s.cd_new_tokens}} if sized else {})},
+            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
+        }),
+        Stage("countdown_best_of_n", "test", bon_config, "best-of-N with the verifier (SFT + more model)", {
+            "model": {"init_args": {"model": f"{out}/countdown_sft_more/export"}
+                      | ({"n_values": s.bon_n, "generation": {"max_new_tokens": s.cd_new_tokens}} if sized else {})},
+            "data": {"val": {"init_args": {"num_problems": s.cd_eval_problems}}} if sized else {},
+        }),
+    ]
+
+
+def _instruction_eval(s: Sizes, out: str, name: str, label: str, model: str | None, paper: bool, base_eval: bool) -> Stage:
+    config = "configs/paper/eval_qwen2.5-0.5b_instruction.yaml" if paper else "configs/eval/instruction_embedded.yaml"
+    rm = f"{out}/instruction_rm/export"
+    init = {"judge": {"init_args": {"model": rm}}}
+    init |= {"model": model} if model else {}
+    init |= {} if base_eval else {"reference_responses": f"{out}/instruction_eval_base/responses.jsonl"}
+    init |= {} if paper else {"generation": {"max_new_tokens": s.if_new_tokens}}
+    data = {} if paper else {"val": {"init_args": {"num_prompts": s.if_eval_prompts}}}
+    return Stage(name, "test", config, label, {"model": {"init_args": init}, "data": data})
+
+
+def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
+    cfg = {
+        "sft": "configs/paper/sft_qwen2.5-0.5b_smoltalk_lora.yaml" if paper else "configs/sft/instruction_embedded.yaml",
+        "rm": "configs/paper/rm_deberta_ultrafeedback.yaml" if paper else "configs/rm/instruction_embedded.yaml",
+        "dpo": "configs/paper/dpo_qwen2.5-0.5b_ultrafeedback_lora.yaml" if paper else "configs/dpo/instruction_embedded.yaml",
+        "rloo_rm": "configs/paper/rloo_qwen2.5-0.5b_deberta.yaml" if paper else "configs/rloo/instruction_rm_embedded.yaml",
+        "rloo_checker": "configs/paper/rloo_qwen2.5-0.5b_constraints.yaml" if paper else "configs/rloo/instruction_checker_embedded.yaml",
+    }
+    sized, sft = not paper, f"{out}/instruction_sft/export"
+    pairs, verified = f"{out}/instruction_samples/pairs.jsonl", f"{out}/instruction_samples/sft.jsonl"
+    policy = {"model": s.policy} if s.policy else {}
+    stages = []
+    if not paper:  # the paper's SFT and RM data are public datasets, not the base model's own samples
+        stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
+                            "base samples → verified SFT data and pairs",
+                            policy | {"limit": s.if_prompts, "max_new_tokens": s.if_new_tokens, "sft_min_score": s.sft_min_score}))
+    data = (lambda path: {"train": {"init_args": {"path": path}}}) if sized else (lambda path: {})
+    stages += [
+        Stage("instruction_sft", "fit", cfg["sft"], "SFT", {
+            "trainer": {"max_steps": s.sft_steps} if sized else {},
+            "model": {"init_args": policy}, "data": data(verified)}),
+        Stage("instruction_rm", "fit", cfg["rm"], "reward model", {
+            "trainer": {"max_steps": s.rm_steps} if sized else {},
+            "model": {"init_args": {"model": s.rm_backbone} if s.rm_backbone else {}}, "data": data(pairs)}),
+        Stage("instruction_dpo", "fit", cfg["dpo"], "DPO (from SFT)", {
+            "trainer": {"max_epochs": s.dpo_epochs} if sized else {},
+            "model": {"init_args": {"model": sft}}, "data": data(pairs)}),
+    ]
+    for key, label, reward in (("rloo_rm", "RLOO, RM reward (from SFT)", {"init_args": {"model": f"{out}/instruction_rm/export"}}),
+                               ("rloo_checker", "RLOO, checker reward (from SFT)", {})):
+        init = {"model": sft, "reward": reward} | ({"generation": {"max_new_tokens": s.if_new_tokens}} if sized else {})
+        stages.append(Stage(f"instruction_{key}", "fit", cfg[key], label, {
+            "trainer": {"max_steps": s.rloo_steps} if sized else {}, "model": {"init_args": init}}))
+    base = s.policy or ("Qwen/Qwen2.5-0.5B" if paper else None)
+    stages.append(_instruction_eval(s, out, "instruction_eval_base", "base model", base, paper, base_eval=True))
+    for key, label in (("sft", "SFT"), ("dpo", "DPO"), ("rloo_rm", "RLOO (RM reward)"), ("rloo_checker", "RLOO (checker reward)")):
+        stages.append(_instruction_eval(s, out, f"instruction_eval_{key}", label, f"{out}/instruction_{key}/export", paper, False))
+    return stages
+
+
+def plan(profile: str, out: str) -> list[Stage]:
+    """Every stage of both tracks, in the order they must run."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose from {sorted(PROFILES)}")
+    sizes, paper = PROFILES[profile], profile == "paper"
+    stages = _instruction(sizes, out, paper) + _countdown(sizes, out, paper)
+    for stage in stages:  # trainer settings of the profile (e.g. none on CPU) apply to every run
+        if sizes.trainer and stage.command != "pairs":
+            stage.overrides.setdefault("trainer", {}).update(sizes.trainer)
+    return stages

@@ -1,0 +1,162 @@
+"""Run a profile's stages in order, each skipped when done and resumed from its last checkpoint.
+
+    python tools/reproduce.py --profile embedded     # offline, 2 CPU cores
+    python tools/reproduce.py --profile smoke --out /tmp/smoke --results /tmp/smoke/results.md
+    python tools/reproduce.py --profile paper        # hub access and a GPU
+
+Each stage gets ``<out>/<stage>/``: ``config.yaml`` (exactly what ran), ``checkpoints/last.ckpt``
+(fit stages), ``logs/`` (CSV metrics), the stage's outputs (``export/``, ``eval.json``,
+``metrics.json``, ...) and ``done.json`` (wall time), written last. A stage with ``done.json`` is
+skipped; a fit stage with a ``last.ckpt`` but no ``done.json`` resumes from it. Stages run in this
+process, one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from lit_align.reproduce.plan import PROFILES, Stage, plan
+
+ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
+
+
+def merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override`` recursively; lists and scalars are replaced, dicts merged."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def _retarget(config: dict, stage: Stage, folder: Path, checkpoint_every: int) -> dict:
+    """Point every output of a LightningCLI config into ``folder``; merge per-callback overrides."""
+    overrides = dict(stage.overrides)
+    by_callback = overrides.pop("callbacks", {})
+    config = merge(config, overrides)
+    trainer = config.setdefault("trainer", {})
+    if isinstance(trainer.get("logger"), dict):
+        trainer["logger"] = merge(trainer["logger"], {"init_args": {"save_dir": str(folder), "name": "logs"}})
+    callbacks = []
+    for callback in trainer.get("callbacks") or []:
+        name = _short(callback["class_path"])
+        callback = merge(callback, {"init_args": by_callback.get(name, {})})
+        args = callback.setdefault("init_args", {})
+        if name == "HFExport":
+            args["dirpath"] = str(folder / "export")
+        elif name == "VerifierEval":
+            args["output"] = str(folder / "eval.json")
+        elif name == "ModelCheckpoint":
+            continue  # replaced by the resumable one below
+        callbacks.append(callback)
+    if stage.command == "fit":
+        trainer["enable_checkpointing"] = True
+        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
+            "dirpath": str(folder / "checkpoints"), "save_last": True, "save_top_k": 0,
+            "every_n_train_steps": checkpoint_every}})
+    trainer["callbacks"] = callbacks
+    init = config.get("model", {}).get("init_args", {})
+    if "output_dir" in init or stage.command == "test":
+        init["output_dir"] = str(folder)
+    if "reference_cache_dir" in init:
+        init["reference_cache_dir"] = str(folder / "reference_logps")
+    return config
+
+
+def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20) -> dict:
+    """The full config a stage runs with: its base config, its overrides, outputs in ``folder``."""
+    base = yaml.safe_load((ROOT / stage.config).read_text())
+    if stage.command == "pairs":
+        config = merge(base, stage.overrides)
+        config["output"] = str(folder / "pairs.jsonl")
+        if config.get("sft_output"):
+            config["sft_output"] = str(folder / "sft.jsonl")
+        return config
+    return _retarget(base, stage, folder, checkpoint_every)
+
+
+def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20) -> float:
+    """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds."""
+    done = folder / "done.json"
+    if done.is_file():
+        seconds = json.loads(done.read_text())["seconds"]
+        print(f"[reproduce] {stage.name}: done already ({seconds:.0f} s), skipped")
+        return 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    config_file = folder / "config.yaml"
+    config_file.write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every), sort_keys=False))
+    print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}")
+    start = time.perf_counter()
+    if stage.command == "pairs":
+        from lit_align.pairs import main as pairs_main
+
+        pairs_main(["--config", str(config_file)])
+    else:
+        from lit_align.cli import main as cli_main
+
+        args = [stage.command, "--config", str(config_file)]
+        last = folder / "checkpoints" / "last.ckpt"
+        if stage.command == "fit" and last.is_file():
+            print(f"[reproduce] {stage.name}: resuming from {last}")
+            args += ["--ckpt_path", str(last)]
+        argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``, not this tool's own options
+        try:
+            cli_main(args)
+        finally:
+            sys.argv = argv
+    gc.collect()
+    seconds = time.perf_counter() - start
+    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds}, indent=2) + "\n")
+    return seconds
+
+
+def run(profile: str, out: str | None = None, results: str | None = None, only: list[str] | None = None,
+        checkpoint_every: int = 20, dry_run: bool = False) -> list[Stage]:
+    """Run (or, with ``dry_run``, only write the configs of) every stage of ``profile``; then write results."""
+    out_dir = Path(out or f"outputs/reproduce/{profile}")
+    stages = plan(profile, str(out_dir))
+    for stage in stages:
+        if only and stage.name not in only:
+            continue
+        if dry_run:
+            folder = out_dir / stage.name
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "config.yaml").write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every), sort_keys=False))
+            continue
+        run_stage(stage, out_dir / stage.name, checkpoint_every)
+    if results and not dry_run:
+        from lit_align.reproduce.report import write_results
+
+        write_results(profile, stages, out_dir, Path(results))
+    return stages
+
+
+def main(argv: list[str] | None = None) -> list[Stage]:
+    parser = argparse.ArgumentParser(description="Reproduce the study's two tracks, stage by stage.")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="embedded",
+                        help="embedded: offline on CPU; smoke: tiny models, seconds; paper: configs/paper/ on a GPU")
+    parser.add_argument("--out", help="output root (default outputs/reproduce/<profile>)")
+    parser.add_argument("--results", default="docs/results.md",
+                        help="markdown file whose reproduction section is (re)written; '' to skip")
+    parser.add_argument("--only", nargs="*", help="run only these stages (their inputs must exist)")
+    parser.add_argument("--checkpoint-every", type=int, default=20, help="optimiser steps between checkpoints")
+    parser.add_argument("--dry-run", action="store_true", help="write every stage's config.yaml, run nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(args.profile, args.out, args.results or None, args.only, args.checkpoint_every, args.dry_run)
