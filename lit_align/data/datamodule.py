@@ -7,6 +7,8 @@ import random
 from functools import partial
 
 import lightning as L
+import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data import formats, preference
@@ -15,6 +17,30 @@ from lit_align.data.sampler import WindowBatchSampler
 from lit_align.data.sources import DataError, Source
 
 log = logging.getLogger(__name__)
+
+
+def rng_states() -> dict:
+    """The Python, NumPy and torch (CPU and CUDA) random states as plain lists and tensors.
+
+    Lightning loads checkpoints with ``weights_only=True``, which accepts tensors and builtins only.
+    """
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": [version, list(internal), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class _Indexed(Dataset):
@@ -81,6 +107,9 @@ class AlignDataModule(L.LightningDataModule):
         self.train_items: list = []
         self.val_items: list = []
         self.stats: dict[str, int] = {}  # over-length and dropped record counts per split
+        self._position = (0, 0)  # (epoch, training micro-batches consumed in it), saved in checkpoints
+        self._resume_position: tuple[int, int] | None = None
+        self._resume_rng: dict | None = None
 
     def _read(self, source: Source) -> list[tuple[str, dict]]:
         records = []
@@ -163,8 +192,40 @@ class AlignDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         counts = [x.num_loss_tokens for x in self.train_items] if self.data_format == "sft" else [1] * len(self.train_items)
         sampler = WindowBatchSampler(counts, self.batch_size, accumulate, world, rank, shuffle=True, seed=self.seed)
+        if self._resume_position is not None:
+            sampler.resume(*self._resume_position)
+            self._resume_position = None
         collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id, accumulate=accumulate, world_size=world)
-        return DataLoader(_Indexed(self.train_items), batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        # Its own generator: starting an iterator then draws no number from torch's global RNG (exact resume).
+        return DataLoader(_Indexed(self.train_items), batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    # Exact resume. Lightning saves a datamodule's state_dict in every checkpoint; ours holds where the
+    # training stream stands (epoch and micro-batches consumed, counted when a batch reaches the training
+    # step, so prefetching does not skew it) and the RNG streams, so a resumed run sees the same
+    # remaining batches and the same random draws as an uninterrupted one. The RNG streams are put back
+    # just before the first resumed batch, after whatever the restart itself (hooks, callbacks) drew.
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self._resume_rng is not None and self.trainer is not None and self.trainer.training:
+            set_rng_states(self._resume_rng)
+            self._resume_rng = None
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = self.trainer
+        if trainer is not None and trainer.training:
+            epoch, consumed = self._position
+            self._position = (trainer.current_epoch, consumed + 1 if epoch == trainer.current_epoch else 1)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"position": list(self._position), "rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "position" in state_dict:
+            self._position = tuple(state_dict["position"])
+            self._resume_position = self._position
+        self._resume_rng = state_dict.get("rng")
 
     def val_dataloader(self) -> DataLoader:
         collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id)

@@ -36,11 +36,16 @@ class WindowBatchSampler:
         self.token_counts, self.batch_size, self.accumulate = token_counts, batch_size, accumulate
         self.world_size, self.rank, self.shuffle, self.seed = world_size, rank, shuffle, seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, micro-batches already trained on)
         # Lightning calls set_epoch on ``batch_sampler.sampler``; pointing it here reshuffles each epoch.
         self.sampler = self
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Continue epoch ``epoch`` after its first ``consumed`` micro-batches (once; later epochs are whole)."""
+        self._resume = (epoch, consumed)
 
     def _global_batches(self) -> list[list[int]]:
         order = list(range(len(self.token_counts)))
@@ -52,12 +57,18 @@ class WindowBatchSampler:
         return [order[i : i + step] for i in range(0, end, step)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
         batches = self._global_batches()
+        position = 0
         for w in range(0, len(batches), self.accumulate):
             window = batches[w : w + self.accumulate]
             tokens = sum(self.token_counts[i] for batch in window for i in batch)
             for batch in window:
-                yield [(i, tokens) for i in batch[self.rank :: self.world_size]]
+                if position >= skip:  # the same order as the interrupted run, minus what it already trained on
+                    yield [(i, tokens) for i in batch[self.rank :: self.world_size]]
+                position += 1
 
     def __len__(self) -> int:
         n = len(self.token_counts)

@@ -27,3 +27,14 @@ def test_shuffle_changes_with_epoch_and_is_reproducible():
     assert first == [i for b in s for i, _ in b]
     s.set_epoch(1)
     assert first != [i for b in s for i, _ in b] and sorted(first) == list(range(20))
+
+
+def test_resume_skips_the_consumed_batches_of_that_epoch_only_once():
+    s = WindowBatchSampler(list(range(1, 21)), 4, accumulate=2, seed=1)
+    s.set_epoch(1)
+    whole = list(s)
+    s.resume(epoch=1, consumed=3)
+    assert list(s) == whole[3:]  # the same order and the same window totals, minus the first three
+    assert list(s) == whole  # a later pass over the epoch is whole again
+    s.resume(epoch=0, consumed=2)  # a position in another epoch does not apply to this one
+    assert list(s) == whole

@@ -30,6 +30,11 @@ def test_reference_responses_file_errors_name_file_line_and_field(tmp_path):
         read_responses(str(tmp_path / "missing.jsonl"))
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the CLI saves its config.yaml in the working folder when there is no logger
+
+
 def _evaluate(tmp_path, name: str, *extra: str):
     return main([
         "test", "--model", "lit_align.evaluation.instruction.InstructionEval",
