@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.strategies import FSDPStrategy
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,23 @@ class HFExport(L.Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            path = pl_module.export(Path(self.dirpath))
-            log.info("exported the trained model to %s", path)
-            print(f"[lit_align] exported the trained model in Hugging Face format to {path}")
+        with full_parameters(trainer):  # every rank takes part in gathering; rank 0 writes
+            if trainer.is_global_zero:
+                path = pl_module.export(Path(self.dirpath))
+                log.info("exported the trained model to %s", path)
+                print(f"[lit_align] exported the trained model in Hugging Face format to {path}")
         trainer.strategy.barrier()
+
+
+def full_parameters(trainer: L.Trainer):
+    """Context in which rank 0 holds whole (unsharded) parameters on CPU; a no-op unless FSDP shards them."""
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return FullyShardedDataParallel.summon_full_params(
+        trainer.strategy.model, writeback=False, rank0_only=True, offload_to_cpu=True
+    )
 
 
 class JsonlPredictionWriter(BasePredictionWriter):

@@ -49,9 +49,14 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0
+    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0,
+    synced: bool = False,
 ) -> Samples:
-    """Draw ``params.n`` completions for each left-padded prompt row."""
+    """Draw ``params.n`` completions for each left-padded prompt row.
+
+    ``synced``: keep every data-parallel rank decoding until all are done. Needed when parameters are
+    sharded (FSDP): each forward gathers shards collectively, so ranks must run the same number of steps.
+    """
     was_training = model.training
     model.eval()
     device = input_ids.device
@@ -70,6 +75,7 @@ def sample(
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 use_cache=True,
+                synced_gpus=synced,
                 **kwargs,
             )
     finally:

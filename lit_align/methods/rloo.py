@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_align import ops
 from lit_align.data.collate import PromptBatch
@@ -97,9 +98,16 @@ class RLOO(PolicyModule):
         with torch.no_grad():
             return score_samples(self.reward, batch.records, samples.texts, self.rloo_k)[0].to(self.device)
 
+    def _sharded(self) -> bool:
+        return isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1
+
+    def on_fit_start(self) -> None:
+        # A reward model is not a submodule (it is not trained or sharded): put it on this rank's device.
+        self.reward.to(self.device)
+
     def training_step(self, batch: PromptBatch, batch_idx: int):
         samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
-                         seed=self.global_step * 100_003 + self.global_rank)
+                         seed=self.global_step * 100_003 + self.global_rank, synced=self._sharded())
         rewards = self._score(batch, samples)
         mask = samples.completion_mask.float()
         logps, entropy = self._logps(self.policy, samples, with_entropy=True)

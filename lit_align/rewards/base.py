@@ -20,6 +20,10 @@ class Reward:
     def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
         raise NotImplementedError
 
+    def to(self, device: torch.device | str) -> Reward:
+        """Move any model this source runs to ``device`` (rule-based sources have none)."""
+        return self
+
 
 class RewardError(ValueError):
     """A reward source returned something unusable (wrong shape, NaN or infinite values)."""
@@ -59,6 +63,11 @@ class WeightedSum(Reward):
         if len(weights) != len(sources) or not sources:
             raise ValueError(f"WeightedSum needs one weight per source: {len(sources)} sources, {len(weights)} weights")
         self.sources, self.weights = sources, weights
+
+    def to(self, device: torch.device | str) -> WeightedSum:
+        for source in self.sources:
+            source.to(device)
+        return self
 
     def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
         total = torch.zeros(len(completions))

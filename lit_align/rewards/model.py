@@ -52,6 +52,10 @@ class RewardModelScorer(Reward):
         self.tokenizer = models.load_tokenizer(model)
         self.model = models.load_sequence_classifier(model, dtype).eval()
 
+    def to(self, device: torch.device | str) -> RewardModelScorer:
+        self.model.to(device)
+        return self
+
     @torch.no_grad()
     def score(self, prompts: list, responses: list) -> torch.Tensor:
         """Rewards for each ``(prompt, response)``; each is text, or a message list for chat models."""
