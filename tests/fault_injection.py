@@ -17,3 +17,30 @@ class KillAfterStep(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signal)
+
+
+class GlobalLossCurve(L.Callback):
+    """Record the global-batch loss after every optimiser step to ``path`` (JSON list), on rank 0.
+
+    Each rank's loss is its share of the global mean scaled by the world size (SFT) or the mean over
+    its equal share of pairs (DPO), so the mean over ranks is the loss of the whole global batch.
+    """
+
+    def __init__(self, path: str):
+        self.path, self.values = path, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"].detach().clone()
+        if trainer.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss)
+            loss /= trainer.world_size
+        self.values.append(loss.item())
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            import json
+
+            with open(self.path, "w") as f:
+                json.dump(self.values, f)
