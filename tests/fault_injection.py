@@ -44,3 +44,24 @@ class GlobalLossCurve(L.Callback):
 
             with open(self.path, "w") as f:
                 json.dump(self.values, f)
+
+
+class StepProgress(L.Callback):
+    """On rank 0, write the optimiser step reached to ``path`` after every step, then sleep ``seconds``.
+
+    Slows a tiny run down enough for a test to watch ``path`` and send a signal part way through.
+    """
+
+    def __init__(self, path: str, seconds: float = 0.0):
+        self.path, self.seconds = path, seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(trainer.global_step))
+            os.replace(tmp, self.path)
+        if self.seconds:
+            import time
+
+            time.sleep(self.seconds)
