@@ -47,8 +47,8 @@ class Sizes:
     dpo_epochs: int = 2
     rloo_steps: int = 12
     cd_sft_steps: int = 40
-    cd_more_steps: int = 60
-    cd_rloo_steps: int = 12
+    cd_more_steps: int = 40
+    cd_rloo_steps: int = 8
     cd_eval_problems: int = 32
     cd_new_tokens: int = 160
     bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
