@@ -46,20 +46,22 @@ class Sizes:
     rm_steps: int = 60
     dpo_epochs: int = 2
     rloo_steps: int = 12
+    rloo_checker_steps: int = 12  # RLOO rewarded by the constraint checkers
     cd_sft_steps: int = 40
-    cd_more_steps: int = 40
-    cd_rloo_steps: int = 8
+    cd_more_steps: int = 20
+    cd_rloo_steps: int = 4
     cd_eval_problems: int = 32
     cd_new_tokens: int = 160
-    bon_n: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    bon_n: list[int] = field(default_factory=lambda: [1, 2, 4])
     trainer: dict = field(default_factory=dict)  # extra trainer settings for every fit stage
 
 
 PROFILES = {
-    "embedded": Sizes(policy=None, rm_backbone=None),
+    # Cut to fit a session on 2 shared cores: the checker-reward RLOO ran 4 steps, the RM-reward one 12.
+    "embedded": Sizes(policy=None, rm_backbone=None, rloo_checker_steps=4),
     "smoke": Sizes(
         policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=8, if_eval_prompts=4, if_new_tokens=12,
-        sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, cd_sft_steps=2, cd_more_steps=2, cd_rloo_steps=2,
+        sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, rloo_checker_steps=2, cd_sft_steps=2, cd_more_steps=2, cd_rloo_steps=2,
         cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2], sft_min_score=0.0, trainer={"log_every_n_steps": 1},
     ),
     "paper": Sizes(policy=None, rm_backbone=None),
@@ -144,8 +146,9 @@ def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
     for key, label, reward in (("rloo_rm", "RLOO, RM reward (from SFT)", {"init_args": {"model": f"{out}/instruction_rm/export"}}),
                                ("rloo_checker", "RLOO, checker reward (from SFT)", {})):
         init = {"model": sft, "reward": reward} | ({"generation": {"max_new_tokens": s.if_new_tokens}} if sized else {})
+        steps = s.rloo_steps if key == "rloo_rm" else s.rloo_checker_steps
         stages.append(Stage(f"instruction_{key}", "fit", cfg[key], label, {
-            "trainer": {"max_steps": s.rloo_steps} if sized else {}, "model": {"init_args": init}}))
+            "trainer": {"max_steps": steps} if sized else {}, "model": {"init_args": init}}))
     base = s.policy or ("Qwen/Qwen2.5-0.5B" if paper else None)
     stages.append(_instruction_eval(s, out, "instruction_eval_base", "base model", base, paper, base_eval=True))
     for key, label in (("sft", "SFT"), ("dpo", "DPO"), ("rloo_rm", "RLOO (RM reward)"), ("rloo_checker", "RLOO (checker reward)")):
