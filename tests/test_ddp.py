@@ -38,6 +38,7 @@ def _config(method: str, folder: Path, devices: int) -> Path:
         "trainer": {
             "accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
             "precision": "32-true", "max_steps": STEPS, "logger": False, "enable_checkpointing": False,
+            "default_root_dir": str(folder),  # the CLI saves its config.yaml there, not in the working folder
             "limit_val_batches": 0, "num_sanity_val_steps": 0, "enable_progress_bar": False,
             "callbacks": [
                 {"class_path": "fault_injection.GlobalLossCurve", "init_args": {"path": str(folder / "losses.json")}},

@@ -51,6 +51,7 @@ def _retarget(config: dict, stage: Stage, folder: Path, checkpoint_every: int) -
     by_callback = overrides.pop("callbacks", {})
     config = merge(config, overrides)
     trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(folder)  # where a run without a logger saves its config.yaml
     if isinstance(trainer.get("logger"), dict):
         trainer["logger"] = merge(trainer["logger"], {"init_args": {"save_dir": str(folder), "name": "logs"}})
     callbacks = []
