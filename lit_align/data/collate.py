@@ -16,12 +16,16 @@ class SFTBatch:
     ``loss_normalizer``: what the summed token loss of this batch is divided by. For training it is
     set so that, after gradient accumulation and data-parallel averaging, the gradient equals that of
     the mean over every loss token of the global batch; for evaluation it is this batch's token count.
+
+    ``position_ids`` is set only for packed batches (``collate_sft_packed``): a row then holds several
+    examples, each counting positions from 0, and attention must stay within each example.
     """
 
     input_ids: torch.Tensor  # (B, T) long
-    attention_mask: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long: 1 on real tokens, 0 on padding
     labels: torch.Tensor  # (B, T) long
     loss_normalizer: float
+    position_ids: torch.Tensor | None = None  # (B, T) long, packed batches only
 
     @property
     def num_loss_tokens(self) -> int:
@@ -62,6 +66,54 @@ def collate_sft(examples: list[Example], pad_id: int, loss_normalizer: float | N
     attention_mask = pad([[1] * len(e.input_ids) for e in examples], 0)
     labels = pad([e.labels for e in examples], IGNORE_INDEX)
     batch = SFTBatch(input_ids, attention_mask, labels, 0.0)
+    batch.loss_normalizer = float(loss_normalizer if loss_normalizer is not None else batch.num_loss_tokens)
+    return batch
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Group sequence indices into rows of at most ``capacity`` tokens (first-fit decreasing).
+
+    A sequence longer than ``capacity`` gets a row of its own.
+
+    >>> pack_rows([5, 3, 4, 2], capacity=8)
+    [[0, 1], [2, 3]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(i)
+        room[row] -= lengths[i]
+    return rows
+
+
+def collate_sft_packed(
+    examples: list[Example], pad_id: int, capacity: int, loss_normalizer: float | None = None
+) -> SFTBatch:
+    """Concatenate examples into as few rows of at most ``capacity`` tokens as fit, instead of padding each.
+
+    Position ids restart at 0 with each example and each example's first label is ignored, so no
+    token learns to follow the previous example; the loss tokens are exactly those of ``collate_sft``.
+    The padding at a row's end counts its own positions from 0, a segment nothing real attends to.
+
+    >>> from lit_align.data.formats import Example
+    >>> b = collate_sft_packed([Example([5, 6, 7], [-100, 6, 7], "a"), Example([5, 8], [5, 8], "b")], 0, capacity=8)
+    >>> b.input_ids.tolist(), b.labels.tolist(), b.position_ids.tolist(), b.num_loss_tokens
+    ([[5, 6, 7, 5, 8]], [[-100, 6, 7, -100, 8]], [[0, 1, 2, 0, 1]], 3)
+    """
+    ids, labels, positions = [], [], []
+    for row in pack_rows([len(e.input_ids) for e in examples], capacity):
+        members = [examples[i] for i in sorted(row)]  # batch order within a row
+        ids.append([t for e in members for t in e.input_ids])
+        labels.append([t for e in members for t in [IGNORE_INDEX] + e.labels[1:]])
+        positions.append([p for e in members for p in range(len(e.input_ids))])
+    width = max(len(p) for p in positions)
+    position_ids = torch.tensor([p + list(range(width - len(p))) for p in positions], dtype=torch.long)
+    batch = SFTBatch(pad(ids, pad_id), pad([[1] * len(r) for r in ids], 0), pad(labels, IGNORE_INDEX), 0.0, position_ids)
     batch.loss_normalizer = float(loss_normalizer if loss_normalizer is not None else batch.num_loss_tokens)
     return batch
 

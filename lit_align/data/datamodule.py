@@ -12,7 +12,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lit_align.data import formats, preference
-from lit_align.data.collate import collate_preference, collate_prompts, collate_sft
+from lit_align.data.collate import (
+    collate_preference,
+    collate_prompts,
+    collate_sft,
+    collate_sft_packed,
+)
 from lit_align.data.sampler import WindowBatchSampler
 from lit_align.data.sources import DataError, Source
 
@@ -78,6 +83,7 @@ class AlignDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        packing: bool = False,
     ):
         """
         Args:
@@ -91,6 +97,8 @@ class AlignDataModule(L.LightningDataModule):
             val_batch_size: examples per validation batch (default: batch_size).
             num_workers: DataLoader worker processes.
             seed: seed for the train/val split and the shuffling order.
+            packing: SFT: concatenate each micro-batch's examples into rows of up to max_length tokens
+                (positions restart per example, attention stays within it) instead of padding each one.
         """
         super().__init__()
         if truncation not in ("truncate", "drop"):
@@ -101,7 +109,7 @@ class AlignDataModule(L.LightningDataModule):
         self.val_fraction, self.limit, self.seed = val_fraction, limit, seed
         self.max_length, self.truncation = max_length, truncation
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers, self.packing = num_workers, packing
         self.tokenizer = None
         self.data_format = "sft"
         self.train_items: list = []
@@ -182,6 +190,8 @@ class AlignDataModule(L.LightningDataModule):
             return collate_preference([item[0] for item in items], pad_id)
         window_tokens = items[0][1]
         normalizer = None if window_tokens is None else window_tokens / (accumulate * world_size)
+        if self.packing:
+            return collate_sft_packed([item[0] for item in items], pad_id, self.max_length, normalizer)
         return collate_sft([item[0] for item in items], pad_id, normalizer)
 
     def train_dataloader(self) -> DataLoader:

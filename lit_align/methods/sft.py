@@ -12,12 +12,24 @@ parallelism give exactly the gradient of one large batch; ``AlignDataModule`` su
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torchmetrics
 
 from lit_align import losses, ops
 from lit_align.data.collate import SFTBatch
 from lit_align.methods.base import PolicyModule
+
+
+@contextmanager
+def kv_cache_off(model):
+    """Run forwards without a KV cache: transformers ignores packed position ids when it builds one."""
+    config = model.config
+    saved, config.use_cache = config.use_cache, False
+    try:
+        yield
+    finally:
+        config.use_cache = saved
 
 
 class SFT(PolicyModule):
@@ -29,7 +41,11 @@ class SFT(PolicyModule):
         self._last_step_time = None
 
     def _nll(self, batch: SFTBatch, normalizer: float):
-        token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+        if batch.position_ids is None:
+            token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+        else:
+            with kv_cache_off(self.policy):
+                token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, None, batch.labels, batch.position_ids)
         return losses.sft_loss(token_logps, ops.loss_mask(batch.labels), normalizer)
 
     def training_step(self, batch: SFTBatch, batch_idx: int):
@@ -42,6 +58,12 @@ class SFT(PolicyModule):
         self._last_step_time = now
         self.log_dict(metrics, prog_bar=True, batch_size=batch.input_ids.size(0))
         return loss
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning frees gradients just before the next backward, so they would live through the next
+        # forward and add their full size to peak memory; free them as soon as they are applied.
+        optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: SFTBatch, batch_idx: int):
         loss = self._nll(batch, batch.num_loss_tokens)

@@ -1,0 +1,95 @@
+"""The benchmark harness's own logic: data, clocks, aggregation and ratios (no model is trained here)."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
+
+common = pytest.importorskip("common")
+data = pytest.importorskip("data")
+report = pytest.importorskip("report")
+worker = pytest.importorskip("worker")
+
+
+def test_synthetic_data_is_fixed_by_the_seed_and_lengths_vary(tmp_path):
+    s = common.Settings(steps=4, warmup=1)
+    a = data.write_data(s, tmp_path / "a")
+    b = data.write_data(s, tmp_path / "b")
+    for name in ("sft", "preference", "prompt"):
+        assert (a / f"{name}.jsonl").read_text() == (b / f"{name}.jsonl").read_text()
+    rows = [json.loads(line) for line in (a / "sft.jsonl").read_text().splitlines()]
+    words = [len(r["messages"][1]["content"].split()) for r in rows]
+    assert len(rows) >= s.examples_needed(s.sft_batch)
+    assert max(words) > 2 * statistics.median(words) > 2 * min(words)  # a long tail, not one length
+
+
+def test_every_contender_sees_the_same_batches_in_lit_aligns_order(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setattr(data.models, "load_tokenizer", lambda name: tokenizer)
+    s = common.Settings(steps=3, warmup=1, sft_batch=2)
+    spec = common.Spec("sft", "bare", s, str(data.write_data(s, tmp_path)))
+    _, first = data.ordered_batches(spec)
+    _, again = data.ordered_batches(spec)
+    assert len(first) == s.steps_total() and all(len(b) == 2 for b in first)
+    assert [[e.input_ids for e in b] for b in first] == [[e.input_ids for e in b] for b in again]
+
+
+def test_step_clock_drops_warmup_and_keeps_tokens_aligned():
+    clock = common.StepClock()
+    clock.begin()
+    clock.start = 0.0
+    clock.ends, clock.tokens = [1.0, 3.0, 4.5], [10, 20, 30]
+    out = common.summary(clock, warmup=1)
+    assert out["step_s"] == [2.0, 1.5] and out["tokens"] == [20, 30]
+
+
+def _run(contender, repeat, step_s, tokens, peak, error=None):
+    base = {"method": "sft", "contender": contender, "repeat": repeat}
+    if error:
+        return base | {"error": error}
+    return base | {"step_s": step_s, "tokens": tokens, "process_peak_rss_mib": peak, "train_peak_rss_mib": peak}
+
+
+def _table(runs):
+    names = dict.fromkeys(r["contender"] for r in runs)
+    table = {"sft": {c: report.aggregate([r for r in runs if r["contender"] == c]) for c in names}}
+    return report.with_ratios(table, runs)
+
+
+def test_aggregate_takes_medians_over_repeats_and_ratios_pair_equal_steps():
+    runs = [
+        _run("lit_align", 0, [1.0, 4.0], [100, 100], 900), _run("lit_align", 1, [1.2, 4.4], [100, 100], 1000),
+        _run("lit_align", 2, [1.1, 3.6], [100, 100], 950),
+        _run("trl", 0, [2.0, 8.0], [100, 100], 1000), _run("trl", 1, [2.4, 8.8], [100, 100], 1000),
+        _run("trl", 2, [2.2, 7.2], [100, 100], 1000),
+        _run("lit_align+packing", 0, [0.5, 1.0], [100, 100], 900),
+        _run("trl+padding_free", 0, [1.0, 2.0], [100, 100], 1000),
+        _run("bare", 0, [1.0, 4.0], [100, 100], 800), _run("bare", 1, [1.0, 4.0], [100, 100], 800),
+        _run("bare+packing", 0, [0.4, 0.8], [100, 100], 800),
+    ]
+    table = _table(runs)
+    rows = table["sft"]
+    assert rows["lit_align"]["step_s"] == pytest.approx(2.5) and rows["lit_align"]["step_s_max"] == pytest.approx(2.8)
+    assert rows["lit_align"]["time_vs_trl"] == pytest.approx(0.5)  # every paired step is half TRL's
+    assert rows["lit_align"]["mem_vs_trl"] == pytest.approx(0.95)
+    assert rows["lit_align"]["time_vs_bare"] == pytest.approx(1.05)  # repeat 2 has no bare run to pair with
+    assert rows["lit_align+packing"]["time_vs_trl_same_layout"] == pytest.approx(0.5)
+    assert rows["lit_align+packing"]["time_vs_bare"] == pytest.approx(1.25)
+    assert rows["lit_align"]["time_vs_trl_same_layout"] is None
+    assert "| sft | lit_align | 2.50 |" in report.markdown(table)
+
+
+def test_a_failed_contender_is_a_marked_row_not_a_crash():
+    table = _table([_run("lit_align", 0, [1.0], [5], 900), _run("trl", 0, None, None, None, error="ValueError: nope")])
+    rows = table["sft"]
+    assert rows["trl"] == {"error": "ValueError: nope"}
+    assert rows["lit_align"]["time_vs_trl"] is None and rows["lit_align"]["mem_vs_trl"] is None
+    assert "failed: ValueError: nope" in report.markdown(table)
+
+
+def test_worker_routes_each_contender_to_its_module():
+    assert [worker.family(c) for c in ("lit_align+packing", "trl+padding_free", "bare", "chunked")] == [
+        "lit", "trl_contenders", "bare", "bare"]

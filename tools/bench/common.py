@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmark: settings, the run spec, step clocks, memory readings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+POLICY = "embedded:smollm2-135m-instruct"
+RM_BACKBONE = "embedded:all-minilm-l6-v2"
+RESULT_TAG = "BENCH_RESULT "
+
+@dataclass
+class Settings:
+    """What one benchmark run trains on; identical for every contender of a method."""
+
+    steps: int = 8  # measured optimiser steps per run
+    warmup: int = 2  # optimiser steps run first and not measured
+    threads: int = 2  # torch intra-op threads (and OMP_NUM_THREADS) in every contender
+    seed: int = 0
+    lr: float = 1e-5
+    sft_batch: int = 4
+    sft_max_length: int = 512
+    sft_prompt_words: float = 25  # median words of a prompt (lognormal)
+    sft_completion_words: float = 60  # median words of a response (lognormal)
+    sigma: float = 1.0  # lognormal spread of every length
+    dpo_batch: int = 2  # preference pairs per step (2x rows)
+    dpo_max_length: int = 384
+    rm_batch: int = 8
+    rm_max_length: int = 512
+    rloo_batch: int = 2  # prompts per step
+    rloo_k: int = 4  # completions per prompt
+    rloo_max_new_tokens: int = 48
+    kl_coef: float = 0.05
+    logprobs_batch: int = 4  # rows of the log-prob micro-benchmark (all at sft_max_length)
+
+    def steps_total(self) -> int:
+        return self.warmup + self.steps
+
+    def examples_needed(self, batch: int) -> int:
+        """Records a method reads: a fixed pool of 64, so the first batches do not depend on ``steps``."""
+        return max(64, batch * self.steps_total())
+
+
+@dataclass
+class Spec:
+    """One run of one contender: what the orchestrator hands a worker process."""
+
+    method: str
+    contender: str
+    settings: Settings
+    data_dir: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> Spec:
+        raw = json.loads(text)
+        return Spec(raw["method"], raw["contender"], Settings(**raw["settings"]), raw["data_dir"], raw.get("extra", {}))
+
+
+class StepClock:
+    """Wall-clock time at the end of every optimiser step, and the real tokens of each step."""
+
+    def __init__(self):
+        self.start: float | None = None
+        self.ends: list[float] = []
+        self.tokens: list[int] = []
+        self.base_rss_mib: float | None = None
+
+    def begin(self) -> None:
+        """Training starts: models are loaded; from here the peak RSS is the training peak."""
+        self.start = time.perf_counter()
+        self.base_rss_mib = rss_mib()
+        reset_peak_rss()
+
+    def step_done(self, tokens: int | None = None) -> None:
+        self.ends.append(time.perf_counter())
+        if tokens is not None:
+            self.tokens.append(int(tokens))
+
+    def durations(self) -> list[float]:
+        marks = [self.start] + self.ends
+        return [b - a for a, b in itertools.pairwise(marks)]
+
+
+def _status_kib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return math.nan
+
+
+def rss_mib() -> float:
+    """Resident memory of this process now."""
+    return _status_kib("VmRSS") / 1024
+
+
+def peak_rss_mib() -> float:
+    """Highest resident memory of this process so far (or since ``reset_peak_rss``)."""
+    return _status_kib("VmHWM") / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak-RSS reading again from the current RSS (Linux ``clear_refs`` 5); False where refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_peak_rss_mib(rusage: resource.struct_rusage) -> float:
+    """``ru_maxrss`` of one waited-for child (kilobytes on Linux)."""
+    return rusage.ru_maxrss / 1024
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    torch.set_num_threads(n)
+
+
+def summary(clock: StepClock, warmup: int, **extra) -> dict:
+    """What a worker reports: measured step times (warm-up dropped), tokens, memory."""
+    durations = clock.durations()[warmup:]
+    tokens = clock.tokens[warmup : warmup + len(durations)] if clock.tokens else []
+    return {
+        "step_s": durations,
+        "tokens": tokens,
+        "base_rss_mib": clock.base_rss_mib,
+        "train_peak_rss_mib": peak_rss_mib(),
+        **extra,
+    }
+
+
+def emit(result: dict) -> None:
+    print(RESULT_TAG + json.dumps(result), flush=True)

@@ -1,0 +1,76 @@
+"""lit_align contenders: the real LightningModules driven by a Lightning ``Trainer``, as users run them."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
+from data import datamodule
+
+from lit_align.generation import SamplingParams
+from lit_align.methods import DPO, RLOO, SFT, RewardModel
+from lit_align.rewards.base import Reward
+
+
+def word_variety(completions: list[str]) -> list[float]:
+    """The RLOO benchmark's reward: distinct words / 20; cheap and rule-based, the same for every contender."""
+    return [len(set(text.lower().split())) / 20 for text in completions]
+
+
+class WordVariety(Reward):
+    """``word_variety`` as a lit_align reward source."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor(word_variety(completions))
+
+
+class Clock(L.Callback):
+    """Times each optimiser step of the Trainer and counts its real (non-padding) tokens."""
+
+    def __init__(self, clock: StepClock, rloo_rows: int = 0):
+        self.clock, self.rloo_rows = clock, rloo_rows
+
+    def on_train_start(self, trainer, pl_module):
+        self.clock.begin()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.rloo_rows:  # generated tokens: the logged mean completion length times the completions
+            tokens = float(trainer.callback_metrics["train/completion_length"]) * self.rloo_rows
+        else:
+            tokens = int(batch.attention_mask.sum())
+        self.clock.step_done(tokens)
+
+
+def _module(spec: Spec):
+    s = spec.settings
+    adamw = partial(torch.optim.AdamW, lr=s.lr, weight_decay=0.0, fused=True)  # what TRL uses on this torch
+    common = {"dtype": "float32", "optimizer": adamw, "warmup_steps": 0}
+    if spec.method == "sft":
+        return SFT(model=POLICY, **common)
+    if spec.method == "dpo":
+        return DPO(model=POLICY, reference="copy", **common)
+    if spec.method == "rm":
+        return RewardModel(model=RM_BACKBONE, **common)
+    if spec.method == "rloo":
+        sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
+        return RLOO(model=POLICY, reward=WordVariety(), rloo_k=s.rloo_k, kl_coef=s.kl_coef, reference="copy",
+                    generation=sampling, **common)
+    raise ValueError(spec.method)
+
+
+def run(spec: Spec) -> dict:
+    s = spec.settings
+    torch.manual_seed(s.seed)
+    module = _module(spec)
+    data = datamodule(spec, packing=spec.contender.endswith("+packing"))
+    data.tokenizer = None  # the Trainer lends the module's tokenizer, as in a CLI run
+    clock = StepClock()
+    rows = s.rloo_batch * s.rloo_k if spec.method == "rloo" else 0
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=s.steps_total(), logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
+                        callbacks=[Clock(clock, rows)])
+    trainer.fit(module, data)
+    return summary(clock, s.warmup)

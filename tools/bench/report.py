@@ -1,0 +1,130 @@
+"""Turn raw runs into the side-by-side table: medians over repeats, and ratios against named baselines."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from importlib import metadata
+
+# Baselines a contender is divided by. "TRL" is the trainer as a TRL user runs it; "TRL, same
+# layout" is TRL's padding-free mode for the packed rows; "bare" is the bare loop of the same layout.
+TRL_BASELINE = "trl"
+
+
+def trl_same_layout(contender: str) -> str:
+    return "trl+padding_free" if contender.endswith("+packing") else TRL_BASELINE
+
+
+def bare_same_layout(contender: str) -> str:
+    return "bare+packing" if contender.endswith("+packing") else "bare"
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per-contender figures over its repeats: median step time, spread, tokens/s, memory."""
+    ok = [r for r in runs if "error" not in r and r.get("step_s")]
+    if not ok:
+        return {"error": next((r.get("error") for r in runs if "error" in r), "no measured steps")}
+    medians = [statistics.median(r["step_s"]) for r in ok]
+    throughput = [sum(r["tokens"]) / sum(r["step_s"]) for r in ok if r.get("tokens")]
+    return {
+        "step_s": statistics.median(medians),
+        "mean_step_s": statistics.mean(t for r in ok for t in r["step_s"]),
+        "step_s_min": min(medians),
+        "step_s_max": max(medians),
+        "tokens_per_step": statistics.median(sum(r["tokens"]) / len(r["tokens"]) for r in ok) if throughput else None,
+        "tokens_per_s": statistics.median(throughput) if throughput else None,
+        "peak_rss_mib": statistics.median(r["process_peak_rss_mib"] for r in ok),
+        "train_peak_rss_mib": statistics.median(r["train_peak_rss_mib"] for r in ok),
+        "repeats": len(ok),
+    }
+
+
+def paired_time_ratio(runs_a: list[dict], runs_b: list[dict]) -> float | None:
+    """Median over (repeat, step) of step time a / step time b.
+
+    Step i of every contender trains on the same batch, so pairing steps cancels the batch-to-batch
+    spread (lengths vary a lot) that would otherwise swamp a ratio of two medians.
+    """
+    by_repeat = {r["repeat"]: r["step_s"] for r in runs_b if "error" not in r and r.get("step_s")}
+    ratios = [ta / tb for r in runs_a if "error" not in r and r["repeat"] in by_repeat
+              for ta, tb in zip(r["step_s"], by_repeat[r["repeat"]])]
+    return statistics.median(ratios) if ratios else None
+
+
+def with_ratios(table: dict[str, dict[str, dict]], runs: list[dict]) -> dict[str, dict[str, dict]]:
+    """Add time ratios (paired by step) and peak-memory ratios against TRL, TRL with the same layout, and bare."""
+    def of(method: str, contender: str) -> list[dict]:
+        return [r for r in runs if r["method"] == method and r["contender"] == contender]
+
+    for method, rows in table.items():
+        for name, row in rows.items():
+            if "error" in row:
+                continue
+            mine, trl = of(method, name), rows.get(TRL_BASELINE)
+            same = trl_same_layout(name)
+            row["time_vs_trl"] = paired_time_ratio(mine, of(method, TRL_BASELINE))
+            row["mem_vs_trl"] = row["peak_rss_mib"] / trl["peak_rss_mib"] if trl and "error" not in trl else None
+            row["time_vs_trl_same_layout"] = paired_time_ratio(mine, of(method, same)) if same != TRL_BASELINE else None
+            row["time_vs_bare"] = paired_time_ratio(mine, of(method, bare_same_layout(name)))
+    return table
+
+
+def _f(value, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown(table: dict[str, dict[str, dict]]) -> str:
+    head = ("| method | contender | s/step median | s/step mean | run medians (min–max) | real tokens/step "
+            "| real tokens/s | peak RSS MiB | time ÷ TRL | peak RSS ÷ TRL | time ÷ TRL same layout | time ÷ bare |")
+    lines = [head, "|" + "---|" * 12]
+    for method, rows in table.items():
+        for name, r in rows.items():
+            if "error" in r:
+                lines.append(f"| {method} | {name} | failed: {r['error']} |" + " |" * 9)
+                continue
+            lines.append(
+                f"| {method} | {name} | {r['step_s']:.2f} | {r['mean_step_s']:.2f} | {r['step_s_min']:.2f}–{r['step_s_max']:.2f} "
+                f"| {_f(r['tokens_per_step'], '.0f')} | {_f(r['tokens_per_s'], '.0f')} | {r['peak_rss_mib']:.0f} "
+                f"| {_f(r['time_vs_trl'], '.2f')} | {_f(r['mem_vs_trl'], '.2f')} "
+                f"| {_f(r['time_vs_trl_same_layout'], '.2f')} | {_f(r['time_vs_bare'], '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def _sh(cmd: str) -> str:
+    try:
+        return subprocess.run(cmd, shell=True, check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def machine() -> dict:
+    """CPU model, cores, RAM, library versions, and whether other known work was running."""
+    versions = {}
+    for package in ("torch", "transformers", "lightning", "trl", "accelerate", "peft"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu": _sh("lscpu | sed -n 's/^Model name: *//p' | head -1") or platform.processor(),
+        "cores": str(os.cpu_count()),
+        "ram": _sh("free -g | awk '/^Mem:/ {print $2 \" GiB\"}'"),
+        "python": platform.python_version(),
+        "versions": versions,
+        "busy": busy(),
+    }
+
+
+def busy() -> list[str]:
+    """Other known heavy work on this machine right now (a reproduce run, Slurm daemons)."""
+    found = []
+    for name in ("tools/reproduce.py", "slurmd"):
+        try:  # not through a shell, whose own command line would match the pattern
+            if subprocess.run(["pgrep", "-f", name], check=False, capture_output=True).returncode == 0:
+                found.append(name)
+        except OSError:
+            pass
+    return found

@@ -1,0 +1,133 @@
+"""lit_align vs TRL vs a bare PyTorch loop, side by side, in one command.
+
+    python tools/bench/run.py --methods sft rm dpo rloo logprobs --steps 8 --repeats 3
+
+Every run is its own process (its peak RSS is read with ``wait4`` when it exits). Runs alternate
+between contenders (a b c a b c ...), so slow drifts of the machine spread over all of them, and
+the table reports, per contender, the median over repeats of each run's median step time, with
+ratios against TRL and against the bare loop of the same maths. Raw runs and the table are written
+to ``--out`` (default ``outputs/bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import RESULT_TAG, Settings, Spec, child_peak_rss_mib
+from data import write_data
+from report import aggregate, busy, machine, markdown, with_ratios
+
+CONTENDERS = {
+    "sft": ["lit_align", "lit_align+packing", "trl", "trl+padding_free", "bare", "bare+packing"],
+    "rm": ["lit_align", "trl", "bare"],
+    "dpo": ["lit_align", "trl", "bare"],
+    "rloo": ["lit_align", "trl", "bare"],
+    "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
+}
+
+
+def child_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
+               HF_DATASETS_DISABLE_PROGRESS_BARS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def run_one(spec: Spec, log: Path, timeout: float) -> dict:
+    """Run one contender in a fresh process; its result line, plus its whole-process peak RSS."""
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), spec.to_json()], stdout=out,
+                                stderr=subprocess.STDOUT, env=child_env(spec.settings.threads))
+        started = time.monotonic()
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                _, status, rusage = os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                break
+            time.sleep(0.2)
+    lines = [line for line in log.read_text().splitlines() if line.startswith(RESULT_TAG)]
+    result = json.loads(lines[-1][len(RESULT_TAG) :]) if lines else {"error": f"no result (exit {proc.returncode}); see {log}"}
+    if proc.returncode == -9:
+        result = {"error": f"timed out after {timeout:.0f} s; see {log}"}
+    result.update(process_peak_rss_mib=child_peak_rss_mib(rusage), wall_s=time.monotonic() - started,
+                  busy=busy(), method=spec.method, contender=spec.contender)
+    return result
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["sft", "rm", "dpo", "rloo", "logprobs"], choices=list(CONTENDERS))
+    p.add_argument("--contenders", nargs="+", help="only these contenders (default: all of each method)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=1800, help="seconds before one run is killed")
+    p.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    p.add_argument("--report-only", action="store_true", help="only rebuild the table from OUT/runs.jsonl")
+    p.add_argument("--resume", action="store_true", help="keep OUT/runs.jsonl and skip the runs it already holds")
+    for f in fields(Settings):  # --steps, --warmup, --threads, --sft-batch, --sft-max-length, ...
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    if args.report_only:  # rebuild the table from the runs an earlier (maybe interrupted) command kept
+        runs = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines()]
+        methods = [m for m in CONTENDERS if any(r["method"] == m for r in runs)]
+        return write_report(runs, methods, {"machine": machine(), "argv": sys.argv}, args.out)
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    data_dir = write_data(settings, args.out / "data")
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    kept = args.out / "runs.jsonl"
+    runs = [json.loads(line) for line in kept.read_text().splitlines()] if args.resume and kept.is_file() else []
+    done = {(r["method"], r["contender"], r["repeat"]) for r in runs}
+    if not args.resume:
+        kept.unlink(missing_ok=True)
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; busy: {info['busy'] or 'no'}", file=sys.stderr)
+    for repeat in range(args.repeats):
+        for method in args.methods:
+            for contender in CONTENDERS[method]:
+                if (args.contenders and contender not in args.contenders) or (method, contender, repeat) in done:
+                    continue
+                spec = Spec(method, contender, settings, str(data_dir))
+                result = run_one(spec, args.out / "logs" / f"{method}-{contender}-{repeat}.log", args.timeout)
+                runs.append(result | {"repeat": repeat})
+                with (args.out / "runs.jsonl").open("a") as f:  # kept even if the command is stopped early
+                    f.write(json.dumps(runs[-1]) + "\n")
+                shown = result.get("error") or f"median {sorted(result['step_s'])[len(result['step_s']) // 2]:.2f} s/step"
+                print(f"[{repeat}] {method:8s} {contender:18s} {shown}, peak {result['process_peak_rss_mib']:.0f} MiB",
+                      file=sys.stderr, flush=True)
+    return write_report(runs, args.methods, {"machine": info, "settings": asdict(settings), "argv": sys.argv}, args.out)
+
+
+def write_report(runs: list[dict], methods: list[str], header: dict, out: Path) -> dict:
+    """Aggregate the runs into the table; write results.json and results.md under ``out``; print the table."""
+    table = {m: {c: aggregate([r for r in runs if r["method"] == m and r["contender"] == c])
+                 for c in CONTENDERS[m] if any(r["method"] == m and r["contender"] == c for r in runs)}
+             for m in methods}
+    table = with_ratios(table, runs)
+    report = header | {"table": table, "runs": runs, "busy_during_runs": sorted({b for r in runs for b in r["busy"]})}
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(markdown(table) + "\n")
+    print(markdown(table))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""TRL contenders: SFTTrainer, RewardTrainer, DPOTrainer and RLOOTrainer on the same tokens and settings.
+
+Settings are matched to lit_align's run, not left at TRL's defaults where those differ: float32 (TRL
+defaults to bf16), no gradient checkpointing (TRL defaults to it on), dropout as loaded (TRL's DPO
+and reward trainers switch it off by default), sequential sampling over data already in lit_align's
+order, no saving, no reporting. Both sides use fused AdamW (TRL's default on this torch) and clip
+gradients to norm 1 (TRL's default). Tokens come pre-tokenized from lit_align's data module; for DPO,
+whose trainer always re-tokenizes text, a subclass skips that step (data preparation is not timed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
+from data import ordered_batches
+from datasets import Dataset
+from lit import word_variety
+from transformers import TrainerCallback
+
+from lit_align import models
+from lit_align.data.formats import IGNORE_INDEX
+
+
+class Clock(TrainerCallback):
+    def __init__(self, clock: StepClock):
+        self.clock = clock
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.clock.begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.step_done()
+
+
+class CountingCollator:
+    """Wraps the trainer's collator to count each batch's real tokens, in the order batches are made."""
+
+    def __init__(self, collate, counts: list[int]):
+        self.collate, self.counts = collate, counts
+
+    def __call__(self, features):
+        batch = self.collate(features)
+        mask = batch.get("attention_mask")
+        self.counts.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+        return batch
+
+
+def _common_args(spec: Spec, batch: int, out: str) -> dict:
+    s = spec.settings
+    return {
+        "output_dir": out, "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1,
+        "max_steps": s.steps_total(), "learning_rate": s.lr, "lr_scheduler_type": "constant", "weight_decay": 0.0,
+        "max_grad_norm": 1.0, "gradient_checkpointing": False, "bf16": False, "fp16": False, "use_cpu": True,
+        "report_to": "none", "save_strategy": "no", "eval_strategy": "no", "dataloader_num_workers": 0,
+        "disable_tqdm": True, "seed": s.seed,
+    }
+
+
+def _split(example) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a lit_align example whose labels mark the response."""
+    start = next(i for i, label in enumerate(example.labels) if label != IGNORE_INDEX)
+    return example.input_ids[:start], example.input_ids[start:]
+
+
+def _sft(spec: Spec, out: str):
+    from trl import SFTConfig, SFTTrainer
+
+    _, batches = ordered_batches(spec)
+    items = [e for b in batches for e in b]
+    dataset = Dataset.from_dict({
+        "input_ids": [e.input_ids for e in items],
+        "completion_mask": [[int(label != IGNORE_INDEX) for label in e.labels] for e in items],
+    })
+    padding_free = spec.contender.endswith("+padding_free")
+    args = SFTConfig(**_common_args(spec, spec.settings.sft_batch, out), train_sampling_strategy="sequential",
+                     max_length=None, completion_only_loss=True, padding_free=padding_free)
+    model = models.load_causal_lm(POLICY)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=models.load_tokenizer(POLICY))
+
+
+def _rm(spec: Spec, out: str):
+    from trl import RewardConfig, RewardTrainer
+
+    _, batches = ordered_batches(spec)
+    items = [e for b in batches for e in b]
+    dataset = Dataset.from_dict({"chosen_ids": [p.chosen.input_ids for p in items],
+                                 "rejected_ids": [p.rejected.input_ids for p in items]})
+    args = RewardConfig(**_common_args(spec, spec.settings.rm_batch, out), train_sampling_strategy="sequential",
+                        max_length=None, disable_dropout=False)
+    model = models.load_sequence_classifier(RM_BACKBONE)
+    return RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=models.load_tokenizer(RM_BACKBONE))
+
+
+def _dpo(spec: Spec, out: str):
+    from trl import DPOConfig, DPOTrainer
+
+    class PreTokenizedDPO(DPOTrainer):
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            return dataset
+
+    _, batches = ordered_batches(spec)
+    rows = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+    for pair in (p for b in batches for p in b):
+        prompt, chosen = _split(pair.chosen)
+        prompt_r, rejected = _split(pair.rejected)
+        assert prompt == prompt_r, "chosen and rejected must share the prompt tokens"
+        for key, value in zip(rows, (prompt, chosen, rejected)):
+            rows[key].append(value)
+    args = DPOConfig(**_common_args(spec, spec.settings.dpo_batch, out), train_sampling_strategy="sequential",
+                     max_length=None, beta=0.1, disable_dropout=False, precompute_ref_log_probs=False)
+    return PreTokenizedDPO(model=models.load_causal_lm(POLICY), ref_model=models.load_causal_lm(POLICY), args=args,
+                           train_dataset=Dataset.from_dict(rows), processing_class=models.load_tokenizer(POLICY))
+
+
+def _rloo(spec: Spec, out: str, generated: list[int]):
+    from trl import RLOOConfig, RLOOTrainer
+
+    s = spec.settings
+    _, batches = ordered_batches(spec)
+    prompts = [record["prompt"] for b in batches for _, record in b]
+
+    def reward(prompts, completions, completion_ids, **kwargs):
+        generated.append(sum(len(ids) for ids in completion_ids))
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        return word_variety(texts)
+
+    args = RLOOConfig(**_common_args(spec, s.rloo_batch * s.rloo_k, out), num_generations=s.rloo_k,
+                      max_completion_length=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                      beta=s.kl_coef, shuffle_dataset=False, disable_dropout=False)
+    return RLOOTrainer(model=models.load_causal_lm(POLICY), reward_funcs=reward, args=args,
+                       train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=models.load_tokenizer(POLICY))
+
+
+def run(spec: Spec) -> dict:
+    torch.manual_seed(spec.settings.seed)
+    clock, counts = StepClock(), []
+    with tempfile.TemporaryDirectory() as out:
+        if spec.method == "rloo":
+            trainer = _rloo(spec, out, counts)
+        else:
+            trainer = {"sft": _sft, "rm": _rm, "dpo": _dpo}[spec.method](spec, out)
+            trainer.data_collator = CountingCollator(trainer.data_collator, counts)
+        trainer.add_callback(Clock(clock))
+        trainer.train()
+    clock.tokens = counts
+    return summary(clock, spec.settings.warmup)
