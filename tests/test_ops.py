@@ -30,3 +30,82 @@ def test_chunked_head_logprobs_equal_the_plain_path_with_lora_and_gradients():
         value.sum().backward(retain_graph=True)
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+
+
+def _ragged(seed: int = 1):
+    """Rows as the collates make them: right-padded SFT/DPO rows and RLOO rows (left-padded prompt,
+    right-padded completion), of very different lengths, labels only after each row's first token."""
+    torch.manual_seed(seed)
+    ids = torch.randint(4, 300, (6, 40))
+    mask = torch.zeros_like(ids)
+    for row, (start, end) in enumerate([(0, 40), (0, 9), (0, 23), (6, 30), (15, 40), (2, 5)]):
+        mask[row, start:end] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    first = mask.int().argmax(1)
+    for row in range(ids.size(0)):
+        labels[row, : int(first[row]) + 2] = IGNORE_INDEX  # a short "prompt" at the start of each row
+    return ids, mask, labels
+
+
+def _grads(model, value):
+    model.zero_grad()
+    value.sum().backward(retain_graph=True)
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_unpadded_regrouped_logprobs_equal_full_logits_values_entropies_and_gradients():
+    tok = tiny.tiny_tokenizer()
+    model = tiny.tiny_causal_lm(tok)
+    ids, mask, labels = _ragged()
+    for pos in (None, ops.position_ids_from_mask(mask)):  # default positions (SFT, DPO) and RLOO's
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        plain = ops.token_logprobs(logits, labels)
+        entropy_plain = ops.token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
+        for overhead in (0, 16, 10_000):  # one row per group, some groups, one group of cut rows
+            fast, entropy = ops.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=5,
+                                                     with_entropy=True, group_overhead=overhead)
+            assert (fast == 0).equal(plain == 0)
+            assert torch.allclose(plain, fast, atol=1e-5) and torch.allclose(entropy, entropy_plain, atol=1e-5)
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_grads(model, plain), _grads(model, fast)))
+        dense, _ = ops.model_token_logprobs(model, ids, mask, labels, pos, unpad=False)
+        assert torch.allclose(plain, dense, atol=1e-5)
+
+
+def test_unpadding_actually_cuts_the_work():
+    """The regrouped path feeds the model fewer padded positions than the batch has."""
+    tok = tiny.tiny_tokenizer()
+    model = tiny.tiny_causal_lm(tok)
+    ids, mask, labels = _ragged()
+    seen = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    ops.model_token_logprobs(model, ids, mask, labels, group_overhead=0)
+    handle.remove()
+    assert sum(seen) == int(mask.sum()) < ids.numel()
+
+
+def test_row_group_plan_is_the_cheapest_partition():
+    lengths = [3, 50, 7, 48, 20, 5]
+    for overhead in (0, 10, 40, 1000):
+        groups = ops.plan_row_groups(lengths, overhead)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        cost = sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+        # brute force over the cut points of the sorted rows
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        best = min(
+            sum((b - a) * lengths[order[b - 1]] + overhead for a, b in zip((0, *cuts), (*cuts, len(order))))
+            for n in range(len(order))
+            for cuts in __import__("itertools").combinations(range(1, len(order)), n)
+        )
+        assert cost == best
+    assert ops.plan_row_groups(lengths, 0) == [[i] for i in sorted(range(6), key=lambda i: lengths[i])]
+
+
+def test_no_labelled_position_still_backpropagates_zero():
+    tok = tiny.tiny_tokenizer()
+    model = tiny.tiny_causal_lm(tok)
+    ids, mask, _ = _ragged()
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
+    assert logps.abs().sum() == 0
+    logps.sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())

@@ -71,24 +71,26 @@ def collate_sft(examples: list[Example], pad_id: int, loss_normalizer: float | N
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Group sequence indices into rows of at most ``capacity`` tokens (first-fit decreasing).
+    """Group sequence indices into as few rows of at most ``capacity`` tokens as fit, of near-equal length.
 
-    A sequence longer than ``capacity`` gets a row of its own.
+    Rows are padded to the longest, so they are balanced: with n = ceil(total / capacity) rows, each
+    sequence (longest first) joins the row holding the fewest tokens; if a row then overflows, one more
+    row is tried. A sequence longer than ``capacity`` ends up in a row of its own.
 
     >>> pack_rows([5, 3, 4, 2], capacity=8)
-    [[0, 1], [2, 3]]
+    [[0, 3], [2, 1]]
     """
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        row = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
-        if row is None:
-            rows.append([])
-            room.append(capacity)
-            row = len(rows) - 1
-        rows[row].append(i)
-        room[row] -= lengths[i]
-    return rows
+    n_rows = max(1, -(-sum(lengths) // capacity))
+    while True:
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        loads = [0] * n_rows
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            row = loads.index(min(loads))
+            rows[row].append(i)
+            loads[row] += lengths[i]
+        if all(load <= capacity or len(row) == 1 for row, load in zip(rows, loads)):
+            return [row for row in rows if row]
+        n_rows += 1
 
 
 def collate_sft_packed(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lit_align import models
+from lit_align import models, ops
 from lit_align.data.collate import pad
 from lit_align.data.preference import reward_ids
 from lit_align.rewards.base import Reward
@@ -21,8 +21,31 @@ from lit_align.rewards.base import Reward
 METADATA = "lit_align_reward.json"
 
 
-def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(N, T) right-padded inputs → (N,) float32 rewards."""
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, unpad: bool = True,
+                  group_overhead: int | None = None) -> torch.Tensor:
+    """(N, T) right-padded inputs → (N,) float32 rewards.
+
+    With ``unpad``, rows are regrouped by length (``ops.plan_row_groups``) and each group is cut to
+    its own longest row, so padding costs no compute; each row's reward is unchanged (rows never
+    attend to each other), up to float rounding.
+    """
+    lengths = attention_mask.sum(dim=1)
+    width = input_ids.size(1)
+    if unpad and input_ids.size(0) > 1 and bool((attention_mask[:, 0] == 1).all()):
+        overhead = ops.default_group_overhead(input_ids.device) if group_overhead is None else group_overhead
+        groups = ops.plan_row_groups(lengths.tolist(), overhead)
+        if not (len(groups) == 1 and int(lengths.max()) == width):
+            order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
+            parts = []
+            for g in groups:
+                rows = torch.tensor(g, device=input_ids.device)
+                longest = max(int(lengths[g].max()), 1)
+                parts.append(_dense_scores(model, input_ids[rows, :longest], attention_mask[rows, :longest]))
+            return torch.cat(parts)[torch.argsort(order)]
+    return _dense_scores(model, input_ids, attention_mask)
+
+
+def _dense_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     if hasattr(model, "score") and not hasattr(model, "classifier"):
         hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1

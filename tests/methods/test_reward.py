@@ -68,3 +68,23 @@ def test_reward_losses_need_scores_when_they_use_them():
     with pytest.raises(ValueError, match="score"):
         BradleyTerry(score_margin=True)(r, r, nan, nan)
     assert BradleyTerry()(r, r, nan, nan).item() == pytest.approx(0.6931, abs=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["tiny:classifier", "tiny:causal-lm"])
+def test_unpadded_reward_scores_equal_the_padded_batch_with_gradients(backbone):
+    rm = RewardModel(model=backbone)
+    rm.configure_model()
+    rm.model.eval()
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (5, 30))
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate([30, 4, 17, 9, 28]):
+        mask[row, :n] = 1
+    ids = ids.masked_fill(mask == 0, 0)
+    dense = reward_scores(rm.model, ids, mask, unpad=False)
+    params = [p for p in rm.model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(dense.sum(), params)
+    for overhead in (0, 8, 1000):
+        fast = reward_scores(rm.model, ids, mask, group_overhead=overhead)
+        assert torch.allclose(dense, fast, atol=1e-5)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, torch.autograd.grad(fast.sum(), params)))

@@ -9,8 +9,9 @@ Trainer, no callbacks, no logging. The ``logprobs`` method compares the chunked 
 from __future__ import annotations
 
 import torch
-from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
+from common import POLICY, RM_BACKBONE, Spec, StepClock, autocast, summary
 from data import ordered_batches
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lit import word_variety
 
 from lit_align import losses, models, ops
@@ -32,7 +33,10 @@ def _loop(spec: Spec, model, batches, loss_fn, tokens_fn) -> dict:
     clock = StepClock()
     clock.begin()
     for batch in batches:
-        loss, tokens = loss_fn(batch), tokens_fn(batch)
+        batch = move_data_to_device(batch, spec.settings.device)
+        with autocast(spec.settings):
+            loss = loss_fn(batch)
+        tokens = tokens_fn(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -48,7 +52,7 @@ def _sft(spec: Spec) -> dict:
         collated = [collate_sft_packed(b, pad_id, dm.max_length) for b in batches]
     else:
         collated = [collate_sft(b, pad_id) for b in batches]
-    model = models.load_causal_lm(POLICY).train()
+    model = models.load_causal_lm(POLICY).to(spec.settings.device).train()
     model.config.use_cache = False  # no KV cache in training; packed rows need it off (see SFT)
 
     def loss_fn(b):
@@ -62,8 +66,8 @@ def _sft(spec: Spec) -> dict:
 def _dpo(spec: Spec) -> dict:
     dm, batches = ordered_batches(spec)
     collated = [collate_preference(b, dm.tokenizer.pad_token_id) for b in batches]
-    model = models.load_causal_lm(POLICY).train()
-    reference = models.load_causal_lm(POLICY).eval().requires_grad_(False)
+    model = models.load_causal_lm(POLICY).to(spec.settings.device).train()
+    reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
 
     def loss_fn(b):
         logps = ops.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels)[0].sum(-1)
@@ -78,7 +82,7 @@ def _dpo(spec: Spec) -> dict:
 def _rm(spec: Spec) -> dict:
     dm, batches = ordered_batches(spec)
     collated = [collate_preference(b, dm.tokenizer.pad_token_id) for b in batches]
-    model = models.load_sequence_classifier(RM_BACKBONE).train()
+    model = models.load_sequence_classifier(RM_BACKBONE).to(spec.settings.device).train()
 
     def loss_fn(b):
         rc, rr = reward_scores(model, b.input_ids, b.attention_mask).split(b.num_pairs)
@@ -100,8 +104,8 @@ def _rloo(spec: Spec) -> dict:
     s = spec.settings
     dm, batches = ordered_batches(spec)
     prompt_batches = [collate_prompts([p for p, _ in b], [r for _, r in b], dm.tokenizer.pad_token_id) for b in batches]
-    model = models.load_causal_lm(POLICY).train()
-    reference = models.load_causal_lm(POLICY).eval().requires_grad_(False)
+    model = models.load_causal_lm(POLICY).to(spec.settings.device).train()
+    reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
     params = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0, n=s.rloo_k)
     generated = []
 
@@ -109,7 +113,7 @@ def _rloo(spec: Spec) -> dict:
         samples = sample(model, dm.tokenizer, b.input_ids, b.attention_mask, params, seed=len(generated))
         mask = samples.completion_mask.float()
         generated.append(int(mask.sum()))
-        rewards = torch.tensor(word_variety(samples.texts))
+        rewards = torch.tensor(word_variety(samples.texts), device=mask.device)
         logps = _completion_logps(model, samples)
         with torch.no_grad():
             kl = ((logps - _completion_logps(reference, samples)) * mask).sum(-1)
@@ -123,21 +127,22 @@ def _logprobs(spec: Spec) -> dict:
     """Forward + backward of the SFT log-probs only, at full length: chunked head vs full logits."""
     s = spec.settings
     torch.manual_seed(s.seed)
-    model = models.load_causal_lm(POLICY).train()
+    model = models.load_causal_lm(POLICY).to(spec.settings.device).train()
     model.config.use_cache = False
-    ids = torch.randint(100, model.config.vocab_size, (s.logprobs_batch, s.sft_max_length))
+    ids = torch.randint(100, model.config.vocab_size, (s.logprobs_batch, s.sft_max_length), device=s.device)
     labels = ids.clone()
     labels[:, : s.sft_max_length // 4] = IGNORE_INDEX
     mask = torch.ones_like(ids)
     clock = StepClock()
     clock.begin()
     for _ in range(s.steps_total()):
-        if spec.contender == "chunked":
-            logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
-        else:
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            logps = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)
-            logps = logps * (labels[:, 1:] != IGNORE_INDEX)
+        with autocast(s):
+            if spec.contender == "chunked":
+                logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
+            else:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                logps = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)
+                logps = logps * (labels[:, 1:] != IGNORE_INDEX)
         (-logps.sum()).backward()
         model.zero_grad(set_to_none=True)
         clock.step_done(int(mask.sum()))

@@ -11,8 +11,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-POLICY = "embedded:smollm2-135m-instruct"
-RM_BACKBONE = "embedded:all-minilm-l6-v2"
+# The models every contender trains; a machine without the embedded copies (a GPU box) may point these
+# at folders of the same architecture (``tools/bench/random_models.py`` writes randomly initialised ones).
+POLICY = os.environ.get("LIT_ALIGN_BENCH_POLICY", "embedded:smollm2-135m-instruct")
+RM_BACKBONE = os.environ.get("LIT_ALIGN_BENCH_RM", "embedded:all-minilm-l6-v2")
 RESULT_TAG = "BENCH_RESULT "
 
 @dataclass
@@ -38,6 +40,8 @@ class Settings:
     rloo_max_new_tokens: int = 48
     kl_coef: float = 0.05
     logprobs_batch: int = 4  # rows of the log-prob micro-benchmark (all at sft_max_length)
+    device: str = "cpu"  # "cpu" or "cuda"
+    precision: str = "32"  # "32" (float32) or "bf16-mixed" (float32 weights, bf16 autocast), on every side
 
     def steps_total(self) -> int:
         return self.warmup + self.steps
@@ -76,12 +80,18 @@ class StepClock:
         self.base_rss_mib: float | None = None
 
     def begin(self) -> None:
-        """Training starts: models are loaded; from here the peak RSS is the training peak."""
+        """Training starts: models are loaded; from here the peak RSS (and CUDA peak) is the training peak."""
+        _sync()
         self.start = time.perf_counter()
         self.base_rss_mib = rss_mib()
         reset_peak_rss()
+        if _cuda():
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
 
     def step_done(self, tokens: int | None = None) -> None:
+        _sync()  # a GPU step has ended when its kernels have, not when they were queued
         self.ends.append(time.perf_counter())
         if tokens is not None:
             self.tokens.append(int(tokens))
@@ -89,6 +99,20 @@ class StepClock:
     def durations(self) -> list[float]:
         marks = [self.start] + self.ends
         return [b - a for a, b in itertools.pairwise(marks)]
+
+
+def _cuda() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _sync() -> None:
+    if _cuda():
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def _status_kib(key: str) -> float:
@@ -138,8 +162,28 @@ def summary(clock: StepClock, warmup: int, **extra) -> dict:
         "tokens": tokens,
         "base_rss_mib": clock.base_rss_mib,
         "train_peak_rss_mib": peak_rss_mib(),
+        **({"cuda_peak_mib": _cuda_peak_mib()} if _cuda() else {}),
         **extra,
     }
+
+
+def _cuda_peak_mib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def autocast(settings: Settings):
+    """The bare loops' mixed precision: bf16 autocast where the run asks for it, else nothing."""
+    import contextlib
+
+    import torch
+
+    if settings.precision == "bf16-mixed":
+        return torch.autocast(settings.device, dtype=torch.bfloat16)
+    if settings.precision != "32":
+        raise ValueError(f"precision must be '32' or 'bf16-mixed', got {settings.precision!r}")
+    return contextlib.nullcontext()
 
 
 def emit(result: dict) -> None:

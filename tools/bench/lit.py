@@ -68,7 +68,7 @@ def run(spec: Spec) -> dict:
     data.tokenizer = None  # the Trainer lends the module's tokenizer, as in a CLI run
     clock = StepClock()
     rows = s.rloo_batch * s.rloo_k if spec.method == "rloo" else 0
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=s.steps_total(), logger=False,
+    trainer = L.Trainer(accelerator=s.device, devices=1, precision=s.precision, max_steps=s.steps_total(), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                         callbacks=[Clock(clock, rows)])

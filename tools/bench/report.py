@@ -37,6 +37,7 @@ def aggregate(runs: list[dict]) -> dict:
         "tokens_per_s": statistics.median(throughput) if throughput else None,
         "peak_rss_mib": statistics.median(r["process_peak_rss_mib"] for r in ok),
         "train_peak_rss_mib": statistics.median(r["train_peak_rss_mib"] for r in ok),
+        "cuda_peak_mib": statistics.median(r["cuda_peak_mib"] for r in ok) if all("cuda_peak_mib" in r for r in ok) else None,
         "repeats": len(ok),
     }
 
@@ -65,7 +66,8 @@ def with_ratios(table: dict[str, dict[str, dict]], runs: list[dict]) -> dict[str
             mine, trl = of(method, name), rows.get(TRL_BASELINE)
             same = trl_same_layout(name)
             row["time_vs_trl"] = paired_time_ratio(mine, of(method, TRL_BASELINE))
-            row["mem_vs_trl"] = row["peak_rss_mib"] / trl["peak_rss_mib"] if trl and "error" not in trl else None
+            key = "cuda_peak_mib" if row.get("cuda_peak_mib") is not None else "peak_rss_mib"  # GPU runs: GPU memory
+            row["mem_vs_trl"] = row[key] / trl[key] if trl and "error" not in trl and trl.get(key) else None
             row["time_vs_trl_same_layout"] = paired_time_ratio(mine, of(method, same)) if same != TRL_BASELINE else None
             row["time_vs_bare"] = paired_time_ratio(mine, of(method, bare_same_layout(name)))
     return table
@@ -76,8 +78,11 @@ def _f(value, fmt: str) -> str:
 
 
 def markdown(table: dict[str, dict[str, dict]]) -> str:
+    gpu = any(r.get("cuda_peak_mib") is not None for rows in table.values() for r in rows.values())
+    memory = "peak GPU MiB | peak GPU ÷ TRL" if gpu else "peak RSS MiB | peak RSS ÷ TRL"
     head = ("| method | contender | s/step median | s/step mean | run medians (min–max) | real tokens/step "
-            "| real tokens/s | peak RSS MiB | time ÷ TRL | peak RSS ÷ TRL | time ÷ TRL same layout | time ÷ bare |")
+            f"| real tokens/s | {memory.split(' | ')[0]} | time ÷ TRL | {memory.split(' | ')[1]} | time ÷ TRL same layout "
+            "| time ÷ bare |")
     lines = [head, "|" + "---|" * 12]
     for method, rows in table.items():
         for name, r in rows.items():
@@ -86,7 +91,8 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
                 continue
             lines.append(
                 f"| {method} | {name} | {r['step_s']:.2f} | {r['mean_step_s']:.2f} | {r['step_s_min']:.2f}–{r['step_s_max']:.2f} "
-                f"| {_f(r['tokens_per_step'], '.0f')} | {_f(r['tokens_per_s'], '.0f')} | {r['peak_rss_mib']:.0f} "
+                f"| {_f(r['tokens_per_step'], '.0f')} | {_f(r['tokens_per_s'], '.0f')} "
+                f"| {_f(r['cuda_peak_mib'] if gpu else r['peak_rss_mib'], '.0f')} "
                 f"| {_f(r['time_vs_trl'], '.2f')} | {_f(r['mem_vs_trl'], '.2f')} "
                 f"| {_f(r['time_vs_trl_same_layout'], '.2f')} | {_f(r['time_vs_bare'], '.2f')} |"
             )
@@ -111,6 +117,7 @@ def machine() -> dict:
     return {
         "cpu": _sh("lscpu | sed -n 's/^Model name: *//p' | head -1") or platform.processor(),
         "cores": str(os.cpu_count()),
+        "gpu": _sh("nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader") or None,
         "ram": _sh("free -g | awk '/^Mem:/ {print $2 \" GiB\"}'"),
         "python": platform.python_version(),
         "versions": versions,
