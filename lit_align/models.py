@@ -35,7 +35,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lit_align import tiny
+from lit_align import hardware, tiny
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def torch_dtype(name: str) -> torch.dtype:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if name not in dtypes:
         raise ValueError(f"dtype {name!r} is not one of {sorted(dtypes)}")
-    if name == "bfloat16" and not torch.cuda.is_available():
+    if name == "bfloat16" and not torch.cuda.is_available() and not hardware.cpu_has_bf16():
         warnings.warn(
             "dtype bfloat16 on a CPU: most CPUs have no bf16 units and run it far slower than float32",
             stacklevel=2,

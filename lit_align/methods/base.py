@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_align import models
+from lit_align import hardware, models
 from lit_align.data.collate import PromptBatch
 from lit_align.generation import SamplingParams, sample
 
@@ -88,6 +88,7 @@ class PolicyModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
+        hardware.warn_if_slow_bf16(self._trainer)
         policy = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
         if self.gradient_checkpointing:
             # transformers 5 renamed the switch; older releases only have the second name.

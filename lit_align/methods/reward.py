@@ -23,7 +23,7 @@ import torchmetrics
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_align import losses, models
+from lit_align import hardware, losses, models
 from lit_align.data.collate import PreferenceBatch
 from lit_align.methods.base import optimizer_config
 from lit_align.rewards.model import METADATA, reward_scores
@@ -100,6 +100,7 @@ class RewardModel(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
+            hardware.warn_if_slow_bf16(self._trainer)
             model = models.load_sequence_classifier(self.model_name, self.dtype_name, self.trust_remote_code)
             self.model = model.train()  # from_pretrained returns eval mode, which would switch dropout off
 

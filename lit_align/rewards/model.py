@@ -21,17 +21,18 @@ from lit_align.rewards.base import Reward
 METADATA = "lit_align_reward.json"
 
 
-def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, unpad: bool = True,
+def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, unpad: bool | None = None,
                   group_overhead: int | None = None) -> torch.Tensor:
     """(N, T) right-padded inputs → (N,) float32 rewards.
 
-    With ``unpad``, rows are regrouped by length (``ops.plan_row_groups``) and each group is cut to
+    With ``unpad`` (default: on CPU, ``ops.unpad_by_default``), rows are regrouped by length (``ops.plan_row_groups``) and each group is cut to
     its own longest row, so padding costs no compute; each row's reward is unchanged (rows never
     attend to each other), up to float rounding.
     """
-    lengths = attention_mask.sum(dim=1)
-    width = input_ids.size(1)
+    if unpad is None:
+        unpad = ops.unpad_by_default(input_ids.device)
     if unpad and input_ids.size(0) > 1 and bool((attention_mask[:, 0] == 1).all()):
+        lengths, width = attention_mask.sum(dim=1), input_ids.size(1)
         overhead = ops.default_group_overhead(input_ids.device) if group_overhead is None else group_overhead
         groups = ops.plan_row_groups(lengths.tolist(), overhead)
         if not (len(groups) == 1 and int(lengths.max()) == width):

@@ -93,3 +93,18 @@ def test_a_failed_contender_is_a_marked_row_not_a_crash():
 def test_worker_routes_each_contender_to_its_module():
     assert [worker.family(c) for c in ("lit_align+packing", "trl+padding_free", "bare", "chunked")] == [
         "lit", "trl_contenders", "bare", "bare"]
+
+
+def test_gpu_runs_compare_gpu_memory_and_say_so():
+    runs = [_run("lit_align", 0, [1.0], [5], 900) | {"cuda_peak_mib": 300.0},
+            _run("trl", 0, [2.0], [5], 800) | {"cuda_peak_mib": 600.0}]
+    table = _table(runs)
+    assert table["sft"]["lit_align"]["mem_vs_trl"] == pytest.approx(0.5)  # GPU peak, not RSS (900 / 800)
+    text = report.markdown(table)
+    assert "peak GPU MiB" in text and "| 300 |" in text and "peak RSS" not in text
+
+
+def test_bf16_mixed_runs_drop_the_fused_optimizer_everywhere():
+    from common import Settings
+
+    assert Settings().fused_adamw and not Settings(precision="bf16-mixed", device="cuda").fused_adamw

@@ -29,7 +29,7 @@ from lit_align.rewards.model import reward_scores
 def _loop(spec: Spec, model, batches, loss_fn, tokens_fn) -> dict:
     """Train ``model`` one optimiser step per batch; time each step."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=spec.settings.lr, weight_decay=0.0, fused=True)
+    opt = torch.optim.AdamW(params, lr=spec.settings.lr, weight_decay=0.0, fused=spec.settings.fused_adamw or None)
     clock = StepClock()
     clock.begin()
     for batch in batches:

@@ -43,6 +43,12 @@ class Settings:
     device: str = "cpu"  # "cpu" or "cuda"
     precision: str = "32"  # "32" (float32) or "bf16-mixed" (float32 weights, bf16 autocast), on every side
 
+    @property
+    def fused_adamw(self) -> bool:
+        """Fused AdamW (TRL's default) in float32; under bf16-mixed Lightning refuses gradient clipping with
+        a fused optimizer, so every contender then uses the foreach AdamW."""
+        return self.precision == "32"
+
     def steps_total(self) -> int:
         return self.warmup + self.steps
 

@@ -45,7 +45,7 @@ class Clock(L.Callback):
 
 def _module(spec: Spec):
     s = spec.settings
-    adamw = partial(torch.optim.AdamW, lr=s.lr, weight_decay=0.0, fused=True)  # what TRL uses on this torch
+    adamw = partial(torch.optim.AdamW, lr=s.lr, weight_decay=0.0, fused=s.fused_adamw or None)  # what TRL uses on this torch
     common = {"dtype": "float32", "optimizer": adamw, "warmup_steps": 0}
     if spec.method == "sft":
         return SFT(model=POLICY, **common)

@@ -53,7 +53,7 @@ def _common_args(spec: Spec, batch: int, out: str) -> dict:
         "output_dir": out, "per_device_train_batch_size": batch, "gradient_accumulation_steps": 1,
         "max_steps": s.steps_total(), "learning_rate": s.lr, "lr_scheduler_type": "constant", "weight_decay": 0.0,
         "max_grad_norm": 1.0, "gradient_checkpointing": False, "bf16": s.precision == "bf16-mixed", "fp16": False,
-        "use_cpu": s.device == "cpu",
+        "use_cpu": s.device == "cpu", "optim": "adamw_torch_fused" if s.fused_adamw else "adamw_torch",
         "report_to": "none", "save_strategy": "no", "eval_strategy": "no", "dataloader_num_workers": 0,
         "disable_tqdm": True, "seed": s.seed,
     }
