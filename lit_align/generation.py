@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import transformers
+from packaging.version import Version
+
+# generate()'s name for a ready KV cache: "cache" from transformers 5.24 on (the old name is deprecated there)
+_CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 
 
 @dataclass
@@ -47,12 +52,35 @@ def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (~after_eos).long()
 
 
+def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
+    """KV cache of every prompt but its last token, computed once per prompt and repeated ``n`` times.
+
+    ``generate`` then feeds only the last prompt token and goes on decoding. None where it does not
+    apply (one sample per prompt, a one-token prompt, a model without a cache that can be repeated).
+    """
+    if n < 2 or input_ids.size(1) < 2:
+        return None
+    # the positions generate gives left-padded rows: counted over attended tokens (padding gets 1, unused)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                position_ids=position_ids[:, :-1], use_cache=True)
+    cache = out.cache if _CACHE_KWARG == "cache" else out.past_key_values
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 @torch.no_grad()
 def sample(
     model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0,
-    synced: bool = False,
+    synced: bool = False, share_prompt: bool = True,
 ) -> Samples:
     """Draw ``params.n`` completions for each left-padded prompt row.
+
+    ``share_prompt``: run each prompt through the model once and copy its KV cache to its ``n``
+    samples, instead of computing the same prompt ``n`` times (the samples are the same, up to float
+    rounding).
 
     ``synced``: keep every data-parallel rank decoding until all are done. Needed when parameters are
     sharded (FSDP): each forward gathers shards collectively, so ranks must run the same number of steps.
@@ -60,6 +88,12 @@ def sample(
     was_training = model.training
     model.eval()
     device = input_ids.device
+    try:
+        # the prompts' states, computed once and shared by their n samples (all but the last token)
+        shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
+    except Exception:
+        model.train(was_training)
+        raise
     input_ids = input_ids.repeat_interleave(params.n, dim=0)
     attention_mask = attention_mask.repeat_interleave(params.n, dim=0)
     greedy = params.temperature == 0
@@ -76,6 +110,7 @@ def sample(
                 eos_token_id=tokenizer.eos_token_id,
                 use_cache=True,
                 synced_gpus=synced,
+                **({_CACHE_KWARG: shared} if shared is not None else {}),
                 **kwargs,
             )
     finally:

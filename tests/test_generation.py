@@ -40,3 +40,38 @@ def test_n_samples_per_prompt_grouped_and_seeded(tokenizer, tiny_lm):
 def test_completion_mask_stops_after_first_eos():
     ids = torch.tensor([[4, 3, 5, 3], [4, 5, 6, 7], [3, 3, 3, 3]])
     assert completion_mask(ids, eos_id=3).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def _ragged_prompts(tokenizer):
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    mask[2, :7] = 0
+    return ids.masked_fill(mask == 0, tokenizer.pad_token_id), mask
+
+
+def test_shared_prompt_states_give_the_same_samples_as_recomputing_each_prompt(tokenizer, tiny_lm):
+    ids, mask = _ragged_prompts(tokenizer)
+    for temperature in (0.0, 1.0):
+        params = SamplingParams(max_new_tokens=10, temperature=temperature, n=4)
+        plain = sample(tiny_lm, tokenizer, ids, mask, params, seed=3, share_prompt=False)
+        shared = sample(tiny_lm, tokenizer, ids, mask, params, seed=3, share_prompt=True)
+        assert torch.equal(plain.completion_ids, shared.completion_ids) and plain.texts == shared.texts
+        assert torch.equal(plain.prompt_ids, shared.prompt_ids) and torch.equal(plain.completion_mask, shared.completion_mask)
+    assert tiny_lm.training  # mode restored
+
+
+def test_shared_prompt_states_run_each_prompt_once(tokenizer, tiny_lm):
+    ids, mask = _ragged_prompts(tokenizer)
+    params = SamplingParams(max_new_tokens=3, temperature=1.0, n=4)
+    counts = {}
+    for share in (False, True):
+        seen = []
+        handle = tiny_lm.get_input_embeddings().register_forward_hook(lambda m, a, o: seen.append(a[0].numel()))
+        sample(tiny_lm, tokenizer, ids, mask, params, seed=0, share_prompt=share)
+        handle.remove()
+        counts[share] = seen[0] if not share else seen[0] + seen[1]  # the prompt passes
+    rows, width = ids.shape
+    assert counts[False] == rows * 4 * width  # every prompt once per sample
+    assert counts[True] == rows * (width - 1) + rows * 4 * 1  # once per prompt, then only the last token per sample
