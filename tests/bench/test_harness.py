@@ -108,3 +108,11 @@ def test_bf16_mixed_runs_drop_the_fused_optimizer_everywhere():
     from common import Settings
 
     assert Settings().fused_adamw and not Settings(precision="bf16-mixed", device="cuda").fused_adamw
+
+
+def test_ablation_rows_are_divided_by_the_bare_loop_with_every_optimisation_on():
+    run = pytest.importorskip("run")
+    assert run.contenders("rloo", False) == run.CONTENDERS["rloo"]
+    assert {"bare+no_unpad", "bare+no_shared_prompt"} <= set(run.contenders("rloo", True))
+    runs = [_run("bare", 0, [1.0, 2.0], [5, 5], 800), _run("bare+no_unpad", 0, [1.5, 3.0], [5, 5], 900)]
+    assert _table(runs)["sft"]["bare+no_unpad"]["time_vs_bare"] == pytest.approx(1.5)

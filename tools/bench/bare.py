@@ -26,6 +26,11 @@ from lit_align.generation import SamplingParams, sample
 from lit_align.rewards.model import reward_scores
 
 
+def _plain(spec: Spec) -> dict:
+    """Keyword arguments that switch an optimisation off, for the ablation contenders (``bare+no_unpad``, ...)."""
+    return {"unpad": not spec.contender.endswith("+no_unpad")}
+
+
 def _loop(spec: Spec, model, batches, loss_fn, tokens_fn) -> dict:
     """Train ``model`` one optimiser step per batch; time each step."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -57,7 +62,7 @@ def _sft(spec: Spec) -> dict:
 
     def loss_fn(b):
         mask = None if b.position_ids is not None else b.attention_mask
-        logps, _ = ops.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids)
+        logps, _ = ops.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids, **_plain(spec))
         return losses.sft_loss(logps, ops.loss_mask(b.labels), b.loss_normalizer)
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
@@ -70,9 +75,9 @@ def _dpo(spec: Spec) -> dict:
     reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
 
     def loss_fn(b):
-        logps = ops.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels)[0].sum(-1)
+        logps = ops.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         with torch.no_grad():
-            ref = ops.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels)[0].sum(-1)
+            ref = ops.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         (pc, pr), (rc, rr) = logps.split(b.num_pairs), ref.split(b.num_pairs)
         return losses.dpo_loss(pc, pr, rc, rr, beta=0.1)
 
@@ -85,18 +90,18 @@ def _rm(spec: Spec) -> dict:
     model = models.load_sequence_classifier(RM_BACKBONE).to(spec.settings.device).train()
 
     def loss_fn(b):
-        rc, rr = reward_scores(model, b.input_ids, b.attention_mask).split(b.num_pairs)
+        rc, rr = reward_scores(model, b.input_ids, b.attention_mask, **_plain(spec)).split(b.num_pairs)
         return losses.bradley_terry_loss(rc, rr)
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
 
 
-def _completion_logps(model, samples) -> torch.Tensor:
+def _completion_logps(model, samples, unpad: bool = True) -> torch.Tensor:
     ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
     labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
                         samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], 1)
-    logps, _ = ops.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask))
+    logps, _ = ops.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask), unpad=unpad)
     return logps[:, samples.prompt_ids.size(1) - 1 :]
 
 
@@ -110,13 +115,14 @@ def _rloo(spec: Spec) -> dict:
     generated = []
 
     def loss_fn(b):
-        samples = sample(model, dm.tokenizer, b.input_ids, b.attention_mask, params, seed=len(generated))
+        samples = sample(model, dm.tokenizer, b.input_ids, b.attention_mask, params, seed=len(generated),
+                         share_prompt=not spec.contender.endswith("+no_shared_prompt"))
         mask = samples.completion_mask.float()
         generated.append(int(mask.sum()))
         rewards = torch.tensor(word_variety(samples.texts), device=mask.device)
-        logps = _completion_logps(model, samples)
+        logps = _completion_logps(model, samples, **_plain(spec))
         with torch.no_grad():
-            kl = ((logps - _completion_logps(reference, samples)) * mask).sum(-1)
+            kl = ((logps - _completion_logps(reference, samples, **_plain(spec))) * mask).sum(-1)
         advantages = ops.rloo_advantages(rewards - s.kl_coef * kl, s.rloo_k)
         return -(advantages[:, None] * logps * mask).sum(-1).mean()
 
