@@ -1,7 +1,7 @@
 """Bare PyTorch loops of the same maths: the floor that framework overhead is measured against.
 
 Each loop reuses lit_align's pure pieces (collate functions, ``ops``, ``losses``, ``sample``) on the
-same batches, with the same optimiser (fused AdamW) and gradient clipping, and nothing else: no
+same batches, with the same optimiser (AdamW, fused as in the other contenders) and gradient clipping, and nothing else: no
 Trainer, no callbacks, no logging. The ``logprobs`` method compares the chunked output-head path
 (``ops.model_token_logprobs``) with the naive one that materialises the full-vocabulary logits.
 """

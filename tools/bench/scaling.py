@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(json.dumps(points[-1]), file=sys.stderr, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps({"machine": info, "points": points}, indent=1))
-    plot(points, args.plot, f"{args.contender} SFT, SmolLM2-135M fp32, {args.threads} threads, {info['cpu']}")
+    plot(points, args.plot, f"{args.contender} SFT, SmolLM2-135M fp32, {args.threads} thread(s), {info['cpu']}")
     print("| batch | length | s/step | tokens/s | peak RSS MiB |\n|---|---|---|---|---|")
     for q in points:
         if "error" in q:

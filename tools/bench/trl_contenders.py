@@ -3,8 +3,9 @@
 Settings are matched to lit_align's run, not left at TRL's defaults where those differ: float32 (TRL
 defaults to bf16), no gradient checkpointing (TRL defaults to it on), dropout as loaded (TRL's DPO
 and reward trainers switch it off by default), sequential sampling over data already in lit_align's
-order, no saving, no reporting. Both sides use fused AdamW (TRL's default on this torch) and clip
-gradients to norm 1 (TRL's default). Tokens come pre-tokenized from lit_align's data module; for DPO,
+order, no saving, no reporting. Both sides use fused AdamW (TRL's default on this torch; the foreach
+AdamW under bf16-mixed, where Lightning refuses clipping with a fused one) and clip gradients to norm 1
+(TRL's default). Tokens come pre-tokenized from lit_align's data module; for DPO,
 whose trainer always re-tokenizes text, a subclass skips that step (data preparation is not timed).
 """
 
