@@ -1,7 +1,9 @@
+import warnings
+
 import pytest
 import torch
 
-from lit_align import models
+from lit_align import hardware, models
 
 
 def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):
@@ -34,11 +36,16 @@ def test_bad_dtype_is_named():
         models.torch_dtype("float64")
 
 
-def test_bf16_on_cpu_warns():
+def test_bf16_on_a_cpu_without_bf16_units_warns_and_not_on_one_with_them(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("only meaningful without a GPU")
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda cpuinfo=None: False)
     with pytest.warns(UserWarning, match="bf16"):
         models.torch_dtype("bfloat16")
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda cpuinfo=None: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert models.torch_dtype("bfloat16") == torch.bfloat16
 
 
 def test_lora_freezes_base_and_trains_adapters(tiny_lm):
