@@ -88,18 +88,14 @@ def sample(
     was_training = model.training
     model.eval()
     device = input_ids.device
-    try:
-        # the prompts' states, computed once and shared by their n samples (all but the last token)
-        shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
-    except Exception:
-        model.train(was_training)
-        raise
-    input_ids = input_ids.repeat_interleave(params.n, dim=0)
-    attention_mask = attention_mask.repeat_interleave(params.n, dim=0)
     greedy = params.temperature == 0
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
     devices = [device] if device.type == "cuda" else []
     try:
+        # the prompts' states, computed once and shared by their n samples (all but the last token)
+        shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
+        input_ids = input_ids.repeat_interleave(params.n, dim=0)
+        attention_mask = attention_mask.repeat_interleave(params.n, dim=0)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             out = model.generate(

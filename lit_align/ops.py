@@ -131,6 +131,14 @@ def default_group_overhead(device: torch.device) -> int:
     return 16 if device.type == "cpu" else 2048
 
 
+def regroup_plan(lengths: list[int], width: int, device: torch.device, group_overhead: int | None = None):
+    """``plan_row_groups`` for rows of these lengths in a batch ``width`` wide, or None where it would not
+    cut anything (one group as wide as the batch): then the batch runs as it is."""
+    overhead = default_group_overhead(device) if group_overhead is None else group_overhead
+    groups = plan_row_groups(lengths, overhead)
+    return None if len(groups) == 1 and max(lengths) == width else groups
+
+
 def unpad_by_default(device: torch.device) -> bool:
     """Regroup rows by length by default on CPU only.
 
@@ -187,9 +195,8 @@ def model_token_logprobs(
     if unpad and attention_mask is not None and batch > 0:
         starts, ends = _attended_spans(attention_mask)
         lengths = [e - s for s, e in zip(starts, ends)]
-        overhead = default_group_overhead(input_ids.device) if group_overhead is None else group_overhead
-        groups = plan_row_groups(lengths, overhead)
-        if not (len(groups) == 1 and max(lengths) == width):
+        groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
+        if groups is not None:
             return _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size,
                                       with_entropy, starts, lengths, groups)
     return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy)

@@ -32,10 +32,9 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     if unpad is None:
         unpad = ops.unpad_by_default(input_ids.device)
     if unpad and input_ids.size(0) > 1 and bool((attention_mask[:, 0] == 1).all()):
-        lengths, width = attention_mask.sum(dim=1), input_ids.size(1)
-        overhead = ops.default_group_overhead(input_ids.device) if group_overhead is None else group_overhead
-        groups = ops.plan_row_groups(lengths.tolist(), overhead)
-        if not (len(groups) == 1 and int(lengths.max()) == width):
+        lengths = attention_mask.sum(dim=1)
+        groups = ops.regroup_plan(lengths.tolist(), input_ids.size(1), input_ids.device, group_overhead)
+        if groups is not None:
             order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
             parts = []
             for g in groups:

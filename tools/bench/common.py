@@ -7,6 +7,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,9 +109,7 @@ class StepClock:
 
 
 def _cuda() -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # only if this process uses torch; never imported here
     return torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
