@@ -38,7 +38,21 @@ def optimizer_config(module: L.LightningModule, optimizer_factory, scheduler_fac
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class PolicyModule(L.LightningModule):
+class FreesAppliedGradients(L.LightningModule):
+    """Frees gradients as soon as the optimiser has applied them.
+
+    Lightning clears gradients inside the next step's closure, after that step's forward, so the last
+    step's gradients (one full copy of the trainable weights) would stay alive through the next
+    forward, and through RLOO's sampling, and add their size to peak memory. Freeing them here
+    is equivalent: with gradient accumulation this hook runs only once the window is applied.
+    """
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)
+
+
+class PolicyModule(FreesAppliedGradients):
     """Base of the methods that train a causal LM policy."""
 
     data_format = "sft"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import torch
 import torchmetrics
 from jsonargparse import lazy_instance
@@ -25,7 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_align import hardware, losses, models
 from lit_align.data.collate import PreferenceBatch
-from lit_align.methods.base import optimizer_config
+from lit_align.methods.base import FreesAppliedGradients, optimizer_config
 from lit_align.rewards.model import METADATA, reward_scores
 
 
@@ -61,7 +60,7 @@ class ScoreRegression(RewardLoss):
         return losses.reward_regression_loss(r_chosen, r_rejected, s_chosen, s_rejected)
 
 
-class RewardModel(L.LightningModule):
+class RewardModel(FreesAppliedGradients):
     """A scalar reward head on a sequence classifier, trained on chosen/rejected pairs."""
 
     data_format = "reward"

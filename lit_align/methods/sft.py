@@ -59,12 +59,6 @@ class SFT(PolicyModule):
         self.log_dict(metrics, prog_bar=True, batch_size=batch.input_ids.size(0))
         return loss
 
-    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # Lightning frees gradients just before the next backward, so they would live through the next
-        # forward and add their full size to peak memory; free them as soon as they are applied.
-        optimizer.zero_grad(set_to_none=True)
-
     def validation_step(self, batch: SFTBatch, batch_idx: int):
         loss = self._nll(batch, batch.num_loss_tokens)
         self.val_loss.update(loss, weight=batch.num_loss_tokens)
