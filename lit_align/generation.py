@@ -12,6 +12,8 @@ import torch
 import transformers
 from packaging.version import Version
 
+from lit_align import ops
+
 # generate()'s name for a ready KV cache: "cache" from transformers 5.24 on (the old name is deprecated there)
 _CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
 
@@ -92,23 +94,24 @@ def sample(
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
     devices = [device] if device.type == "cuda" else []
     try:
-        # the prompts' states, computed once and shared by their n samples (all but the last token)
-        shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
-        input_ids = input_ids.repeat_interleave(params.n, dim=0)
-        attention_mask = attention_mask.repeat_interleave(params.n, dim=0)
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=params.max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                use_cache=True,
-                synced_gpus=synced,
-                **({_CACHE_KWARG: shared} if shared is not None else {}),
-                **kwargs,
-            )
+        with ops.cast_weights_once(device):
+            # the prompts' states, computed once and shared by their n samples (all but the last token)
+            shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
+            input_ids = input_ids.repeat_interleave(params.n, dim=0)
+            attention_mask = attention_mask.repeat_interleave(params.n, dim=0)
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=params.max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    use_cache=True,
+                    synced_gpus=synced,
+                    **({_CACHE_KWARG: shared} if shared is not None else {}),
+                    **kwargs,
+                )
     finally:
         model.train(was_training)
     completion_ids = out[:, input_ids.shape[1] :]

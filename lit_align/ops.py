@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -159,6 +161,30 @@ def _attended_spans(attention_mask: torch.Tensor) -> tuple[list[int], list[int]]
     return first.tolist(), last.tolist()
 
 
+@contextlib.contextmanager
+def cast_weights_once(device: torch.device):
+    """Under autocast, cast each weight to the low-precision dtype once per call, not once per use.
+
+    Lightning (2.6) runs steps under autocast with its weight cache switched off, a guard against a
+    cast made under ``no_grad`` being reused where gradients are needed. Without the cache every
+    forward casts every weight again and keeps its own copy for backward, so a model run as several
+    forwards in one step (regrouped rows, each decoding step of sampling) pays the casts and their
+    memory again and again. Inside this context the cache is on; it is emptied on entry and on exit,
+    so a cast never outlives the call, whose grad mode does not change. No-op without autocast or
+    when the cache is already on.
+    """
+    kind = device.type
+    if not torch.is_autocast_enabled(kind) or torch.is_autocast_cache_enabled():
+        yield
+        return
+    torch.clear_autocast_cache()
+    try:
+        with torch.autocast(kind, dtype=torch.get_autocast_dtype(kind), cache_enabled=True):
+            yield
+    finally:
+        torch.clear_autocast_cache()
+
+
 def model_token_logprobs(
     model,
     input_ids: torch.Tensor,
@@ -192,14 +218,15 @@ def model_token_logprobs(
     batch, width = input_ids.shape
     if unpad is None:
         unpad = unpad_by_default(input_ids.device)
-    if unpad and attention_mask is not None and batch > 0:
-        starts, ends = _attended_spans(attention_mask)
-        lengths = [e - s for s, e in zip(starts, ends)]
-        groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
-        if groups is not None:
-            return _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size,
-                                      with_entropy, starts, lengths, groups)
-    return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy)
+    with cast_weights_once(input_ids.device):
+        if unpad and attention_mask is not None and batch > 0:
+            starts, ends = _attended_spans(attention_mask)
+            lengths = [e - s for s, e in zip(starts, ends)]
+            groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
+            if groups is not None:
+                return _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size,
+                                          with_entropy, starts, lengths, groups)
+        return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy)
 
 
 def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy,

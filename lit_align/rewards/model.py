@@ -31,6 +31,11 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     """
     if unpad is None:
         unpad = ops.unpad_by_default(input_ids.device)
+    with ops.cast_weights_once(input_ids.device):
+        return _scores(model, input_ids, attention_mask, unpad, group_overhead)
+
+
+def _scores(model, input_ids, attention_mask, unpad, group_overhead) -> torch.Tensor:
     if unpad and input_ids.size(0) > 1 and bool((attention_mask[:, 0] == 1).all()):
         lengths = attention_mask.sum(dim=1)
         groups = ops.regroup_plan(lengths.tolist(), input_ids.size(1), input_ids.device, group_overhead)
