@@ -33,6 +33,9 @@ python3 tools/bench/run.py --report-only --out /tmp/bench_gpu >/dev/null 2>&1
 cp /tmp/bench_gpu/results.md /tmp/bench_gpu/results.json /tmp/bench_gpu/runs.jsonl "$OUT/" 2>/dev/null
 tar czf "$OUT/logs.tgz" -C /tmp/bench_gpu logs 2>/dev/null
 
+echo "== tensor memory of one SFT step: lit_align's log-prob path vs the model's own loss" | tee -a "$OUT/log.txt"
+timeout 60 python3 tools/bench/live_memory.py --device cuda --threads 4 2>&1 | tail -6 | tee "$OUT/live_memory.md" | tee -a "$OUT/log.txt"
+
 echo "== MFU: SFT, Qwen2.5-0.5B-sized, bf16-mixed (add --compile for per-layer torch.compile)" | tee -a "$OUT/log.txt"
 timeout 100 python3 tools/bench/mfu.py --batch 8 --seq 2048 --steps 8 --warmup 3 --out "$OUT/mfu.json" 2>&1 | tail -2 | tee -a "$OUT/log.txt"
 echo "== done" | tee -a "$OUT/log.txt"
