@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import POLICY, Settings, Spec
+from common import POLICY, Settings, Spec, autocast
 from data import ordered_batches, write_data
 
 
@@ -49,7 +49,7 @@ def measure(path: str, device: str, precision: str, batches: int) -> list[dict]:
     from lit_align.data.collate import collate_sft
     from lit_align.data.formats import IGNORE_INDEX
 
-    settings = Settings(steps=batches, warmup=1, device=device)
+    settings = Settings(steps=batches, warmup=1, device=device, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = write_data(settings, Path(tmp))
         dm, items = ordered_batches(Spec("sft", "bare", settings, str(data_dir)))
@@ -61,7 +61,7 @@ def measure(path: str, device: str, precision: str, batches: int) -> list[dict]:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
 
     def step(batch):
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        with autocast(settings):
             loss = _loss(path, model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
