@@ -2,17 +2,26 @@
 
 Generation runs in eval mode under ``no_grad`` and restores the model's training mode afterwards.
 Sampling is seeded without disturbing the global RNG streams.
+
+What is drawn is exactly softmax(z / T) (with top-p when asked): a completion ends at EOS or at the
+chat template's end-of-turn token (``stop_token_ids``), and the model's own ``generation_config``
+(a shipped repetition penalty, top-k, temperature, ...) is set aside for the call, so the log-probs
+a method takes at the same temperature describe the samples. Texts are decoded from the kept tokens
+only: padding after the end is never decoded (in Qwen's vocabulary id 0 is the ordinary token "!").
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import transformers
 from packaging.version import Version
+from transformers import GenerationConfig
 
 from lit_align import ops
+from lit_align.data.formats import stop_token_ids
 
 # generate()'s name for a ready KV cache: "cache" from transformers 5.24 on (the old name is deprecated there)
 _CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24") else "past_key_values"
@@ -39,19 +48,44 @@ class Samples:
     prompt_ids: torch.Tensor  # (B*n, P) left-padded
     prompt_mask: torch.Tensor  # (B*n, P)
     completion_ids: torch.Tensor  # (B*n, C) right-padded with pad id
-    completion_mask: torch.Tensor  # (B*n, C) 1 up to and including the first EOS
-    texts: list[str]  # decoded completions without special tokens
+    completion_mask: torch.Tensor  # (B*n, C) 1 up to and including the first stop token
+    texts: list[str]  # decoded from the kept tokens only, without special tokens
+    truncated: torch.Tensor | None = None  # (B*n,) bool: cut at max_new_tokens, no stop token
+    temperature: float = 1.0  # what the completions were sampled at (0: greedy)
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 on every token up to and including the first EOS of each row.
+def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int]) -> torch.Tensor:
+    """1 on every token up to and including the first stop token of each row.
 
-    >>> completion_mask(torch.tensor([[5, 2, 7], [5, 6, 7]]), eos_id=2).tolist()
-    [[1, 1, 0], [1, 1, 1]]
+    >>> completion_mask(torch.tensor([[5, 2, 7], [5, 6, 7], [9, 4, 2]]), stop_ids=[2, 9]).tolist()
+    [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
     """
-    is_eos = completion_ids == eos_id
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    return (~after_eos).long()
+    stops = torch.tensor(stop_ids if isinstance(stop_ids, list) else [stop_ids], device=completion_ids.device)
+    is_stop = torch.isin(completion_ids, stops)
+    after_stop = (is_stop.cumsum(dim=1) - is_stop.long()) > 0
+    return (~after_stop).long()
+
+
+def decode_kept(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Each row's kept tokens (``mask`` 1) decoded without special tokens; nothing past the end is read."""
+    rows = [ids[keep.bool()].tolist() for ids, keep in zip(completion_ids.cpu(), mask.cpu())]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+@contextlib.contextmanager
+def own_generation_config(model):
+    """Set the model's ``generation_config`` aside for the call: only lit_align's settings apply.
+
+    ``generate`` fills every setting it is not given from the model's config, so a shipped
+    repetition penalty, top-k or no-repeat rule would otherwise reshape the distribution sampled.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
 
 
 def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int):
@@ -93,8 +127,9 @@ def sample(
     greedy = params.temperature == 0
     kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
     devices = [device] if device.type == "cuda" else []
+    stops = stop_token_ids(tokenizer)
     try:
-        with ops.cast_weights_once(device):
+        with ops.cast_weights_once(device), own_generation_config(model):
             # the prompts' states, computed once and shared by their n samples (all but the last token)
             shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
             input_ids = input_ids.repeat_interleave(params.n, dim=0)
@@ -106,7 +141,7 @@ def sample(
                     attention_mask=attention_mask,
                     max_new_tokens=params.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stops,
                     use_cache=True,
                     synced_gpus=synced,
                     **({_CACHE_KWARG: shared} if shared is not None else {}),
@@ -115,7 +150,8 @@ def sample(
     finally:
         model.train(was_training)
     completion_ids = out[:, input_ids.shape[1] :]
-    mask = completion_mask(completion_ids, tokenizer.eos_token_id)
+    mask = completion_mask(completion_ids, stops)
+    truncated = ~torch.isin(completion_ids, torch.tensor(stops, device=completion_ids.device)).any(dim=1)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(completion_ids * mask, skip_special_tokens=True)
-    return Samples(input_ids, attention_mask, completion_ids, mask, texts)
+    texts = decode_kept(tokenizer, completion_ids, mask)
+    return Samples(input_ids, attention_mask, completion_ids, mask, texts, truncated, params.temperature)

@@ -89,10 +89,13 @@ def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
     return log_ratio.exp() - log_ratio - 1
 
 
-def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool):
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
     # log_softmax keeps only its output for backward (the logits can go): ~10 % faster than
     # logsumexp + gather on CPU, and one (positions x V) buffer less
-    logp = torch.log_softmax(head(hidden).float(), dim=-1)
+    logits = head(hidden).float()
+    if temperature != 1.0:  # the distribution sampled at temperature T is softmax(z / T)
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
     picked = logp.gather(-1, targets[:, None]).squeeze(-1)
     if not with_entropy:
         return picked, None
@@ -195,8 +198,12 @@ def model_token_logprobs(
     with_entropy: bool = False,
     unpad: bool | None = None,
     group_overhead: int | None = None,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` of a causal LM, computing only what the loss reads.
+
+    ``temperature``: log-probs (and entropies) of softmax(logits / T), the distribution that sampling
+    at temperature T draws from; 1 is the model's own distribution.
 
     Two savings, neither changing the result beyond float rounding:
 
@@ -225,12 +232,12 @@ def model_token_logprobs(
             groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
             if groups is not None:
                 return _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size,
-                                          with_entropy, starts, lengths, groups)
-        return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy)
+                                          with_entropy, starts, lengths, groups, temperature)
+        return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature)
 
 
 def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy,
-                       starts, lengths, groups):
+                       starts, lengths, groups, temperature):
     """``model_token_logprobs`` on rows cut to their spans and regrouped; results put back in place."""
     batch, width = input_ids.shape
     device = input_ids.device
@@ -251,7 +258,7 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
             s, n = starts[i], lengths[i]
             ids[r, :n], mask[r, :n] = input_ids[i, s : s + n], attention_mask[i, s : s + n]
             pos[r, :n], lab[r, :n] = position_ids[i, s : s + n], labels[i, s : s + n]
-        logps, entropy = _dense_logprobs(model, ids, mask, lab, pos, chunk_size, with_entropy)
+        logps, entropy = _dense_logprobs(model, ids, mask, lab, pos, chunk_size, with_entropy, temperature)
         for r, i in enumerate(group):
             per_row[i] = (logps[r, : lengths[i] - 1], entropy[r, : lengths[i] - 1] if with_entropy else None)
 
@@ -268,7 +275,7 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
     return place(0), (place(1) if with_entropy else None)
 
 
-def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy):
+def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0):
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
         logits_to_keep=1, output_hidden_states=True,
@@ -283,7 +290,8 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
     checkpointed = torch.is_grad_enabled() and picked_targets.numel() > chunk_size
     picked, entropy = [], []
     for start in range(0, picked_targets.numel(), chunk_size):
-        args = (head, picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size], with_entropy)
+        args = (head, picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size], with_entropy,
+                temperature)
         p, e = checkpoint(_head_logprobs, *args, use_reentrant=False) if checkpointed else _head_logprobs(*args)
         picked.append(p)
         entropy.append(e)

@@ -36,3 +36,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def end_of_turn_biased(model, tokenizer, lift: float = 2.0):
+    """Make a random Qwen2 end its turns after a few tokens: every embedding gets a shared first
+    coordinate of 1 (a constant logit shift, since the head is tied) and ``<|im_end|>`` gets ``lift``."""
+    eot = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[:, 0] = 1.0
+        weight[eot, 0] = lift
+    return model
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    """The real Qwen tokenizer set up as Qwen2.5-0.5B base (EOS <|endoftext|>, turns end with <|im_end|>)."""
+    from lit_align import models
+
+    return models.load_tokenizer("tiny:qwen2")
+
+
+@pytest.fixture
+def qwen_lm(qwen_tokenizer):
+    """tiny:qwen2, biased to end its turns with <|im_end|> within a few tokens at temperature 0.7."""
+    from lit_align import models
+
+    return end_of_turn_biased(models.load_causal_lm("tiny:qwen2"), qwen_tokenizer)

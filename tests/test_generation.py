@@ -39,7 +39,7 @@ def test_n_samples_per_prompt_grouped_and_seeded(tokenizer, tiny_lm):
 
 def test_completion_mask_stops_after_first_eos():
     ids = torch.tensor([[4, 3, 5, 3], [4, 5, 6, 7], [3, 3, 3, 3]])
-    assert completion_mask(ids, eos_id=3).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert completion_mask(ids, stop_ids=3).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
 
 
 def _ragged_prompts(tokenizer):

@@ -14,6 +14,7 @@ character offsets into that one rendering, so segment boundaries cannot shift th
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from lit_align.data.sources import DataError
@@ -99,12 +100,58 @@ def sft_example(record: dict, origin: str, tokenizer) -> Example:
     return text_example(prompt, completion, origin, tokenizer)
 
 
+_STOP_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PROBE = "\u2063lit-align-probe\u2063"  # a text no template writes on its own
+
+
+def _template_end_of_turn(tokenizer) -> int | None:
+    """The special token the chat template closes an assistant turn with, or None.
+
+    Found by rendering a one-exchange chat and reading the first token after the assistant's text:
+    ``<|im_end|>`` for ChatML templates (Qwen, SmolLM2), ``<|eot_id|>`` for Llama 3, and so on.
+    """
+    if not tokenizer.chat_template:
+        return None
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text = _render(tokenizer, chat, generation_prompt=False)
+    except Exception:  # a template that refuses this chat shape: no end-of-turn token to learn from it
+        return None
+    if _PROBE not in text:
+        return None
+    after = tokenizer(text.split(_PROBE, 1)[1], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return after[0] if after and after[0] in special else None
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a completion: EOS, and the chat template's end-of-turn token where it differs.
+
+    Qwen2.5-0.5B (base) names ``<|endoftext|>`` as EOS while its template closes every turn with
+    ``<|im_end|>``: a chat completion ends at either.
+    """
+    try:
+        return list(_STOP_IDS[tokenizer])
+    except (KeyError, TypeError):
+        pass
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    end_of_turn = _template_end_of_turn(tokenizer)
+    if end_of_turn is not None and end_of_turn not in ids:
+        ids.append(end_of_turn)
+    try:
+        _STOP_IDS[tokenizer] = tuple(ids)
+    except TypeError:  # not weak-referenceable: recomputed each time
+        pass
+    return ids
+
+
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 def chat_example(messages: list[dict], loss_from: int, origin: str, tokenizer) -> Example:
-    """Tokenize a chat; assistant turns at index >= ``loss_from`` carry loss up to and including EOS."""
+    """Tokenize a chat; assistant turns at index >= ``loss_from`` carry loss up to and including the
+    token that ends the turn (the template's end-of-turn token, or EOS: ``stop_token_ids``)."""
     if not tokenizer.chat_template:
         raise DataError(f"{origin}: chat records need a tokenizer with a chat template, and this one has none")
     text = _render(tokenizer, messages, generation_prompt=False)
@@ -123,11 +170,11 @@ def chat_example(messages: list[dict], loss_from: int, origin: str, tokenizer) -
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)
-    eos = tokenizer.eos_token_id
+    stops = set(stop_token_ids(tokenizer))
     for start, end in spans:
         in_span = [t for t, (s, _) in enumerate(offsets) if start <= s < end]
-        # Text after the turn's EOS (e.g. a newline) is never generated, so it carries no loss.
-        last = max((t for t in in_span if ids[t] == eos), default=in_span[-1] if in_span else None)
+        # Text after the token that ends the turn (e.g. a newline) is never generated: no loss on it.
+        last = max((t for t in in_span if ids[t] in stops), default=in_span[-1] if in_span else None)
         for t in in_span:
             if last is not None and t <= last:
                 labels[t] = ids[t]

@@ -70,6 +70,7 @@ class PolicyModule(FreesAppliedGradients):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
         generation: SamplingParams | None = None,
+        disable_dropout: bool = False,
     ):
         """
         Args:
@@ -84,6 +85,8 @@ class PolicyModule(FreesAppliedGradients):
             warmup_steps: warm-up optimiser steps of the default schedule.
             min_lr_ratio: final lr of the default schedule, as a share of the peak.
             generation: sampling settings for predict (and for methods that generate).
+            disable_dropout: switch every dropout of the policy off (LoRA's and attention's included).
+                DPO and RLOO default to true: dropout makes the policy/reference log-ratio noisy.
         """
         super().__init__()
         if load_in_4bit and lora is None:
@@ -95,6 +98,7 @@ class PolicyModule(FreesAppliedGradients):
         self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.disable_dropout = disable_dropout
         self.tokenizer = models.load_tokenizer(model, trust_remote_code)
         self.policy = None
         self.generation = generation or SamplingParams()
@@ -113,6 +117,8 @@ class PolicyModule(FreesAppliedGradients):
         # from_pretrained returns eval mode; Lightning keeps module modes as they are, so ask for train mode.
         policy.train()
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
+        if self.disable_dropout:
+            models.disable_dropout(self.policy)
 
     def init_reference(self, reference: str) -> None:
         """Record which model is the reference: "adapter_off" (the LoRA policy, adapter disabled) or "copy"."""

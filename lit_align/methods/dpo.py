@@ -13,8 +13,15 @@ Implicit rewards beta * (log pi - log pi_ref) are logged as ``rewards/chosen`` e
 Chosen and rejected responses go through the policy in one concatenated forward pass. The
 reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs are
-computed once before training and cached on disk. Simplification: IPO uses summed (not
-length-averaged) sequence log-probs, as in its paper's definition.
+computed once before training and cached on disk.
+
+IPO's log-probs are per-token averages by default (``IPO(normalization="token_mean")``): h is then a
+difference of mean token log-ratios, as in the IPO authors' experiments and TRL, so a beta tuned there
+means the same here. ``normalization="sum"`` uses summed sequence log-probs, the paper's definition;
+its beta is not comparable (h grows with length). Sigmoid DPO and cDPO always sum.
+
+Dropout is off in the policy by default (``disable_dropout``): with it on, the policy/reference
+log-ratio would be noisy even before any update.
 """
 
 from __future__ import annotations
@@ -36,9 +43,13 @@ log = logging.getLogger(__name__)
 
 
 class PreferenceLoss:
-    """A DPO-family objective on sequence log-probs; ``beta`` scales the logged implicit rewards."""
+    """A DPO-family objective on sequence log-probs; ``beta`` scales the logged implicit rewards.
+
+    ``length_normalized``: the objective reads per-token mean log-probs instead of sums.
+    """
 
     beta: float
+    length_normalized: bool = False
 
     def __call__(self, pc, pr, rc, rr) -> torch.Tensor:
         raise NotImplementedError
@@ -70,12 +81,17 @@ class ConservativeDPO(PreferenceLoss):
 
 
 class IPO(PreferenceLoss):
-    def __init__(self, beta: float = 0.1):
+    def __init__(self, beta: float = 0.1, normalization: Literal["token_mean", "sum"] = "token_mean"):
         """
         Args:
             beta: regularisation; the log-ratio margin is pulled towards 1 / (2 beta).
+            normalization: "token_mean" (each response's log-probs averaged over its tokens; the IPO
+                authors' and TRL's choice, the default) or "sum" (summed, as IPO's definition writes it).
         """
-        self.beta = beta
+        if normalization not in ("token_mean", "sum"):
+            raise ValueError(f"IPO normalization must be 'token_mean' or 'sum', got {normalization!r}")
+        self.beta, self.normalization = beta, normalization
+        self.length_normalized = normalization == "token_mean"
 
     def __call__(self, pc, pr, rc, rr):
         return losses.ipo_loss(pc, pr, rc, rr, self.beta)
@@ -94,6 +110,7 @@ class DPO(PolicyModule):
         reference: Literal["adapter_off", "copy"] = "copy",
         precompute_reference: bool = False,
         reference_cache_dir: str = "outputs/reference_logps",
+        disable_dropout: bool = True,
         **kwargs,
     ):
         """
@@ -103,8 +120,10 @@ class DPO(PolicyModule):
             reference: "adapter_off" (policy with LoRA disabled; needs lora) or "copy" (frozen copy of the start model).
             precompute_reference: compute reference log-probs once before training and cache them on disk.
             reference_cache_dir: folder of the cached reference log-probs.
+            disable_dropout: switch the policy's dropout off (LoRA's included), so the policy/reference
+                log-ratio is not noisy.
         """
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
         self.init_reference(reference)
         self.loss_fn, self.nll_weight = loss, nll_weight
         self.precompute_reference, self.reference_cache_dir = precompute_reference, reference_cache_dir
@@ -133,6 +152,9 @@ class DPO(PolicyModule):
         token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         pc, pr = token_logps.sum(-1).split(batch.num_pairs)
         rc, rr = self._reference(batch, stage)
+        if self.loss_fn.length_normalized:  # per-token means: every sum divided by its response's length
+            nc, nr = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
+            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
         loss = self.loss_fn(pc, pr, rc, rr)
         if self.nll_weight:
             mask = ops.loss_mask(batch.labels)[: batch.num_pairs]
