@@ -67,3 +67,60 @@ def test_dpo_raises_reward_margin_and_accuracy(loss):
     end = trainer().validate(module, dm, verbose=False)[0]
     assert end["val/rewards/margin"] > start["val/rewards/margin"] + 0.1
     assert end["val/rewards/accuracy"] > 0.9 and start["val/rewards/accuracy"] == 0.0
+
+
+def _train_mode_logps_twice(module_cls, **kwargs):
+    """Two train-mode forwards of a LoRA policy whose adapters are non-zero (LoRA B starts at zero)."""
+    module = module_cls(model="tiny:causal-lm", lora=LoRA(r=4, alpha=8, dropout=0.5), **kwargs)
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)
+    module.policy.train()
+    ids = torch.arange(5, 25).view(2, 10)
+    with torch.no_grad():
+        return module.policy(input_ids=ids).logits, module.policy(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method", ["DPO", "RLOO"])
+def test_dropout_is_off_by_default_for_dpo_and_rloo_and_can_be_kept(method):
+    from lit_align.methods.rloo import RLOO
+    from lit_align.tasks.countdown import CountdownVerifier
+
+    cls, extra = (DPO, {}) if method == "DPO" else (RLOO, {"reward": CountdownVerifier()})
+    a, b = _train_mode_logps_twice(cls, **extra)
+    assert torch.equal(a, b), "no dropout: two train-mode forwards agree"
+    a, b = _train_mode_logps_twice(cls, disable_dropout=False, **extra)
+    assert not torch.equal(a, b), "the switch keeps LoRA's dropout"
+
+
+def test_ipo_averages_log_probs_per_token_by_default():
+    """IPO's h from per-token means (the default) or sums, against the formula on the same log-probs."""
+    from lit_align import ops
+    from lit_align.data.collate import collate_preference
+
+    dm = data(batch_size=4)
+    beta = 0.1
+    for normalization in ("token_mean", "sum"):
+        torch.manual_seed(0)
+        module = DPO(model="tiny:causal-lm", loss=IPO(beta=beta, normalization=normalization))
+        module.configure_model()
+        with torch.no_grad():  # move the policy off the reference, so h is not zero
+            for p in module.policy.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        dm.tokenizer = module.tokenizer
+        dm.data_format = "preference"
+        dm.setup("fit")
+        batch = collate_preference(dm.train_items[:4], module.tokenizer.pad_token_id)
+        module.log_dict = lambda *a, **k: None
+        loss = module._shared_step(batch, "train")
+        with torch.no_grad():
+            pol = ops.model_token_logprobs(module.policy, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+            ref = ops.model_token_logprobs(module.reference_model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+        n = ops.loss_mask(batch.labels).sum(-1)
+        if normalization == "token_mean":
+            pol, ref = pol / n, ref / n
+        h = (pol[:4] - ref[:4]) - (pol[4:] - ref[4:])
+        assert loss.item() == pytest.approx(((h - 1 / (2 * beta)) ** 2).mean().item(), rel=1e-5)
+        assert (n[:4] != n[4:]).any(), "lengths must differ for the two normalisations to differ"

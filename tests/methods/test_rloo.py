@@ -109,3 +109,53 @@ def test_adapter_off_reference_starts_at_zero_kl_and_drifts():
     t = trainer(max_steps=4)
     t.fit(module, AlignDataModule(Prompts(16), batch_size=4))
     assert t.callback_metrics["train/kl"].abs() > 1e-4
+
+
+class Length(Reward):
+    """Varies with every sample, so advantages are never all zero."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(len(c)) for c in completions])
+
+
+def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
+    """Two micro-batches of one accumulation window, the same prompt and the same weights: their
+    samples differ only if each micro-batch draws its own random stream."""
+    import lit_align.methods.rloo as rloo_module
+
+    drawn = []
+
+    def recording(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        drawn.append(out.completion_ids)
+        return out
+
+    monkeypatch.setattr(rloo_module, "sample", recording)
+    module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, generation=SamplingParams(max_new_tokens=8))
+    trainer(max_steps=1, accumulate_grad_batches=2).fit(module, AlignDataModule(Prompts(2), batch_size=1))
+    assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
+
+
+def test_truncated_completions_carry_no_loss_when_masked():
+    """tiny:causal-lm almost never emits EOS in 3 tokens: every completion is cut, so with masking on
+    the loss is exactly zero and no gradient flows; without it, they are trained on."""
+    losses_seen = {}
+    for masked in (True, False):
+        torch.manual_seed(0)
+        module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, mask_truncated_completions=masked,
+                      generation=SamplingParams(max_new_tokens=3))
+        t = trainer(max_steps=1)
+        t.fit(module, AlignDataModule(Prompts(4), batch_size=4))
+        assert t.callback_metrics["train/truncated_share"] == 1.0
+        losses_seen[masked] = t.callback_metrics["train/loss"].item()
+    assert losses_seen[True] == 0.0 and losses_seen[False] != 0.0
+
+
+def test_greedy_sampling_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="temperature.*zero advantages"):
+        RLOO(model="tiny:causal-lm", reward=Length(), generation=SamplingParams(temperature=0.0))
+
+
+def test_unsound_kl_placement_is_refused_at_construction():
+    with pytest.raises(ValueError, match="k1 in the reward"):
+        RLOO(model="tiny:causal-lm", reward=Length(), kl_estimator="k1", kl_in_reward=False)
