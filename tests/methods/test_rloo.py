@@ -159,3 +159,47 @@ def test_greedy_sampling_is_refused_with_a_reason():
 def test_unsound_kl_placement_is_refused_at_construction():
     with pytest.raises(ValueError, match="k1 in the reward"):
         RLOO(model="tiny:causal-lm", reward=Length(), kl_estimator="k1", kl_in_reward=False)
+
+
+class CharSum(Reward):
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(sum(map(ord, c)) % 7) for c in completions])
+
+
+@pytest.mark.parametrize("settings", [
+    dict(),
+    dict(normalization="token"),
+    dict(kl_estimator="k3", kl_in_reward=False, entropy_coef=0.1),
+    dict(kl_estimator="k2", kl_in_reward=False, mask_truncated_completions=True),
+], ids=["default", "token", "k3-loss-entropy", "k2-loss-masked"])
+def test_training_step_is_rloo_loss_of_its_samples_with_its_settings(monkeypatch, tokenizer, settings):
+    """The method passes what it sampled, scored and set to ``losses.rloo_loss`` unchanged: with the
+    samples, rewards and reference log-probs pinned, its loss is the pure function's."""
+    from lit_align import losses
+
+    torch.manual_seed(0)
+    module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,
+                  generation=SamplingParams(max_new_tokens=5, temperature=0.7), **settings)
+    module.configure_model()
+    records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}]
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
+    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=4)
+    pinned.truncated = torch.tensor([True, False, False, True])
+    ref = -torch.rand(4, pinned.completion_ids.size(1))
+    monkeypatch.setattr("lit_align.methods.rloo.sample", lambda *a, **k: pinned)
+    monkeypatch.setattr(module, "_reference_logps", lambda samples: ref)
+    module.log_dict = lambda *a, **k: None
+    module._trainer = None
+    monkeypatch.setattr(RLOO, "global_step", property(lambda self: 0))
+    monkeypatch.setattr(RLOO, "global_rank", property(lambda self: 0))
+    monkeypatch.setattr(RLOO, "_sharded", lambda self: False)
+    loss = module.training_step(batch, 0)
+    logps, entropy = module._logps(module.policy, pinned, with_entropy=True)
+    mask = pinned.completion_mask.float()
+    rewards = CharSum()(None, pinned.texts, None)
+    keep = ~pinned.truncated if settings.get("mask_truncated_completions") else None
+    expected = losses.rloo_loss(logps, ref, mask, rewards, 2, 0.2, settings.get("kl_estimator", "k1"),
+                                settings.get("kl_in_reward", True), settings.get("normalization", "sequence"),
+                                entropy, settings.get("entropy_coef", 0.0), keep)
+    assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-5, abs=1e-6)
+    assert rewards.std() > 0, "rewards must vary for the check to mean something"
