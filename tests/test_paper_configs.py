@@ -225,3 +225,13 @@ def test_countdown_warmstart_trains_qwen_on_generated_traces():
 def test_countdown_rloo_starts_from_the_warmstart_export():
     rloo = _load(PAPER / "rloo_qwen2.5-0.5b_countdown.yaml")
     assert [rloo["model"]["init_args"]["model"]] == _exports(_load(WARMSTART))
+
+
+def test_countdown_rloo_turns_the_hub_problems_into_prompts():
+    """The hub records are bare ``{target, nums}``; read directly they would have no prompt."""
+    train = _load(PAPER / "rloo_qwen2.5-0.5b_countdown.yaml")["data"]["train"]
+    assert train["class_path"] == "lit_align.tasks.countdown.CountdownSource"
+    assert train["init_args"]["with_traces"] is False
+    problems = train["init_args"]["problems"]
+    assert problems["class_path"] == "lit_align.data.sources.HubDataset"
+    assert problems["init_args"] == {"name": "Jiayi-Pan/Countdown-Tasks-3to4", "split": "train"}

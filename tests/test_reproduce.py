@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from lit_align.cli import main as cli_main
 from lit_align.reproduce.plan import PROFILES, plan
-from lit_align.reproduce.runner import merge, run
+from lit_align.reproduce.runner import HUB_DATASET, LOCAL_FILE, merge, run, stage_config, stand_in
 
 STAGES = [s.name for s in plan("smoke", "out")]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +118,40 @@ def test_merge_replaces_lists_and_merges_dicts():
 def test_unknown_profile_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown profile 'laptop'"):
         plan("laptop", "out")
+
+
+def test_paper_smoke_plan_runs_every_paper_config_and_each_reads_only_earlier_outputs():
+    stages = plan("paper-smoke", "out")
+    assert {s.config for s in stages} == {f"configs/paper/{p.name}" for p in (ROOT / "configs" / "paper").glob("*.yaml")}
+    assert len({s.name for s in stages}) == len(stages)
+    done, reads = set(), {}
+    for stage in stages:  # every other run folder a stage reads (an export, the base responses) is an earlier stage's
+        text = json.dumps(stage_config(stage, Path("out") / stage.name))
+        assert "outputs/paper" not in text, stage.name  # no path of the paper's own layout is left unchained
+        named = set(re.findall(r"\bout/(\w+)/", text)) - {stage.name}
+        assert named <= done, (stage.name, named - done)
+        reads[stage.name] = named
+        assert {k: stage.overrides["trainer"][k] for k in ("accelerator", "devices", "precision")} == {
+            "accelerator": "cpu", "devices": 1, "precision": "32-true"}, stage.name
+        done.add(stage.name)
+    assert reads["instruction_dpo"] == reads["instruction_dpo_lora"] == {"instruction_sft"}
+    assert reads["instruction_rloo_rm"] == {"instruction_sft", "instruction_rm_deberta"}  # OpenAssistant's RM swapped
+    assert reads["instruction_eval_dpo"] == {"instruction_dpo", "instruction_rm_deberta", "instruction_eval_base"}
+    assert reads["countdown_rloo"] == reads["countdown_best_of_n"] == {"countdown_sft"}
+
+
+def test_stand_ins_swap_model_names_and_hub_datasets_and_name_a_missing_sample(tmp_path):
+    config = {"model": {"init_args": {"model": "Qwen/Qwen2.5-0.5B", "reward": {"init_args": {"model": "org/rm"}}}},
+              "data": {"train": {"class_path": HUB_DATASET, "init_args": {"name": "org/data", "split": "train"}},
+                       "val": {"class_path": HUB_DATASET, "init_args": {"name": "org/other", "split": "test"}}},
+              "trainer": {"callbacks": [{"init_args": {"names": ["Qwen/Qwen2.5-0.5B"]}}]}}
+    sample = tmp_path / "data.jsonl"
+    sample.write_text("{}\n")
+    swapped = stand_in(config, {"Qwen/Qwen2.5-0.5B": "tiny:qwen2", "org/rm": str(tmp_path / "rm"), "org/data": str(sample)})
+    assert swapped["model"]["init_args"] == {"model": "tiny:qwen2", "reward": {"init_args": {"model": str(tmp_path / "rm")}}}
+    assert swapped["data"]["train"] == {"class_path": LOCAL_FILE, "init_args": {"path": str(sample)}}
+    assert swapped["data"]["val"] == config["data"]["val"]  # no stand-in named: left as it is
+    assert swapped["trainer"]["callbacks"][0]["init_args"]["names"] == ["tiny:qwen2"]
+    assert config["model"]["init_args"]["model"] == "Qwen/Qwen2.5-0.5B"  # not modified in place
+    with pytest.raises(FileNotFoundError, match="stand-in for dataset 'org/data' is missing: .*gone.jsonl"):
+        stand_in(config, {"org/data": str(tmp_path / "gone.jsonl")})

@@ -1,4 +1,4 @@
-"""The study's two tracks as a list of stages, for three profiles.
+"""The study's two tracks as a list of stages, for four profiles.
 
 A stage is one run of an existing config (``configs/...``) with a few overrides: the model it
 starts from (an earlier stage's export), the data it reads (an earlier stage's output), and, per
@@ -16,10 +16,16 @@ Countdown:
 Profiles: ``embedded`` (the embedded SmolLM2-135M + MiniLM models on CPU), ``smoke`` (tiny random
 models and a handful of steps: the chain's plumbing, in the test suite) and ``paper`` (the configs in
 ``configs/paper/``: Qwen2.5-0.5B, smol-smoltalk, UltraFeedback, DeBERTa; hub access and a GPU).
+
+``paper-smoke`` runs every config in ``configs/paper/`` once or more, in the study's order (see
+``_study``), on CPU in float32 with a couple of steps each: the hub models and datasets are swapped
+for tiny stand-ins and the local samples in ``tests/fixtures/``; besides those, only the trainer
+(CPU, float32) and the sizes (``SMOKE_SIZES``) change.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 
@@ -30,6 +36,8 @@ class Stage:
     config: str  # base config, relative to the repository root
     label: str  # row name in the results
     overrides: dict = field(default_factory=dict)  # deep-merged into the base config (lists are replaced)
+    # hub name → stand-in, wherever it appears: a model name by another name or folder, a HubDataset by a LocalFile
+    stand_ins: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +76,17 @@ PROFILES = {
 }
 
 
+def merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override`` recursively; lists and scalars are replaced, dicts merged."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def _verifier_eval(s: Sizes) -> dict:
     return {"num_prompts": s.cd_eval_problems, "max_new_tokens": s.cd_new_tokens,
             "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
@@ -90,7 +109,7 @@ def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
             "data": {"train": {"init_args": {"seed": 1}}},  # fresh problems, never seen by the first SFT
             "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
         }),
-        Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier", {
+        Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from SFT + more)", {
             "trainer": {"max_steps": s.cd_rloo_steps} if sized else {},
             "model": {"init_args": {"model": f"{out}/countdown_sft_more/export"}
                       | ({"generation": {"max_new_tokens": s.cd_new_tokens}} if sized else {})},
@@ -156,10 +175,106 @@ def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
     return stages
 
 
+# ----------------------------------------------------------------------------- the study, every paper config
+
+# paper-smoke: what stands in for each hub model and dataset. The RLOO reward model of the study
+# (OpenAssistant's) becomes the DeBERTa RM trained in the run; datasets become local samples.
+STAND_INS = {
+    "Qwen/Qwen2.5-0.5B": "tiny:qwen2",
+    "microsoft/deberta-v3-large": "tiny:deberta-v2",
+    "distilbert/distilbert-base-uncased": "tiny:distilbert",
+    "HuggingFaceH4/ultrafeedback_binarized": "tests/fixtures/ultrafeedback_binarized_sample.jsonl",
+    "HuggingFaceTB/smol-smoltalk": "tests/fixtures/smol_smoltalk_sample.jsonl",
+    "Jiayi-Pan/Countdown-Tasks-3to4": "tests/fixtures/countdown_tasks_3to4_sample.jsonl",
+}
+OPENASSISTANT_RM = "OpenAssistant/reward-model-deberta-v3-large"
+CPU = {"accelerator": "cpu", "devices": 1, "precision": "32-true"}  # as configs/trainer/cpu.yaml
+# No warm-up: two steps at the paper's peak lr, so every stage hands on weights it changed.
+_FIT = {"trainer": {"max_steps": 2, "accumulate_grad_batches": 1, "val_check_interval": 1.0, "log_every_n_steps": 1},
+        "model": {"init_args": {"warmup_steps": 0}}, "data": {"batch_size": 2, "val_batch_size": 2, "num_workers": 0}}
+_ROLLOUTS = {"model": {"init_args": {"generation": {"max_new_tokens": 12}}}}
+_HELD_OUT = {"callbacks": {"VerifierEval": {"num_prompts": 2, "max_new_tokens": 12, "source": {"init_args": {"num_problems": 2}}}}}
+_EVAL = {"data": {"val": {"init_args": {"num_prompts": 4}}, "val_batch_size": 4}} | _ROLLOUTS
+_BEST_OF_N = merge(_ROLLOUTS, {"model": {"init_args": {"n_values": [1, 2]}},
+                               "data": {"val": {"init_args": {"num_problems": 4}}, "val_batch_size": 4}})
+# paper-smoke's sizes per paper config (besides the CPU trainer): a couple of steps, a few short samples.
+SMOKE_SIZES = {
+    "sft_qwen2.5-0.5b_smoltalk": _FIT,
+    "sft_qwen2.5-0.5b_smoltalk_lora": _FIT,
+    "rm_deberta_ultrafeedback": _FIT,
+    "rm_distilbert_ultrafeedback": _FIT,
+    "rm_distilbert_ultrafeedback_regression": _FIT,
+    "dpo_qwen2.5-0.5b_ultrafeedback": _FIT,
+    "dpo_qwen2.5-0.5b_ultrafeedback_lora": _FIT,
+    "rloo_qwen2.5-0.5b_deberta": merge(_FIT, _ROLLOUTS),
+    "rloo_qwen2.5-0.5b_constraints": merge(_FIT, _ROLLOUTS | {"data": {"train": {"init_args": {"num_prompts": 8}}}}),
+    "eval_qwen2.5-0.5b_instruction": _EVAL,
+    "sft_qwen2.5-0.5b_countdown_warmstart": merge(_FIT, _HELD_OUT | {"data": {
+        "train": {"init_args": {"num_problems": 8}}, "val": {"init_args": {"num_problems": 4}}}}),
+    "rloo_qwen2.5-0.5b_countdown": merge(_FIT, _ROLLOUTS | _HELD_OUT),
+    "eval_qwen2.5-0.5b_countdown_best_of_n": _BEST_OF_N,
+}
+
+
+def _paper(name: str, command: str, stem: str, label: str, **init) -> Stage:
+    """One run of ``configs/paper/<stem>.yaml``; ``init`` overrides its model's arguments."""
+    return Stage(name, command, f"configs/paper/{stem}.yaml", label, {"model": {"init_args": init}} if init else {})
+
+
+def _study_evals(out: str) -> list[Stage]:
+    """The base model and every trained policy, judged by the DeBERTa RM; win rates against the base."""
+    judge = {"init_args": {"model": f"{out}/instruction_rm_deberta/export"}}
+    stages = [_paper("instruction_eval_base", "test", "eval_qwen2.5-0.5b_instruction", "base model", judge=judge)]
+    base = f"{out}/instruction_eval_base/responses.jsonl"
+    for key, label in (("sft", "SFT (full)"), ("sft_lora", "SFT (LoRA)"), ("dpo", "DPO (full)"), ("dpo_lora", "DPO (LoRA)"),
+                       ("rloo_rm", "RLOO (RM reward)"), ("rloo_checker", "RLOO (checker reward)")):
+        stages.append(_paper(f"instruction_eval_{key}", "test", "eval_qwen2.5-0.5b_instruction", label,
+                             model=f"{out}/instruction_{key}/export", judge=judge, reference_responses=base))
+    return stages
+
+
+def _study(out: str) -> list[Stage]:
+    """Every paper config in the study's order, each starting from the export it names."""
+    sft, sft_lora, warm = (f"{out}/{name}/export" for name in ("instruction_sft", "instruction_sft_lora", "countdown_sft"))
+    return [
+        _paper("instruction_sft", "fit", "sft_qwen2.5-0.5b_smoltalk", "SFT (full)"),
+        _paper("instruction_sft_lora", "fit", "sft_qwen2.5-0.5b_smoltalk_lora", "SFT (LoRA)"),
+        _paper("instruction_rm_deberta", "fit", "rm_deberta_ultrafeedback", "RM: DeBERTa, Bradley-Terry"),
+        _paper("instruction_rm_distilbert", "fit", "rm_distilbert_ultrafeedback", "RM: DistilBERT, Bradley-Terry"),
+        _paper("instruction_rm_distilbert_regression", "fit", "rm_distilbert_ultrafeedback_regression", "RM: DistilBERT, regression"),
+        _paper("instruction_dpo", "fit", "dpo_qwen2.5-0.5b_ultrafeedback", "DPO, full (from SFT)", model=sft),
+        _paper("instruction_dpo_lora", "fit", "dpo_qwen2.5-0.5b_ultrafeedback_lora", "DPO, LoRA (from SFT)", model=sft),
+        _paper("instruction_rloo_rm", "fit", "rloo_qwen2.5-0.5b_deberta", "RLOO, RM reward (from SFT)", model=sft),
+        _paper("instruction_rloo_checker", "fit", "rloo_qwen2.5-0.5b_constraints", "RLOO, checker reward (from SFT LoRA)", model=sft_lora),
+        *_study_evals(out),
+        _paper("countdown_sft", "fit", "sft_qwen2.5-0.5b_countdown_warmstart", "SFT on synthetic traces (warm start)"),
+        _paper("countdown_rloo", "fit", "rloo_qwen2.5-0.5b_countdown", "RLOO with the verifier (from the warm start)", model=warm),
+        _paper("countdown_best_of_n", "test", "eval_qwen2.5-0.5b_countdown_best_of_n", "best-of-N with the verifier (warm start)", model=warm),
+    ]
+
+
+def _paper_smoke(out: str) -> list[Stage]:
+    """The study on stand-ins: CPU, float32, tiny sizes; the judge and RLOO reward are the run's DeBERTa RM."""
+    stand_ins = STAND_INS | {OPENASSISTANT_RM: f"{out}/instruction_rm_deberta/export"}
+    stages = _study(out)
+    for stage in stages:
+        stem = stage.config.removeprefix("configs/paper/").removesuffix(".yaml")
+        stage.overrides = merge(merge({"trainer": CPU}, SMOKE_SIZES[stem]), stage.overrides)
+        stage.stand_ins = stand_ins
+    return stages
+
+
+PROFILE_NAMES = sorted([*PROFILES, "paper-smoke"])
+
+
 def plan(profile: str, out: str) -> list[Stage]:
     """Every stage of both tracks, in the order they must run."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}: choose from {sorted(PROFILES)}")
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}: choose from {PROFILE_NAMES}")
+    if profile == "paper-smoke":
+        return _paper_smoke(out)
+    if profile == "paper":  # the study itself: every paper config, the chain paper-smoke runs on stand-ins
+        return _study(out)
     sizes, paper = PROFILES[profile], profile == "paper"
     stages = _instruction(sizes, out, paper) + _countdown(sizes, out, paper)
     for stage in stages:  # trainer settings of the profile (e.g. none on CPU) apply to every run

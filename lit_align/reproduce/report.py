@@ -46,13 +46,13 @@ def _instruction_table(stages: list[Stage], out: Path) -> list[str]:
     return lines
 
 
-def _countdown_table(out: Path) -> list[str]:
+def _countdown_table(stages: list[Stage], out: Path) -> list[str]:
+    """Verifier figures before the first Countdown fit stage and after each one the profile ran."""
     lines = ["| stage | verifier score | accuracy |", "|---|---|---|"]
     first = _json(out / "countdown_sft" / "eval.json")
     rows = [("base model", first.get("before", {}))]
-    rows += [(label, _json(out / name / "eval.json").get("after", {})) for name, label in (
-        ("countdown_sft", "SFT on synthetic traces"), ("countdown_sft_more", "SFT + more synthetic traces"),
-        ("countdown_rloo", "RLOO with the verifier (from SFT + more)"))]
+    rows += [(s.label, _json(out / s.name / "eval.json").get("after", {})) for s in stages
+             if s.name.startswith("countdown_") and s.command == "fit"]
     for label, r in rows:
         lines.append(f"| {label} | {_fmt(r.get('score'))} | {_fmt(r.get('accuracy'))} |")
     return lines
@@ -115,7 +115,7 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
                   f"{samples.get('sft_records', 0)} verified responses (SFT data), {samples.get('pairs')} preference pairs "
                   f"({samples.get('skipped_equal_scores')} prompts skipped: all samples scored the same)."), ""]
     lines += ["**Instruction following** (held-out constraint prompts, greedy):", "", *_instruction_table(stages, out), "",
-              "**Countdown** (held-out problems, greedy):", "", *_countdown_table(out), "",
+              "**Countdown** (held-out problems, greedy):", "", *_countdown_table(stages, out), "",
               "**Best-of-N** (verifier selects):", "", *_best_of_n_table(out), ""]
     stem = f"reproduce_{profile}"
     if _curves(stages, out, results.parent / f"{stem}_curves.png"):

@@ -3,6 +3,7 @@
     python tools/reproduce.py --profile embedded     # offline, 2 CPU cores
     python tools/reproduce.py --profile smoke --out /tmp/smoke --results /tmp/smoke/results.md
     python tools/reproduce.py --profile paper        # hub access and a GPU
+    python tools/reproduce.py --profile paper-smoke --out /tmp/ps --results /tmp/ps/results.md   # every paper config, CPU
 
 Each stage gets ``<out>/<stage>/``: ``config.yaml`` (exactly what ran), ``checkpoints/last.ckpt``
 (fit stages), ``logs/`` (CSV metrics), the stage's outputs (``export/``, ``eval.json``,
@@ -14,7 +15,6 @@ process, one after another.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import logging
@@ -24,25 +24,33 @@ from pathlib import Path
 
 import yaml
 
-from lit_align.reproduce.plan import PROFILES, Stage, plan
+from lit_align.reproduce.plan import PROFILE_NAMES, Stage, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
 
 
-def merge(base: dict, override: dict) -> dict:
-    """``base`` updated by ``override`` recursively; lists and scalars are replaced, dicts merged."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+HUB_DATASET, LOCAL_FILE = "lit_align.data.sources.HubDataset", "lit_align.data.sources.LocalFile"
 
 
 def _short(class_path: str) -> str:
     return class_path.rsplit(".", 1)[-1]
+
+
+def stand_in(node, stand_ins: dict):
+    """``node`` with every hub name of ``stand_ins`` replaced: a model name by its stand-in, a
+    ``HubDataset`` by a ``LocalFile`` of the stand-in path (relative paths are from the repository root)."""
+    if isinstance(node, list):
+        return [stand_in(item, stand_ins) for item in node]
+    if not isinstance(node, dict):
+        return stand_ins.get(node, node) if isinstance(node, str) else node
+    name = (node.get("init_args") or {}).get("name")
+    if node.get("class_path") == HUB_DATASET and name in stand_ins:
+        path = ROOT / stand_ins[name]  # an absolute stand-in path stays as it is
+        if not path.is_file():
+            raise FileNotFoundError(f"the local stand-in for dataset {name!r} is missing: {path}")
+        return {"class_path": LOCAL_FILE, "init_args": {"path": str(path)}}
+    return {key: stand_in(value, stand_ins) for key, value in node.items()}
 
 
 def _retarget(config: dict, stage: Stage, folder: Path, checkpoint_every: int) -> dict:
@@ -89,7 +97,7 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20) -> dict
         if config.get("sft_output"):
             config["sft_output"] = str(folder / "sft.jsonl")
         return config
-    return _retarget(base, stage, folder, checkpoint_every)
+    return stand_in(_retarget(base, stage, folder, checkpoint_every), stage.stand_ins)
 
 
 def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20) -> float:
@@ -150,8 +158,9 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
 
 def main(argv: list[str] | None = None) -> list[Stage]:
     parser = argparse.ArgumentParser(description="Reproduce the study's two tracks, stage by stage.")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="embedded",
-                        help="embedded: offline on CPU; smoke: tiny models, seconds; paper: configs/paper/ on a GPU")
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default="embedded",
+                        help="embedded: offline on CPU; smoke: tiny models, seconds; paper: configs/paper/ on a GPU; "
+                             "paper-smoke: every configs/paper/ run on tiny stand-ins, on CPU")
     parser.add_argument("--out", help="output root (default outputs/reproduce/<profile>)")
     parser.add_argument("--results", default="docs/results.md",
                         help="markdown file whose reproduction section is (re)written; '' to skip")

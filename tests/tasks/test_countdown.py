@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
 
-from lit_align.data.sources import Source
+from lit_align.data.sources import DataError, InMemory, LocalFile, Source
 from lit_align.tasks.arithmetic import MAX_DEPTH
 from lit_align.tasks.countdown import (
     CountdownSource,
@@ -317,3 +319,35 @@ def test_source_without_traces_gives_prompt_records():
 def test_source_rejects_bad_settings_at_construction():
     with pytest.raises(ValueError):
         CountdownSource(min_numbers=5, max_numbers=3)
+
+
+HUB_SAMPLE = Path(__file__).parents[1] / "fixtures" / "countdown_tasks_3to4_sample.jsonl"
+
+
+def test_hub_sample_fixture_has_the_hub_schema_and_only_solvable_problems():
+    rows = [json.loads(line) for line in HUB_SAMPLE.read_text().splitlines()]
+    assert len(rows) == 32
+    for row in rows:
+        assert set(row) == {"target", "nums"} and isinstance(row["target"], int) and 3 <= len(row["nums"]) <= 4
+        assert score(f"<answer>{solve(row['nums'], row['target'])}</answer>", row) == 1.0
+
+
+def test_source_reads_bare_hub_problems_as_prompts_or_traces():
+    raw = list(LocalFile(str(HUB_SAMPLE)).records())
+    prompts = list(CountdownSource(num_problems=5, with_traces=False, problems=LocalFile(str(HUB_SAMPLE))).records())
+    assert [origin for origin, _ in prompts] == [origin for origin, _ in raw[:5]]  # errors point at the file line
+    for (_, problem), (_, record) in zip(raw, prompts):
+        assert record == to_prompt_record(problem)
+    traces = list(CountdownSource(num_problems=100, problems=LocalFile(str(HUB_SAMPLE))).records())
+    assert len(traces) == len(raw) and all(score(r["messages"][1]["content"], r) == 1.0 for _, r in traces)
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"nums": [1, 2]}, "needs fields 'target' and 'nums'"),
+    ({"target": "ten", "nums": [1, 2]}, "'target' must be an integer"),
+    ({"target": 1000, "nums": [1, 2, 3]}, "no solution for target 1000"),
+    ({"target": 6, "nums": [1, 1, 1, 1, 1, 1]}, "at most 5"),
+])
+def test_source_names_the_record_of_a_bad_hub_problem(record, message):
+    with pytest.raises(DataError, match=f"hub:record 0: .*{message}"):
+        list(CountdownSource(problems=InMemory([record], name="hub")).records())
