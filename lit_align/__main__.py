@@ -1,3 +1,3 @@
-from lit_align.cli import main
+from lit_align.cli import run
 
-main()
+run()

@@ -3,16 +3,41 @@
 ``model.class_path`` picks the method (``lit_align.methods.SFT``, ...); ``data`` is always an
 ``AlignDataModule``. Trainer flags (accelerator, devices, strategy, precision, num_nodes) pick
 the hardware.
+
+From the command line, a mistake in the user's config or data (a malformed or undecodable record, an
+empty or missing file, a model or dataset that cannot be loaded, a refused setting) prints one
+message naming the file, record and field, and exits with status 1; ``LIT_ALIGN_TRACEBACK=1`` shows
+the full traceback instead. Called from Python, ``main`` raises as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.models import ModelLoadError
+
+TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
+# The user's config or data is at fault: DataError, RewardError and refused settings are ValueErrors.
+USER_ERRORS = (ValueError, ModelLoadError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def plain_errors(program: str = "lit_align"):
+    """Print a user error as one line and exit 1, unless ``LIT_ALIGN_TRACEBACK`` is set."""
+    try:
+        yield
+    except USER_ERRORS as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"{program}: error: {e}\n(set {TRACEBACK_ENV}=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 class AlignCLI(LightningCLI):
@@ -32,5 +57,11 @@ def main(args: list[str] | None = None) -> AlignCLI:
     )
 
 
+def run(args: list[str] | None = None) -> None:
+    """The console entry point (``lit-align``, ``python -m lit_align``): ``main`` with plain errors."""
+    with plain_errors():
+        main(args)
+
+
 if __name__ == "__main__":
-    main()
+    run()

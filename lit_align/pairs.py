@@ -137,4 +137,7 @@ def main(args: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from lit_align.cli import plain_errors
+
+    with plain_errors("lit_align.pairs"):
+        main()

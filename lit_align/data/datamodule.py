@@ -19,7 +19,7 @@ from lit_align.data.collate import (
     collate_sft_packed,
 )
 from lit_align.data.sampler import WindowBatchSampler
-from lit_align.data.sources import DataError, Source
+from lit_align.data.sources import DataError, Source, describe
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class AlignDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_items:
-            raise DataError("no training records left after reading and filtering the train source")
+            raise DataError(f"{describe(self.train_source)}: no training records left after reading and filtering it")
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)

@@ -17,6 +17,24 @@ class DataError(ValueError):
     """A record is malformed. The message names file, record and field."""
 
 
+def describe(source) -> str:
+    """A source as a person would name it in an error: its file, its dataset id, or its class."""
+    if isinstance(source, LocalFile):
+        return str(Path(source.path).expanduser())
+    if isinstance(source, HubDataset):
+        return f"{source.name}[{source.split}]"
+    return type(source).__name__
+
+
+def _not_utf8(path: Path, raw: bytes, error: UnicodeDecodeError, first_line: int = 1) -> DataError:
+    """The line and column of the first byte of ``raw`` (read from ``path``) that is not UTF-8."""
+    line_start = raw.rfind(b"\n", 0, error.start) + 1
+    line = first_line + raw.count(b"\n", 0, error.start)
+    bad = raw[error.start : error.start + 1]
+    return DataError(f"{path}:line {line}: not UTF-8 text (byte {bad!r} at column {error.start - line_start + 1}); "
+                     "save the file as UTF-8")
+
+
 @runtime_checkable
 class Source(Protocol):
     def records(self) -> Iterator[tuple[str, dict]]: ...
@@ -37,22 +55,26 @@ class LocalFile:
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            yield from self._jsonl(path)
-        elif suffix == ".json":
-            yield from self._json(path)
-        elif suffix == ".parquet":
-            yield from self._parquet(path)
-        else:
+        readers = {".jsonl": self._jsonl, ".json": self._json, ".parquet": self._parquet}
+        if suffix not in readers:
             raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+        count = 0
+        for count, item in enumerate(readers[suffix](path), start=1):
+            yield item
+        if count == 0:
+            raise DataError(f"{path}: holds no records (the file is empty)")
 
     @staticmethod
     def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                origin = f"{path}:line {lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _not_utf8(path, raw, e, first_line=lineno) from None
                 if not line.strip():
                     continue
-                origin = f"{path}:line {lineno}"
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
@@ -63,8 +85,13 @@ class LocalFile:
 
     @staticmethod
     def _json(path: Path) -> Iterator[tuple[str, dict]]:
+        raw = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, raw, e) from None
+        try:
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         if not isinstance(data, list):
