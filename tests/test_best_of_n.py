@@ -47,7 +47,22 @@ def test_best_of_n_runs_through_the_cli_and_accuracy_rises_with_n(tmp_path, monk
     results = cli.model.results
     accuracy = [r["best_of_n"] for r in results]
     assert accuracy == sorted(accuracy) and accuracy[-1] > accuracy[0]
-    assert all(math.isclose(r["best_of_n"], r["pass_at_n"], abs_tol=0.35) for r in results)
+    # Recompute every row from the completions the verifier saw (12 prompts x 8 samples, a prompt's
+    # samples adjacent). With the verifier as selector, best-of-N is the share of prompts with a correct
+    # completion among their first N; pass@N averages 1 - C(8 - c, N) / C(8, N) over prompts with c
+    # correct of 8. Both are exact ratios; 1e-6 covers the float32 mean.
+    seen = cli.model.verifier.seen
+    assert len(seen) == 12 * 8
+    correct = [[("e" in text) for text in seen[i : i + 8]] for i in range(0, len(seen), 8)]
+    assert [r["n"] for r in results] == [1, 2, 4, 8]
+    for row in results:
+        n = row["n"]
+        best = sum(any(c[:n]) for c in correct) / 12
+        passed = sum(1 - math.comb(8 - sum(c), n) / math.comb(8, n) for c in correct) / 12
+        assert row["best_of_n"] == pytest.approx(best, abs=1e-6), row
+        assert row["pass_at_n"] == pytest.approx(passed, abs=1e-6), row
+    assert results[-1]["best_of_n"] == pytest.approx(results[-1]["pass_at_n"], abs=1e-6)  # N = all samples
+    assert 0 < sum(map(sum, correct)) < 12 * 8  # the toy verifier splits the samples
     for name in ("best_of_n.csv", "best_of_n.md", "best_of_n.png"):
         assert (tmp_path / "outputs/best_of_n" / name).stat().st_size > 0
 
@@ -56,7 +71,11 @@ from lit_align.rewards.base import Reward  # noqa: E402
 
 
 class HasLetter(Reward):
-    """A toy verifier for the tiny model: correct when the completion contains 'e'."""
+    """A toy verifier for the tiny model: correct when the completion contains 'e'. Keeps what it scored."""
+
+    def __init__(self):
+        self.seen: list[str] = []
 
     def __call__(self, prompts, completions, records):
+        self.seen += completions
         return torch.tensor([float("e" in c) for c in completions])

@@ -53,13 +53,17 @@ def test_reward_regression_hand_values():
 
 
 def _logps():
-    # policy chosen/rejected, reference chosen/rejected; h = (-1 - -2) - (-3 - -2) = 2
-    return torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0])
+    # policy chosen/rejected, reference chosen/rejected. The two reference values differ, so a loss that
+    # mixes them up gets another h:
+    #   h = (pc - rc) - (pr - rr) = (-1 - -2) - (-4 - -3) = 1 - (-1) = 2
+    #   with rc and rr swapped:     (-1 - -3) - (-4 - -2) = 2 - (-2) = 4
+    #   with the reference left out: pc - pr = -1 - -4 = 3
+    return torch.tensor([-1.0]), torch.tensor([-4.0]), torch.tensor([-2.0]), torch.tensor([-3.0])
 
 
 def test_dpo_hand_values_and_log2_at_start():
     pc, pr, rc, rr = _logps()
-    # beta 0.5: -log sigmoid(0.5 * 2) = log(1 + e^-1)
+    # beta 0.5, h = 2: -log sigmoid(0.5 * 2) = log(1 + e^-1) = 0.3133 (swapped references: log(1 + e^-2) = 0.1269)
     assert math.isclose(losses.dpo_loss(pc, pr, rc, rr, beta=0.5).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
     same = torch.tensor([-4.0, -7.5])
     assert math.isclose(losses.dpo_loss(same, same + 1, same, same + 1, beta=0.1).item(), math.log(2), rel_tol=1e-6)
@@ -68,8 +72,11 @@ def test_dpo_hand_values_and_log2_at_start():
 def test_cdpo_hand_values():
     pc, pr, rc, rr = _logps()
     eps = 0.2
-    # -(0.8) log sigmoid(1) - 0.2 log sigmoid(-1)
+    # beta 0.5, h = 2, so beta h = 1: -(0.8) log sigmoid(1) - 0.2 log sigmoid(-1)
+    #   = 0.8 log(1 + e^-1) + 0.2 log(1 + e) = 0.8 * 0.31326 + 0.2 * 1.31326 = 0.51326
+    # (swapped references, beta h = 2: 0.8 log(1 + e^-2) + 0.2 log(1 + e^2) = 0.8 * 0.12693 + 0.2 * 2.12693 = 0.52693)
     expected = 0.8 * math.log(1 + math.exp(-1)) + 0.2 * math.log(1 + math.e)
+    assert math.isclose(expected, 0.51326, abs_tol=1e-5)
     assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, eps).item(), expected, rel_tol=1e-6)
     assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, 0.0).item(), losses.dpo_loss(pc, pr, rc, rr, 0.5).item())
 
@@ -77,5 +84,6 @@ def test_cdpo_hand_values():
 def test_ipo_hand_values():
     pc, pr, rc, rr = _logps()
     # (h - 1/(2 beta))^2 with h = 2, beta = 0.25 -> (2 - 2)^2 = 0; beta = 0.5 -> (2 - 1)^2 = 1
+    # (swapped references, h = 4: (4 - 2)^2 = 4 and (4 - 1)^2 = 9)
     assert losses.ipo_loss(pc, pr, rc, rr, beta=0.25).item() == 0.0
     assert math.isclose(losses.ipo_loss(pc, pr, rc, rr, beta=0.5).item(), 1.0)

@@ -2,10 +2,13 @@
 checkpoints at a step boundary, requeues itself and resumes exactly.
 
 The ``slurm`` tests are opt-in (``python -m pytest -m slurm``): the module fixture brings a cluster up
-with tools/slurm/local_cluster.sh (root, apt-get; slurm-wlm + munge) and skips with its message when
-it cannot. Jobs are 2 tasks of CPU DDP (gloo) on SFT with a tiny model, compared with one process on the
-same global batch, within 1e-5 (all-reduce sums in another order), like tests/test_ddp.py.
-The last test needs no Slurm: RequeueOnSignal outside a job saves at the step boundary and stops.
+with tools/slurm/local_cluster.sh (root, apt-get; slurm-wlm + munge). When it cannot, the tests skip
+with its message, except under CI (``CI=true``), where they fail and show the script's output and the
+tails of the slurmctld, slurmd and munged logs: `.ci/run` must not pass having run no Slurm job.
+Jobs are 2 tasks of CPU DDP (gloo) on SFT with a tiny model, compared with one process on the same
+global batch, within 1e-5 (all-reduce sums in another order), like tests/test_ddp.py.
+The last tests need no Slurm: RequeueOnSignal outside a job saves at the step boundary and stops, and a
+cluster that does not come up fails under CI (a stand-in script) and skips elsewhere.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -27,6 +31,9 @@ from lit_align.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tools" / "slurm" / "local_cluster.sh"
 SINGLE_NODE = ROOT / "tools" / "slurm" / "single_node.sbatch"
+# What the failure of a cluster that did not come up shows (paths set by local_cluster.sh and Debian's munge).
+CLUSTER_LOGS = [Path("/var/log/slurm/slurmctld.log"), Path("/var/log/slurm/slurmd.log"),
+                Path("/var/log/munge/munged.log")]
 GLOBAL_BATCH, STEPS = 4, 10
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}  # dropout would draw different masks per rank
 JOB_TIMEOUT = 600  # seconds; a tiny job takes well under a minute on an idle 2-core machine
@@ -60,6 +67,14 @@ def _config(folder: Path, devices: int, callbacks: list | None = None, auto_requ
     return folder / "config.yaml"
 
 
+class TrainStartStep(L.Callback):
+    """On rank 0, print the step training starts at, after any checkpoint restore: a resumed run's marker."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            print(f"[test] training starts at step {trainer.global_step}", flush=True)
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -80,16 +95,51 @@ def one_process(tmp_path_factory):
     return _weights(folder)
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _text(value) -> str:
+    """Captured output as text (a timed-out run hands back bytes or None)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else (value or "")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"--- {path}: not readable ({error.strerror})"
+    return f"--- {path} (last {lines} lines):\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def bring_up_cluster(script: Path = CLUSTER, logs: list[Path] = CLUSTER_LOGS, timeout: float = 900) -> None:
+    """``script up``; when the cluster does not come up, skip, or under CI fail with the script's output and logs."""
+    try:
+        up = subprocess.run(["bash", str(script), "up"], check=False, capture_output=True, text=True, timeout=timeout)
+        if up.returncode == 0:
+            return
+        reason, stdout, stderr = f"`{script.name} up` exited {up.returncode}", up.stdout, up.stderr
+    except subprocess.TimeoutExpired as error:
+        reason, stdout, stderr = f"`{script.name} up` ran past {timeout:.0f}s", _text(error.stdout), _text(error.stderr)
+    except OSError as error:
+        reason, stdout, stderr = f"could not run {script}: {error}", "", ""
+    if not _in_ci():
+        pytest.skip(f"local Slurm cluster did not come up: {reason}: {(stderr or stdout).strip()[-1500:]}")
+    pytest.fail("\n".join([
+        f"local Slurm cluster did not come up under CI ({reason}); the slurm tests ran nothing",
+        f"--- {script.name} up, stdout:", stdout.strip()[-4000:],
+        f"--- {script.name} up, stderr:", stderr.strip()[-4000:],
+        *(_tail(log) for log in logs),
+    ]), pytrace=False)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     try:
-        up = subprocess.run(["bash", str(CLUSTER), "up"], check=False, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"local Slurm cluster did not come up: {error}")
-    if up.returncode != 0:
-        pytest.skip(f"local Slurm cluster did not come up: {(up.stderr or up.stdout).strip()[-1500:]}")
-    yield
-    subprocess.run(["bash", str(CLUSTER), "down"], check=False, capture_output=True, text=True, timeout=120)
+        bring_up_cluster()
+        yield
+    finally:  # also after a failed `up`: stop whatever daemons it did start
+        subprocess.run(["bash", str(CLUSTER), "down"], check=False, capture_output=True, text=True, timeout=120)
 
 
 def _submit(folder: Path, config: Path) -> str:
@@ -148,7 +198,8 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(cluster, one_pro
     started = time.monotonic()
     progress = tmp_path / "step"
     slow = {"class_path": "fault_injection.StepProgress", "init_args": {"path": str(progress), "seconds": 1.0}}
-    job_id = _submit(tmp_path, _config(tmp_path, devices=2, callbacks=[slow], auto_requeue=False))
+    start = {"class_path": "test_slurm.TrainStartStep"}
+    job_id = _submit(tmp_path, _config(tmp_path, devices=2, callbacks=[slow, start], auto_requeue=False))
 
     def reached_step_3(job: dict) -> bool:
         return progress.exists() and int(progress.read_text() or 0) >= 3
@@ -170,6 +221,10 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(cluster, one_pro
     path, step = saved[0][0], int(saved[0][1])
     assert 3 <= step < STEPS and path == str(tmp_path / "checkpoints" / "last.ckpt")
     assert re.search(r"Restoring states from the checkpoint path at \S*last\.ckpt", log), log[-4000:]
+    # The first run starts at step 0; the requeued one restored the saved step, not a fresh start (which
+    # would end with the same weights, so the weights alone cannot tell).
+    starts = [int(s) for s in re.findall(r"\[test\] training starts at step (\d+)", log)]
+    assert starts == [0, step], log[-4000:]
     # The stopped run exported nothing: one export, by the resumed run, at the end.
     assert log.count("[lit_align] exported the trained model") == 1, log[-4000:]
     _assert_same_weights(_weights(tmp_path), one_process)
@@ -190,3 +245,25 @@ def test_outside_slurm_the_signal_saves_at_the_step_boundary_and_stops(one_proce
 
     main(["fit", "--config", str(_config(tmp_path, devices=1, callbacks=[requeue])), "--ckpt_path", "last"])
     _assert_same_weights(_weights(tmp_path), one_process)
+
+
+def test_a_cluster_that_does_not_come_up_fails_under_ci_with_its_logs_and_skips_elsewhere(tmp_path, monkeypatch):
+    script = tmp_path / "broken_cluster.sh"
+    script.write_text('echo "local_cluster.sh: starting slurmctld"\n'
+                      'echo "local_cluster.sh: node is down" >&2\nexit 1\n')
+    log = tmp_path / "slurmctld.log"
+    log.write_text("".join(f"[t{i}] routine line\n" for i in range(100)) + "error: Node n1 not responding\n")
+    logs = [log, tmp_path / "slurmd.log"]  # the second was never written
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception) as failed:
+        bring_up_cluster(script, logs)
+    message = str(failed.value)
+    assert "broken_cluster.sh up` exited 1" in message and "ran nothing" in message
+    assert "starting slurmctld" in message and "node is down" in message  # the script's stdout and stderr
+    assert "error: Node n1 not responding" in message and "[t99]" in message and "[t10]" not in message  # a tail
+    assert f"{logs[1]}: not readable" in message
+
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="exited 1: local_cluster.sh: node is down"):
+        bring_up_cluster(script, logs)
