@@ -52,6 +52,7 @@ class Samples:
     texts: list[str]  # decoded from the kept tokens only, without special tokens
     truncated: torch.Tensor | None = None  # (B*n,) bool: cut at max_new_tokens, no stop token
     temperature: float = 1.0  # what the completions were sampled at (0: greedy)
+    engine_logps: torch.Tensor | None = None  # (B*n, C) the engine's log-probs of its tokens at T (vLLM only)
 
 
 def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int]) -> torch.Tensor:

@@ -26,7 +26,8 @@ from lit_align import models
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids, prompt_of
 from lit_align.data.sources import Source
-from lit_align.generation import SamplingParams, sample
+from lit_align.generation import SamplingParams
+from lit_align.rollout import HFGenerate, RolloutEngine
 from lit_align.rewards.base import Reward, score_samples
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def make_preference_pairs(
     dtype: str = "float32",
     sft_output: str | None = None,
     sft_min_score: float = 1.0,
+    rollout: RolloutEngine | None = None,
 ) -> dict:
     """Write on-policy preference pairs to ``output`` and return counts.
 
@@ -91,7 +93,9 @@ def make_preference_pairs(
         dtype: policy weight dtype.
         sft_output: also write each prompt's best completion scoring at least sft_min_score here (SFT data).
         sft_min_score: lowest score of a completion kept for sft_output.
+        rollout: the engine that samples: HFGenerate (default) or VLLM (configs/rollout/vllm_pairs.yaml).
     """
+    engine = rollout or HFGenerate()
     tokenizer = models.load_tokenizer(model)
     policy = models.load_causal_lm(model, dtype).to("cuda" if torch.cuda.is_available() else "cpu")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=num_samples)
@@ -107,7 +111,8 @@ def make_preference_pairs(
             chunk = [record for _, record in window]
             batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in window], chunk, tokenizer.pad_token_id)
             device = next(policy.parameters()).device
-            samples = sample(policy, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=seed + start)
+            samples = engine.sample(policy, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params,
+                                    seed=seed + start)
             scores, _ = score_samples(reward, chunk, samples.texts, num_samples)
             counts["completions"] += len(samples.texts)
             for i, record in enumerate(chunk):

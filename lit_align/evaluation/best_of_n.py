@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.collate import PromptBatch
-from lit_align.generation import SamplingParams, sample
+from lit_align.generation import SamplingParams
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
@@ -105,7 +105,8 @@ class BestOfN(PolicyModule):
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         n = self.sampling.n
-        out = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling, seed=batch_idx)
+        out = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
+                                  seed=batch_idx)
         scores = score_samples(self.verifier, batch.records, out.texts, n)[0]
         picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n)[0]
         keys = [answer_key(t) for t in out.texts]

@@ -101,7 +101,9 @@ class InstructionEval(PolicyModule):
             self.reference_policy = ref.eval().requires_grad_(False)
 
     def _answer(self, model, batch: PromptBatch, batch_idx: int):
-        out = sample(model, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
+        # the rollout engine holds the policy's weights; a separate reference model samples through generate
+        draw = self.rollout.sample if model is self.policy else sample
+        out = draw(model, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
         return out.texts[:: self.generation.n], out.completion_mask.sum(dim=1)[:: self.generation.n].tolist()
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:

@@ -11,20 +11,24 @@ import torch
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
 from lit_align.data.sources import Source
-from lit_align.generation import SamplingParams, sample
+from lit_align.generation import SamplingParams
+from lit_align.rollout import HFGenerate, RolloutEngine
 from lit_align.rewards.base import Reward, score_samples
 
 
 def evaluate_with_verifier(
-    model, tokenizer, records: list[tuple[str, dict]], verifier: Reward, params: SamplingParams, batch_size: int = 16
+    model, tokenizer, records: list[tuple[str, dict]], verifier: Reward, params: SamplingParams, batch_size: int = 16,
+    engine: RolloutEngine | None = None,
 ) -> dict:
-    """Mean verifier score and exact accuracy (share of completions scoring 1.0) over ``records``."""
+    """Mean verifier score and exact accuracy (share of completions scoring 1.0) over ``records``;
+    ``engine`` draws the completions (default: Hugging Face generate on ``model``)."""
+    engine = engine or HFGenerate()
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
         batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
-        out = sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
+        out = engine.sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
         scores.extend(score_samples(verifier, batch.records, out.texts, params.n)[0].tolist())
     scores_t = torch.tensor(scores, dtype=torch.float64)
     return {
@@ -69,7 +73,8 @@ class VerifierEval(L.Callback):
                 break
             records.append((origin, record))
         result = evaluate_with_verifier(
-            pl_module.policy, pl_module.tokenizer, records, self.verifier, self.params, self.batch_size
+            pl_module.policy, pl_module.tokenizer, records, self.verifier, self.params, self.batch_size,
+            getattr(pl_module, "rollout", None),
         )
         self.results[stage] = result
         if trainer.is_global_zero:

@@ -11,7 +11,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_align import hardware, models
 from lit_align.data.collate import PromptBatch
-from lit_align.generation import SamplingParams, sample
+from lit_align.generation import SamplingParams
+from lit_align.rollout import HFGenerate, RolloutEngine
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
@@ -71,6 +72,7 @@ class PolicyModule(FreesAppliedGradients):
         min_lr_ratio: float = 0.1,
         generation: SamplingParams | None = None,
         disable_dropout: bool = False,
+        rollout: RolloutEngine | None = None,
     ):
         """
         Args:
@@ -87,18 +89,21 @@ class PolicyModule(FreesAppliedGradients):
             generation: sampling settings for predict (and for methods that generate).
             disable_dropout: switch every dropout of the policy off (LoRA's and attention's included).
                 DPO and RLOO default to true: dropout makes the policy/reference log-ratio noisy.
+            rollout: where every sampling of this run draws from: HFGenerate (default: Hugging Face
+                generate on the policy) or VLLM (configs/rollout/vllm.yaml; kept in sync after each step).
         """
         super().__init__()
         if load_in_4bit and lora is None:
             raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
         # callables and loss objects are recorded by the CLI config, not as (unpicklable) hparams
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss"])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss", "rollout"])
         # hparams may hold plain dicts (LightningCLI records the parsed config); keep the real objects.
         self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
         self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.disable_dropout = disable_dropout
+        self.rollout = rollout or HFGenerate()
         self.tokenizer = models.load_tokenizer(model, trust_remote_code)
         self.policy = None
         self.generation = generation or SamplingParams()
@@ -146,11 +151,16 @@ class PolicyModule(FreesAppliedGradients):
         finally:
             self.policy.train(was_training)
 
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.rollout.weights_changed()  # the engine samples from the new weights next time
+
     def configure_optimizers(self):
         return optimizer_config(self, self.optimizer_factory, self.scheduler_factory, self.warmup_steps, self.min_lr_ratio)
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict]:
-        samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
+        samples = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation,
+                                      seed=batch_idx)
         n = self.generation.n
         return [
             {"record": batch.records[i // n], "completion": text} for i, text in enumerate(samples.texts)

@@ -29,7 +29,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from lit_align import losses, ops
 from lit_align.data.collate import PromptBatch
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.generation import Samples, SamplingParams, sample
+from lit_align.generation import Samples, SamplingParams
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
@@ -128,8 +128,9 @@ class RLOO(PolicyModule):
         self.reward.to(self.device)
 
     def training_step(self, batch: PromptBatch, batch_idx: int):
-        samples = sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
-                         seed=sampling_seed(self.global_step, batch_idx, self.global_rank), synced=self._sharded())
+        samples = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
+                                      seed=sampling_seed(self.global_step, batch_idx, self.global_rank),
+                                      synced=self._sharded())
         rewards = self._score(batch, samples)
         mask = samples.completion_mask.float()
         logps, entropy = self._logps(self.policy, samples, with_entropy=True)
@@ -139,6 +140,9 @@ class RLOO(PolicyModule):
             self.kl_in_reward, self.normalization, entropy, self.entropy_coef, keep,
         )
         self._log_step(batch, rewards, out, (entropy * mask).sum() / mask.sum().clamp(min=1), mask, samples.truncated)
+        if samples.engine_logps is not None:  # does the engine sample from the policy it trains?
+            gap = ((logps.detach() - samples.engine_logps).abs() * mask).sum() / mask.sum().clamp(min=1)
+            self.log("train/engine_logprob_gap", gap, batch_size=len(batch.records))
         return out.loss
 
     def _log_step(self, batch, rewards, out: losses.RLOOLoss, entropy, mask, truncated) -> None:

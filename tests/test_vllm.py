@@ -1,0 +1,113 @@
+"""The vLLM rollout engine (``lit_align.rollout.VLLM``): in sync with the policy after every step, and
+drawing from softmax(z / T). Runs only where vLLM is installed (``-m vllm``, its own environment)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+pytestmark = pytest.mark.vllm
+pytest.importorskip("vllm")
+
+from lit_align import models, tiny  # noqa: E402
+from lit_align.data.collate import collate_prompts  # noqa: E402
+from lit_align.data.datamodule import AlignDataModule  # noqa: E402
+from lit_align.data.formats import prompt_ids  # noqa: E402
+from lit_align.generation import SamplingParams  # noqa: E402
+from lit_align.methods.rloo import RLOO  # noqa: E402
+from lit_align.models import LoRA  # noqa: E402
+from lit_align.rewards.base import Reward  # noqa: E402
+from lit_align.rollout import VLLM  # noqa: E402
+
+ENGINE = dict(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama whose heads are 32 wide (vLLM's CPU attention has no 16-wide kernels)."""
+    folder = tmp_path_factory.mktemp("llama_hd32")
+    tokenizer = tiny.tiny_tokenizer()
+    config = tiny._llama_config(tokenizer)
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = tiny.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Length(Reward):
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(len(c)) for c in completions])
+
+
+class Prompts:
+    def records(self):
+        for i in range(8):
+            yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
+
+
+class NoSync(VLLM):
+    """The bug the sync exists to prevent: never told that the weights moved."""
+
+    def weights_changed(self) -> None:
+        pass
+
+
+class Gaps(L.Callback):
+    def __init__(self):
+        self.gaps = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
+
+
+def _train(model_dir, engine: VLLM, lora: LoRA | None, steps: int = 3):
+    torch.manual_seed(0)
+    module = RLOO(model=str(model_dir), reward=Length(), rloo_k=2, lora=lora, rollout=engine,
+                  generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
+    gaps = Gaps()
+    L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+              callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2))
+    return gaps.gaps, engine.syncs
+
+
+@pytest.mark.parametrize("lora", [None, LoRA(r=4, alpha=8, dropout=0.0)], ids=["full", "lora"])
+def test_the_engine_samples_from_the_current_policy_after_every_step(model_dir, lora):
+    """Float32 on both sides: the engine's log-probs of its own tokens match the policy's to 1e-3
+    nats/token at every step, because the weights were pushed before each sampling (not before the first)."""
+    gaps, syncs = _train(model_dir, VLLM(**ENGINE), lora)
+    assert len(gaps) == 3 and syncs == 2
+    assert max(gaps) <= 1e-3, gaps
+
+
+def test_a_skipped_sync_is_caught_by_the_same_check(model_dir):
+    gaps, syncs = _train(model_dir, NoSync(**ENGINE), LoRA(r=4, alpha=8, dropout=0.0))
+    assert syncs == 0 and gaps[0] <= 1e-3
+    assert min(gaps[1:]) > 1e-3, gaps
+
+
+def test_first_token_frequencies_follow_softmax_over_temperature(model_dir):
+    """Chi-squared over the likeliest tokens and the rest, 4,000 draws at T = 0.7."""
+    tokenizer, model = models.load_tokenizer(str(model_dir)), models.load_causal_lm(str(model_dir))
+    with torch.no_grad():  # concentrate the mass on a few tokens, so every bin is well filled
+        model.get_input_embeddings().weight[:, 0] = 1.0
+        model.get_input_embeddings().weight[10:15, 0] = torch.tensor([1.35, 1.3, 1.25, 1.2, 1.15])
+    record = {"prompt": "hello world"}
+    batch = collate_prompts([prompt_ids(record, "r", tokenizer)] * 40, [record] * 40, tokenizer.pad_token_id)
+    params = SamplingParams(max_new_tokens=1, temperature=0.7, n=100)
+    out = VLLM(**ENGINE).sample(model, tokenizer, batch.input_ids, batch.attention_mask, params, seed=0)
+    first = out.completion_ids[:, 0]
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, -1]
+    probs = torch.softmax(logits.double() / 0.7, -1)
+    top = probs.argsort(descending=True)[:5]  # the five lifted tokens; every other token in one bin
+    expected = torch.cat([probs[top], (1 - probs[top].sum()).view(1)]) * first.numel()
+    observed = torch.stack([(first == t).sum() for t in top] + [(~torch.isin(first, top)).sum()]).double()
+    assert expected.min() > 20, expected
+    chi2 = float(((observed - expected) ** 2 / expected).sum())
+    assert chi2 < 20.52, (chi2, observed.tolist(), expected.tolist())  # 5 degrees of freedom, p = 0.001
