@@ -1,11 +1,16 @@
-"""A callback that kills its own training process after a given optimiser step (fault injection)."""
+"""Test helpers loaded by class_path in training processes: fault injection (a callback that kills its
+own process after a given optimiser step), records of what a run did, and a reward that varies."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import lightning as L
+import torch
+
+from lit_align.rewards.base import Reward
 
 
 class KillAfterStep(L.Callback):
@@ -65,3 +70,44 @@ class StepProgress(L.Callback):
             import time
 
             time.sleep(self.seconds)
+
+
+class RunRecord(L.Callback):
+    """Record what this process's ``fit`` did, for a resume test to check.
+
+    At train start: the checkpoint the trainer resumed from (``trainer.ckpt_path``; None when it started
+    from scratch) and the optimiser step it starts at (restored from that checkpoint, else 0). After
+    every micro-batch: the optimiser step reached, so the list's length is the number of batches this
+    process trained on. At train end: the JSON record at ``path`` and the module's whole state dict at
+    ``path + ".pt"``, i.e. the weights at the end of the run, not those of the last periodic checkpoint.
+    A process that is killed never reaches train end and writes nothing.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.record: dict = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        ckpt = trainer.ckpt_path
+        self.record = {"ckpt_path": None if ckpt is None else str(ckpt), "start_step": trainer.global_step, "steps": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.record["steps"].append(trainer.global_step)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        torch.save({k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}, f"{self.path}.pt")
+        with open(self.path, "w") as f:
+            json.dump(self.record, f)
+
+
+class DistinctCharacters(Reward):
+    """Reward: the share of a completion's characters that are distinct (0 for an empty completion).
+
+    Unlike the Countdown verifier, which gives a tiny random policy 0 every time, this varies from
+    sample to sample, so RLOO's advantages are non-zero and every step really changes the weights.
+    """
+
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
+        return torch.tensor([len(set(text)) / max(1, len(text)) for text in completions])

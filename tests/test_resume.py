@@ -1,12 +1,38 @@
-"""Kill a run mid-epoch (SIGKILL, SIGTERM), resume from its checkpoint: the weights equal an uninterrupted run's.
+"""Kill a run mid-epoch (SIGKILL, SIGTERM), resume it with ``--ckpt_path``: it ends with an uninterrupted run's weights.
 
-The interrupted run is a real process killed by a signal; the uninterrupted and resumed runs run here.
-Every method resumes with a LoRA policy whose dropout draws random numbers, so RNG state matters, and
-each run crosses an epoch boundary, so the data position matters.
+For every method (SFT, DPO, RewardModel, RLOO) and both signals, a real process is killed after
+optimiser step 7 and the run is resumed here. The test asserts that the resumed process restored
+that checkpoint (``trainer.ckpt_path`` and the step it starts at, recorded at train start by
+``fault_injection.RunRecord``), trained only the remaining steps (it counts them), and ended with a
+state dict bit-identical (``torch.equal``) to an uninterrupted run's, both saved at the end of ``fit``
+(not read from a periodic checkpoint).
+
+What makes each part of the resumed state matter in these runs. Each part was broken on purpose in a
+scratch copy (data position not restored, RNG streams not restored, the skip of consumed batches
+applied to later epochs too, ``--ckpt_path`` ignored), and each breakage failed all 8 cases.
+
+- The data position. Every method has 5 batches per epoch (10 distinct records, 2 per batch) and
+  checkpoints every 2 steps, so the SIGKILL run resumes from step 6 (epoch 1, 1 batch in) and the
+  SIGTERM run from step 7 (epoch 1, 2 batches in): never at an epoch boundary. A resume that restarts
+  epoch 1 from its first batch trains on other records (other prompts, for RLOO). The resumed part
+  runs on into epoch 2, where nothing may be skipped.
+- The RNG streams. Dropout is on in every run (LoRA dropout 0.1 with ``disable_dropout: false`` for SFT,
+  DPO and RLOO; BERT's own dropout in the reward model), so every training forward draws from torch's
+  global RNG. RLOO's sampling does not: it is seeded per micro-batch from (step, batch index, rank);
+  its dropout does. With dropout off (the DPO and RLOO default) no training step draws from the
+  global streams, and their restore would not show here.
+- RLOO really trains. Its reward (``fault_injection.DistinctCharacters``) varies between samples, so the
+  advantages are not zero; the uninterrupted run is checked to end with a non-zero reward spread and
+  KL, and with every LoRA B matrix moved (they start at zero, and weight decay alone keeps them there).
+- ``--ckpt_path`` itself. A run started from scratch with the same seed ends with exactly the
+  uninterrupted run's weights, so only the record (checkpoint path, start step, steps trained) catches
+  a resume that ignores ``--ckpt_path``. The checkpoint file name cannot: the version counter is off,
+  so such a run would write ``last.ckpt``, not ``last-v1.ckpt``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,88 +46,117 @@ import yaml
 from lit_align.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-ULTRAFEEDBACK = ROOT / "tests" / "fixtures" / "ultrafeedback_binarized_sample.jsonl"
 LORA = {"r": 4, "alpha": 8, "dropout": 0.1}
+# Ten distinct pairs. Not tests/fixtures/ultrafeedback_binarized_sample.jsonl: it repeats 4 pairs 3 times,
+# so two different batches can hold the same pairs and a resume at the wrong data position go unseen.
+PREFERENCES = {"train": {"class_path": "lit_align.tasks.countdown_pairs.CountdownPairSource",
+                         "init_args": {"num_problems": 12}}, "limit": 10}
 
 METHODS = {
-    "SFT": ({"class_path": "lit_align.methods.SFT", "init_args": {"lora": LORA}},
+    "SFT": ({"class_path": "lit_align.methods.SFT", "init_args": {"model": "tiny:causal-lm", "lora": LORA}},
             {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource", "init_args": {"num_problems": 10}}}),
-    "DPO": ({"class_path": "lit_align.methods.DPO", "init_args": {"lora": LORA, "reference": "adapter_off"}},
-            {"train": {"class_path": "lit_align.data.sources.LocalFile", "init_args": {"path": str(ULTRAFEEDBACK)}}}),
+    "DPO": ({"class_path": "lit_align.methods.DPO", "init_args": {
+                "model": "tiny:causal-lm", "lora": LORA, "reference": "adapter_off", "disable_dropout": False}},
+            PREFERENCES),
+    "RM": ({"class_path": "lit_align.methods.RewardModel", "init_args": {"model": "tiny:classifier"}}, PREFERENCES),
     "RLOO": ({"class_path": "lit_align.methods.RLOO", "init_args": {
-                "lora": LORA, "reference": "adapter_off", "rloo_k": 2,
-                "reward": {"class_path": "lit_align.tasks.countdown.CountdownVerifier"},
+                "model": "tiny:causal-lm", "lora": LORA, "reference": "adapter_off", "disable_dropout": False,
+                "rloo_k": 2,
+                "reward": {"class_path": "fault_injection.DistinctCharacters"},
                 "generation": {"max_new_tokens": 6, "temperature": 1.0}}},
              {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
                         "init_args": {"num_problems": 10, "with_traces": False}}}),
 }
+PER_EPOCH = 5  # batches: 10 records, 2 per batch, for every method
+EVERY, KILL_AT, MAX_STEPS = 2, 7, 11  # checkpoint every 2 steps; killed after step 7 (epoch 1); ends in epoch 2
 
 
-BATCHES_PER_EPOCH = {"SFT": 5, "DPO": 6, "RLOO": 5}  # 10, 12 and 10 records, 2 per batch
-
-
-def _config(method: str, folder: Path, max_steps: int, extra_callbacks: list | None = None) -> Path:
+def _config(method: str, folder: Path, name: str, extra_callbacks: list | None = None) -> Path:
+    """The run's config at ``folder/name.yaml``; its RunRecord writes ``folder/name.json`` (+ ``.pt``)."""
     model, data = METHODS[method]
-    model = {"class_path": model["class_path"], "init_args": {"model": "tiny:causal-lm", **model["init_args"]}}
+    record = {"class_path": "fault_injection.RunRecord", "init_args": {"path": str(folder / f"{name}.json")}}
     config = {
         "seed_everything": 3,
         "trainer": {
-            "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": max_steps, "logger": False,
+            "accelerator": "cpu", "devices": 1, "precision": "32-true", "max_steps": MAX_STEPS, "logger": False,
             "limit_val_batches": 0, "num_sanity_val_steps": 0, "enable_progress_bar": False,
             "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
-                "dirpath": str(folder / "checkpoints"), "every_n_train_steps": 2, "save_top_k": 0,
-                "save_last": True, "save_on_exception": True}}] + (extra_callbacks or []),
+                "dirpath": str(folder / "checkpoints"), "every_n_train_steps": EVERY, "save_top_k": 0,
+                "save_last": True, "save_on_exception": True, "enable_version_counter": False}},
+                record, *(extra_callbacks or [])],
             "default_root_dir": str(folder),
         },
         "model": model,
         "data": {**data, "batch_size": 2, "max_length": 1024},
     }
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
+    path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _trained(folder: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")["state_dict"]
-    return {k: v for k, v in state.items() if "lora_" in k}
+def _recorded(folder: Path, name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What RunRecord wrote at the end of a run: the record and the final state dict."""
+    record = json.loads((folder / f"{name}.json").read_text())
+    return record, torch.load(folder / f"{name}.json.pt", weights_only=True)
 
 
-def _killed_run(config: Path, folder: Path, step: int, signal_name: str) -> subprocess.CompletedProcess:
-    kill = {"class_path": "fault_injection.KillAfterStep", "init_args": {"step": step, "signal_name": signal_name}}
-    cfg = yaml.safe_load(config.read_text())
-    cfg["trainer"]["callbacks"].append(kill)
-    config.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-c", "import torch; torch.set_num_threads(1); from lit_align.cli import main; main()",
-                           "fit", "--config", str(config)], env=env, capture_output=True, text=True, timeout=300, cwd=folder)
+def _killed_run(method: str, folder: Path, signal_name: str) -> subprocess.CompletedProcess:
+    kill = {"class_path": "fault_injection.KillAfterStep", "init_args": {"step": KILL_AT, "signal_name": signal_name}}
+    config = _config(method, folder, "killed", [kill])
+    # This checkout's lit_align and the helpers in tests/, whatever else is installed or on the path.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    code = "import torch; torch.set_num_threads(1); from lit_align.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, "fit", "--config", str(config)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=folder)
 
 
-@pytest.mark.parametrize("method, signal_name, kill_at", [
-    ("SFT", "SIGKILL", 7), ("DPO", "SIGKILL", 7), ("RLOO", "SIGKILL", 7), ("SFT", "SIGTERM", 7),
-])
-def test_killed_and_resumed_run_equals_uninterrupted(method, signal_name, kill_at, tmp_path):
-    max_steps = 9  # 5 or 6 batches per epoch: the kill lands in the second epoch
-    main(["fit", "--config", str(_config(method, tmp_path / "whole", max_steps))])
-    whole = _trained(tmp_path / "whole")
-    assert whole, "no LoRA weights found in the checkpoint"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(method)``: the final state dict of a whole run (run once per method, then reused)."""
+    runs: dict[str, dict[str, torch.Tensor]] = {}
 
-    broken = tmp_path / "broken"
-    proc = _killed_run(_config(method, broken, max_steps), broken, kill_at, signal_name)
+    def run(method: str) -> dict[str, torch.Tensor]:
+        if method not in runs:
+            folder = tmp_path_factory.mktemp(f"whole_{method}")
+            cli = main(["fit", "--config", str(_config(method, folder, "whole"))])
+            record, weights = _recorded(folder, "whole")
+            assert record == {"ckpt_path": None, "start_step": 0, "steps": list(range(1, MAX_STEPS + 1))}
+            if method == "RLOO":  # it learns: rewards vary within a group, the policy leaves the reference
+                metrics = cli.trainer.callback_metrics
+                assert metrics["train/reward_std"] > 0 and metrics["train/kl"] != 0, dict(metrics)
+            lora_b = [v for k, v in weights.items() if "lora_B" in k]
+            assert method == "RM" or (lora_b and all(v.abs().sum() > 0 for v in lora_b)), "a LoRA B matrix never moved"
+            runs[method] = weights
+        return runs[method]
+
+    return run
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_killed_mid_epoch_and_resumed_run_ends_like_uninterrupted(method, signal_name, uninterrupted, tmp_path):
+    whole = uninterrupted(method)
+
+    proc = _killed_run(method, tmp_path, signal_name)
     if signal_name == "SIGKILL":
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     else:  # Lightning stops at the end of the step, saves, and exits
         assert "Received SIGTERM" in proc.stderr and "saved checkpoint" in proc.stderr, proc.stderr[-3000:]
-    saved = torch.load(broken / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
     # SIGKILL loses the steps since the last periodic checkpoint; SIGTERM checkpoints the step it stopped at.
     step = saved["global_step"]
-    assert step == (6 if signal_name == "SIGKILL" else kill_at)
-    per_epoch = BATCHES_PER_EPOCH[method]
-    assert saved["AlignDataModule"]["position"] == [(step - 1) // per_epoch, (step - 1) % per_epoch + 1]
+    assert step == (KILL_AT - KILL_AT % EVERY if signal_name == "SIGKILL" else KILL_AT)
+    epoch, consumed = saved["AlignDataModule"]["position"]
+    assert (epoch, consumed) == (step // PER_EPOCH, step % PER_EPOCH) and 0 < consumed < PER_EPOCH  # mid-epoch
 
-    cli = main(["fit", "--config", str(_config(method, broken, max_steps)), "--ckpt_path", str(broken / "checkpoints" / "last.ckpt")])
-    assert cli.trainer.global_step == max_steps
-    resumed = _trained(broken)
+    main(["fit", "--config", str(_config(method, tmp_path, "resumed")), "--ckpt_path", str(ckpt)])
+    record, resumed = _recorded(tmp_path, "resumed")
+    assert record["ckpt_path"] is not None and Path(record["ckpt_path"]) == ckpt, record
+    assert record["start_step"] == step, record
+    assert record["steps"] == list(range(step + 1, MAX_STEPS + 1)), record  # only the remaining steps
     assert resumed.keys() == whole.keys()
-    for name in whole:
-        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0, msg=name)
+    differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
+    assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
