@@ -171,7 +171,7 @@ def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrain
 def tiny_qwen2_path(name: str) -> Path:
     """Folder of a cached ``tiny:qwen2*`` stand-in, built on first use from the Qwen tokenizer files."""
     layout = TINY_QWEN2[name]
-    target = cache_home() / "models" / f"tiny-qwen2-{layout}"
+    target = cache_home() / "models" / f"tiny-qwen2-{layout}-v2"  # v2: 32-wide heads
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

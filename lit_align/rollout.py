@@ -51,6 +51,9 @@ class RolloutEngine:
     def weights_changed(self) -> None:
         """The policy's weights moved (an optimiser step): sample from the new ones next time."""
 
+    def close(self) -> None:
+        """Release whatever the engine holds (called when a run ends)."""
+
 
 class HFGenerate(RolloutEngine):
     """Hugging Face ``generate`` on the policy itself: always the current weights."""
@@ -153,8 +156,34 @@ class VLLM(RolloutEngine):
                       gpu_memory_utilization=self.memory_utilization, max_model_len=self.max_model_len,
                       generation_config="vllm",  # the model's own sampling defaults never apply
                       logprobs_mode="processed_logprobs",  # log-probs after temperature: those of pi_T
-                      enable_sleep_mode=self.sleep_between_rollouts, seed=0)
+                      enable_sleep_mode=self.sleep_between_rollouts, seed=0,
+                      # a prompt prefilled in pieces makes vLLM (0.32, CPU) rewind a seeded sampler, which
+                      # CPU generators refuse; whole prefills keep per-request seeds usable
+                      enable_chunked_prefill=False)
         self.llm = LLM(**(kwargs | self.engine_kwargs))
+        self.stale = False
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (its KV cache would otherwise outlive the run)."""
+        if self.llm is None:
+            return
+        import gc
+
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception as e:  # nothing to tear down in this vLLM version / state
+            log.debug("vLLM parallel state not torn down: %s", e)
+        gc.collect()
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
         self.stale = False
 
     def _runner(self):

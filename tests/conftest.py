@@ -63,3 +63,15 @@ def qwen_lm(qwen_tokenizer):
     from lit_align import models
 
     return end_of_turn_biased(models.load_causal_lm("tiny:qwen2"), qwen_tokenizer)
+
+
+def completion_logits(model, samples) -> torch.Tensor:
+    """(N, C, V) logits that predict each completion token, from one plain forward of prompt + completion."""
+    from lit_align import ops
+
+    ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
+    mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
+    p = samples.prompt_ids.size(1)
+    return logits[:, p - 1 : -1]

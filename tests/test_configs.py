@@ -12,7 +12,8 @@ from lit_align.cli import main
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINER_OVERRIDES = sorted((CONFIGS / "trainer").glob("*.yaml"))
 # configs/pairs/ configure the pairs tool, not a LightningCLI run (tests/test_pairs.py covers them).
-METHOD_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "pairs"))
+# configs/rollout/ are engine overrides added to a method's config (tested below with the configs that sample).
+METHOD_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "pairs", "rollout"))
 # Paper setups name hub models and GPU settings: parse-only here.
 RUNNABLE = [p for p in METHOD_CONFIGS if "paper" not in p.parts]
 
@@ -100,3 +101,24 @@ def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
         assert cli.trainer.callback_metrics, "an evaluation run must report metrics"
     else:
         assert cli.trainer.global_step == 1
+
+
+def _samples(config: Path) -> bool:
+    """The run samples from its policy: RLOO, an evaluation, or a VerifierEval callback."""
+    text = config.read_text()
+    return any(name in text for name in ("lit_align.methods.RLOO", "lit_align.evaluation.", "VerifierEval"))
+
+
+SAMPLING_CONFIGS = [p for p in METHOD_CONFIGS if _samples(p)]
+
+
+@pytest.mark.parametrize("config", SAMPLING_CONFIGS, ids=_id)
+def test_every_sampling_config_takes_the_vllm_override(config, capsys):
+    parsed = _print_config(capsys, config, CONFIGS / "rollout" / "vllm.yaml")
+    assert parsed["model"]["init_args"]["rollout"]["class_path"] == "lit_align.rollout.VLLM"
+
+
+def test_sampling_configs_cover_rloo_evaluation_and_verifier_callbacks():
+    names = {str(p.relative_to(CONFIGS)) for p in SAMPLING_CONFIGS}
+    assert {"rloo/countdown_embedded.yaml", "eval/countdown_best_of_n.yaml", "eval/instruction_embedded.yaml",
+            "quickstart.yaml", "paper/rloo_qwen2.5-0.5b_deberta.yaml"} <= names

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_align import models, ops
+from lit_align import models
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import chat_example, prompt_ids, stop_token_ids
 from lit_align.generation import SamplingParams, sample
@@ -14,7 +14,7 @@ from lit_align.methods.rloo import RLOO
 from lit_align.rewards.base import Reward
 from transformers import GenerationConfig
 
-from conftest import end_of_turn_biased
+from conftest import completion_logits, end_of_turn_biased
 
 RECORDS = [{"prompt": [{"role": "user", "content": "hello there"}]},
            {"prompt": [{"role": "user", "content": "count to three"}]}]
@@ -88,14 +88,11 @@ def test_rloo_log_probs_are_those_of_the_sampling_temperature(qwen_tokenizer, qw
     assert samples.temperature == 0.7
     with torch.no_grad():
         logps, _ = module._logps(qwen_lm, samples)
-        ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
-        mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
-        logits = qwen_lm(input_ids=ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
-    p = samples.prompt_ids.size(1)
-    expected = torch.log_softmax(logits[:, p - 1 : -1].float() / 0.7, -1).gather(-1, samples.completion_ids[..., None]).squeeze(-1)
+    logits = completion_logits(qwen_lm, samples).float()
+    expected = torch.log_softmax(logits / 0.7, -1).gather(-1, samples.completion_ids[..., None]).squeeze(-1)
     keep = samples.completion_mask.bool()
     assert torch.allclose(logps[keep], expected[keep], atol=1e-4)
-    at_one = torch.log_softmax(logits[:, p - 1 : -1].float(), -1).gather(-1, samples.completion_ids[..., None]).squeeze(-1)
+    at_one = torch.log_softmax(logits, -1).gather(-1, samples.completion_ids[..., None]).squeeze(-1)
     assert (logps[keep] - at_one[keep]).abs().max() > 1e-2, "T = 0.7 and T = 1 must differ here"
 
 

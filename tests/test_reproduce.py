@@ -155,3 +155,15 @@ def test_stand_ins_swap_model_names_and_hub_datasets_and_name_a_missing_sample(t
     assert config["model"]["init_args"]["model"] == "Qwen/Qwen2.5-0.5B"  # not modified in place
     with pytest.raises(FileNotFoundError, match="stand-in for dataset 'org/data' is missing: .*gone.jsonl"):
         stand_in(config, {"org/data": str(tmp_path / "gone.jsonl")})
+
+
+def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run("paper-smoke", str(tmp_path), None, dry_run=True, rollout_config=str(root / "configs" / "rollout" / "vllm.yaml"))
+    engines = {}
+    for folder in tmp_path.iterdir():
+        init = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]
+        engines[folder.name] = init.get("rollout", {}).get("class_path")
+    assert engines["instruction_rloo_rm"] == engines["countdown_best_of_n"] == "lit_align.rollout.VLLM"
+    assert engines["instruction_eval_base"] == engines["instruction_sft"] == "lit_align.rollout.VLLM"
+    assert engines["instruction_rm_deberta"] is None  # a reward model samples nothing and takes no engine

@@ -155,6 +155,9 @@ class PolicyModule(FreesAppliedGradients):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.rollout.weights_changed()  # the engine samples from the new weights next time
 
+    def teardown(self, stage: str) -> None:
+        self.rollout.close()  # an engine's memory must not outlive the run (several runs share a process)
+
     def configure_optimizers(self):
         return optimizer_config(self, self.optimizer_factory, self.scheduler_factory, self.warmup_steps, self.min_lr_ratio)
 

@@ -88,7 +88,19 @@ def _retarget(config: dict, stage: Stage, folder: Path, checkpoint_every: int) -
     return config
 
 
-def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20) -> dict:
+def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
+    """``config`` sampling through ``rollout`` (a ``class_path`` dict, e.g. ``configs/rollout/vllm.yaml``'s
+    engine): the pairs tool's own ``rollout``, or the method's where the method samples (not a reward model)."""
+    if rollout is None:
+        return config
+    if command == "pairs":
+        return merge(config, {"rollout": rollout})
+    if config.get("model", {}).get("class_path") == "lit_align.methods.RewardModel":
+        return config
+    return merge(config, {"model": {"init_args": {"rollout": rollout}}})
+
+
+def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: dict | None = None) -> dict:
     """The full config a stage runs with: its base config, its overrides, outputs in ``folder``."""
     base = yaml.safe_load((ROOT / stage.config).read_text())
     if stage.command == "pairs":
@@ -96,11 +108,12 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20) -> dict
         config["output"] = str(folder / "pairs.jsonl")
         if config.get("sft_output"):
             config["sft_output"] = str(folder / "sft.jsonl")
-        return config
-    return stand_in(_retarget(base, stage, folder, checkpoint_every), stage.stand_ins)
+        return with_rollout(config, stage.command, rollout)
+    config = stand_in(_retarget(base, stage, folder, checkpoint_every), stage.stand_ins)
+    return with_rollout(config, stage.command, rollout)
 
 
-def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20) -> float:
+def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: dict | None = None) -> float:
     """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds."""
     done = folder / "done.json"
     if done.is_file():
@@ -109,7 +122,7 @@ def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20) -> float:
         return 0.0
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
-    config_file.write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every), sort_keys=False))
+    config_file.write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every, rollout), sort_keys=False))
     print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}")
     start = time.perf_counter()
     if stage.command == "pairs":
@@ -136,9 +149,15 @@ def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20) -> float:
 
 
 def run(profile: str, out: str | None = None, results: str | None = None, only: list[str] | None = None,
-        checkpoint_every: int = 20, dry_run: bool = False) -> list[Stage]:
-    """Run (or, with ``dry_run``, only write the configs of) every stage of ``profile``; then write results."""
+        checkpoint_every: int = 20, dry_run: bool = False, rollout_config: str | None = None) -> list[Stage]:
+    """Run (or, with ``dry_run``, only write the configs of) every stage of ``profile``; then write results.
+
+    ``rollout_config``: a file such as ``configs/rollout/vllm.yaml``; every stage that samples uses its engine.
+    """
     out_dir = Path(out or f"outputs/reproduce/{profile}")
+    rollout = None
+    if rollout_config:
+        rollout = yaml.safe_load(Path(rollout_config).read_text())["model"]["init_args"]["rollout"]
     stages = plan(profile, str(out_dir))
     for stage in stages:
         if only and stage.name not in only:
@@ -146,9 +165,10 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
         if dry_run:
             folder = out_dir / stage.name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "config.yaml").write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every), sort_keys=False))
+            config = stage_config(stage, folder, checkpoint_every, rollout)
+            (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             continue
-        run_stage(stage, out_dir / stage.name, checkpoint_every)
+        run_stage(stage, out_dir / stage.name, checkpoint_every, rollout)
     if results and not dry_run:
         from lit_align.reproduce.report import write_results
 
@@ -167,6 +187,8 @@ def main(argv: list[str] | None = None) -> list[Stage]:
     parser.add_argument("--only", nargs="*", help="run only these stages (their inputs must exist)")
     parser.add_argument("--checkpoint-every", type=int, default=20, help="optimiser steps between checkpoints")
     parser.add_argument("--dry-run", action="store_true", help="write every stage's config.yaml, run nothing")
+    parser.add_argument("--rollout-config", help="sample every stage through this engine, e.g. configs/rollout/vllm.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return run(args.profile, args.out, args.results or None, args.only, args.checkpoint_every, args.dry_run)
+    return run(args.profile, args.out, args.results or None, args.only, args.checkpoint_every, args.dry_run,
+               args.rollout_config)

@@ -13,6 +13,8 @@ from lit_align.methods.rloo import RLOO
 from lit_align.models import LoRA
 from lit_align.rewards.base import Reward
 
+from conftest import completion_logits
+
 
 def test_rloo_advantages_by_hand_for_two_groups_of_three():
     rewards = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
@@ -43,11 +45,7 @@ def test_training_forward_scores_exactly_what_was_sampled(tokenizer, tiny_lm):
     module.policy = tiny_lm.eval()
     with torch.no_grad():
         logps, _ = module._logps(tiny_lm, samples)
-        input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
-        mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
-        logits = tiny_lm(input_ids=input_ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
-    p = samples.prompt_ids.size(1)
-    greedy = logits[:, p - 1 : -1].argmax(-1)
+    greedy = completion_logits(tiny_lm, samples).argmax(-1)
     keep = samples.completion_mask.bool()
     assert torch.equal(greedy[keep], samples.completion_ids[keep]), "greedy tokens must be the argmax of the training forward"
     assert (logps[keep] < 0).all() and (logps[~keep] == 0).all()
