@@ -75,3 +75,32 @@ def completion_logits(model, samples) -> torch.Tensor:
         logits = model(input_ids=ids, attention_mask=mask, position_ids=ops.position_ids_from_mask(mask)).logits
     p = samples.prompt_ids.size(1)
     return logits[:, p - 1 : -1]
+
+
+def first_token_chi2(engine, model, tokenizer, temperature: float = 0.7, draws: int = 4000) -> float:
+    """Chi-squared of ``engine``'s first sampled tokens against softmax(z / T) of ``model``: five tokens
+    lifted to hold most of the mass, every other token in one bin (5 degrees of freedom)."""
+    from lit_align.data.collate import collate_prompts
+    from lit_align.data.formats import prompt_ids
+    from lit_align.generation import SamplingParams
+
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        weight[:, 0] = 1.0
+        weight[10:15, 0] = torch.tensor([1.35, 1.3, 1.25, 1.2, 1.15])
+    record = {"prompt": "hello world"}
+    rows = draws // 100
+    batch = collate_prompts([prompt_ids(record, "r", tokenizer)] * rows, [record] * rows, tokenizer.pad_token_id)
+    params = SamplingParams(max_new_tokens=1, temperature=temperature, n=100)
+    first = engine.sample(model, tokenizer, batch.input_ids, batch.attention_mask, params, seed=0).completion_ids[:, 0]
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, -1]
+    probs = torch.softmax(logits.double() / temperature, -1)
+    top = probs.argsort(descending=True)[:5]
+    expected = torch.cat([probs[top], (1 - probs[top].sum()).view(1)]) * first.numel()
+    observed = torch.stack([(first == t).sum() for t in top] + [(~torch.isin(first, top)).sum()]).double()
+    assert expected.min() > 20, expected  # every bin well filled, or the test says nothing
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+CHI2_5_DOF_P001 = 20.52  # the chi-squared value a true 5-degree-of-freedom fit exceeds with probability 0.001

@@ -4,6 +4,8 @@ from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
 from lit_align.generation import SamplingParams, completion_mask, sample
 
+from conftest import CHI2_5_DOF_P001, first_token_chi2
+
 PROMPTS = [{"prompt": "hello world"}, {"prompt": [{"role": "user", "content": "the quick brown fox jumps over"}]}]
 
 
@@ -75,3 +77,11 @@ def test_shared_prompt_states_run_each_prompt_once(tokenizer, tiny_lm):
     rows, width = ids.shape
     assert counts[False] == rows * 4 * width  # every prompt once per sample
     assert counts[True] == rows * (width - 1) + rows * 4 * 1  # once per prompt, then only the last token per sample
+
+
+def test_hf_engine_first_tokens_follow_softmax_over_temperature(tokenizer, tiny_lm):
+    """Chi-squared over the five likeliest tokens and the rest, 4,000 draws at T = 0.7 (the same check
+    tests/test_vllm.py makes of the vLLM engine)."""
+    from lit_align.rollout import HFGenerate
+
+    assert first_token_chi2(HFGenerate(), tiny_lm, tokenizer) < CHI2_5_DOF_P001

@@ -106,3 +106,4 @@ def test_sft_targets_end_with_im_end_once_under_the_base_layout(qwen_tokenizer):
                 + qwen_tokenizer("no", add_special_tokens=False)["input_ids"] + [eot])
     assert targets == expected  # each turn's text and exactly one <|im_end|>; the newline after it is no target
     assert example.input_ids.count(qwen_tokenizer.eos_token_id) == 0  # no <|endoftext|> written by the template
+

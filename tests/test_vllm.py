@@ -20,6 +20,8 @@ from lit_align.models import LoRA  # noqa: E402
 from lit_align.rewards.base import Reward  # noqa: E402
 from lit_align.rollout import VLLM  # noqa: E402
 
+from conftest import CHI2_5_DOF_P001, first_token_chi2  # noqa: E402
+
 ENGINE = dict(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
 
 
@@ -92,25 +94,9 @@ def test_a_skipped_sync_is_caught_by_the_same_check(model_dir):
 
 
 def test_first_token_frequencies_follow_softmax_over_temperature(model_dir):
-    """Chi-squared over the likeliest tokens and the rest, 4,000 draws at T = 0.7."""
+    """Chi-squared over the five likeliest tokens and the rest, 4,000 draws at T = 0.7."""
     tokenizer, model = models.load_tokenizer(str(model_dir)), models.load_causal_lm(str(model_dir))
-    with torch.no_grad():  # concentrate the mass on a few tokens, so every bin is well filled
-        model.get_input_embeddings().weight[:, 0] = 1.0
-        model.get_input_embeddings().weight[10:15, 0] = torch.tensor([1.35, 1.3, 1.25, 1.2, 1.15])
-    record = {"prompt": "hello world"}
-    batch = collate_prompts([prompt_ids(record, "r", tokenizer)] * 40, [record] * 40, tokenizer.pad_token_id)
-    params = SamplingParams(max_new_tokens=1, temperature=0.7, n=100)
-    out = VLLM(**ENGINE).sample(model, tokenizer, batch.input_ids, batch.attention_mask, params, seed=0)
-    first = out.completion_ids[:, 0]
-    with torch.no_grad():
-        logits = model(input_ids=batch.input_ids[:1], attention_mask=batch.attention_mask[:1]).logits[0, -1]
-    probs = torch.softmax(logits.double() / 0.7, -1)
-    top = probs.argsort(descending=True)[:5]  # the five lifted tokens; every other token in one bin
-    expected = torch.cat([probs[top], (1 - probs[top].sum()).view(1)]) * first.numel()
-    observed = torch.stack([(first == t).sum() for t in top] + [(~torch.isin(first, top)).sum()]).double()
-    assert expected.min() > 20, expected
-    chi2 = float(((observed - expected) ** 2 / expected).sum())
-    assert chi2 < 20.52, (chi2, observed.tolist(), expected.tolist())  # 5 degrees of freedom, p = 0.001
+    assert first_token_chi2(VLLM(**ENGINE), model, tokenizer) < CHI2_5_DOF_P001
 
 
 def test_the_study_chain_runs_with_vllm_rollouts(tmp_path):
