@@ -24,8 +24,9 @@ from lit_align.data.datamodule import AlignDataModule
 from lit_align.models import ModelLoadError
 
 TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
-# The user's config or data is at fault: DataError, RewardError and refused settings are ValueErrors.
-USER_ERRORS = (ValueError, ModelLoadError, FileNotFoundError)
+# The user's config, data or environment is at fault: DataError, RewardError and refused settings are
+# ValueErrors; a missing optional package (vLLM) is an ImportError whose message says what to install.
+USER_ERRORS = (ValueError, ModelLoadError, FileNotFoundError, ImportError)
 
 
 @contextlib.contextmanager

