@@ -165,3 +165,27 @@ def test_the_pairs_tool_runs_with_the_vllm_override(config, tmp_path):
                    "--rollout.init_args.cpu_kv_cache_gib", "1", "--model", "tiny:qwen2", "--limit", "2",
                    "--max_new_tokens", "8", "--output", str(tmp_path / "pairs.jsonl")])
     assert counts["prompts"] == 2 and counts["completions"] > counts["prompts"]
+
+
+def test_under_ddp_each_rank_samples_from_its_own_synced_engine(tmp_path):
+    """Two CPU ranks (gloo), each with its own engine on its shard of prompts; after the first
+    optimiser step rank 0's engine still matches its policy."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    cmd = [sys.executable, "-m", "lit_align", "fit", "--config", str(configs / "rloo" / "countdown_embedded.yaml"),
+           "--config", str(configs / "rollout" / "vllm.yaml"), "--model.init_args.rollout.init_args.cpu_kv_cache_gib", "1",
+           "--model.init_args.model", "tiny:qwen2", "--model.init_args.generation.max_new_tokens", "8",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
+           "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--trainer.log_every_n_steps", "1",
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+           "--data.limit", "8"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("non-default args") + done.stderr.count("non-default args") == 2, "one engine per rank"
+    rows = list(csv.DictReader(open(next(tmp_path.glob("**/version_*/metrics.csv")))))
+    gaps = [float(r["train/engine_logprob_gap"]) for r in rows if r.get("train/engine_logprob_gap")]
+    assert len(gaps) == 2 and max(gaps) <= 1e-3, gaps
