@@ -104,3 +104,17 @@ def first_token_chi2(engine, model, tokenizer, temperature: float = 0.7, draws: 
 
 
 CHI2_5_DOF_P001 = 20.52  # the chi-squared value a true 5-degree-of-freedom fit exceeds with probability 0.001
+
+
+# The study's stage plans and runner are tools of the checkout (tools/study), not of the package.
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+# The study's stage plans and runner are tools of the checkout (tools/study), not of the package.
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))

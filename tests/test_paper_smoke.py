@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file
 
 from lit_align import models
-from lit_align.reproduce.plan import plan
+from study.plan import plan
 from lit_align.rewards.model import RewardModelScorer
 
 ROOT = Path(__file__).resolve().parents[1]

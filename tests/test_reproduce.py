@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from lit_align.cli import main as cli_main
-from lit_align.reproduce.plan import PROFILES, plan
-from lit_align.reproduce.runner import HUB_DATASET, LOCAL_FILE, merge, run, stage_config, stand_in
+from study.plan import PROFILES, plan
+from study.runner import HUB_DATASET, LOCAL_FILE, merge, run, stage_config, stand_in
 
 STAGES = [s.name for s in plan("smoke", "out")]
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,12 +3,19 @@
     python tools/reproduce.py --profile embedded   # offline on CPU, about an hour on 2 cores
     python tools/reproduce.py --profile smoke      # tiny models, the whole chain in seconds
     python tools/reproduce.py --profile paper      # configs/paper/: hub access and a GPU
-    python tools/reproduce.py --profile paper-smoke  # every configs/paper/ run on tiny stand-ins, CPU, ~1 min
+    python tools/reproduce.py --profile paper-smoke  # every configs/paper/ run on tiny stand-ins, CPU
 
-The same as ``python -m lit_align.reproduce``; see lit_align/reproduce/runner.py for the options.
+The stage plans and the runner live in ``tools/study/`` beside this script, with the ``configs/`` they
+read: they belong to a checkout of the repository, not to the installed package. See
+``tools/study/runner.py`` for the options.
 """
 
-from lit_align.reproduce.runner import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from study.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

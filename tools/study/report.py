@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from lit_align.reproduce.plan import Stage
+from study.plan import Stage
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from lit_align.reproduce.plan import PROFILE_NAMES, Stage, merge, plan
+from study.plan import PROFILE_NAMES, Stage, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             continue
         run_stage(stage, out_dir / stage.name, checkpoint_every, rollout)
     if results and not dry_run:
-        from lit_align.reproduce.report import write_results
+        from study.report import write_results
 
         write_results(profile, stages, out_dir, Path(results))
     return stages

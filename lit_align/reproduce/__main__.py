@@ -1,3 +1,0 @@
-from lit_align.reproduce.runner import main
-
-main()
