@@ -67,6 +67,16 @@ def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int]) -> 
     return (~after_stop).long()
 
 
+def ends(completion_ids: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``completion_mask`` of the rows and which of them are truncated (no stop token at all).
+
+    >>> ends(torch.tensor([[5, 2, 7], [5, 6, 7]]), [2])[1].tolist()
+    [False, True]
+    """
+    mask = completion_mask(completion_ids, stop_ids)
+    return mask, ~torch.isin(completion_ids, torch.tensor(stop_ids, device=completion_ids.device)).any(dim=1)
+
+
 def decode_kept(tokenizer, completion_ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     """Each row's kept tokens (``mask`` 1) decoded without special tokens; nothing past the end is read."""
     rows = [ids[keep.bool()].tolist() for ids, keep in zip(completion_ids.cpu(), mask.cpu())]
@@ -151,8 +161,7 @@ def sample(
     finally:
         model.train(was_training)
     completion_ids = out[:, input_ids.shape[1] :]
-    mask = completion_mask(completion_ids, stops)
-    truncated = ~torch.isin(completion_ids, torch.tensor(stops, device=completion_ids.device)).any(dim=1)
+    mask, truncated = ends(completion_ids, stops)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = decode_kept(tokenizer, completion_ids, mask)
     return Samples(input_ids, attention_mask, completion_ids, mask, texts, truncated, params.temperature)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.generation import Samples, SamplingParams, completion_mask, decode_kept, sample
+from lit_align.generation import Samples, SamplingParams, decode_kept, ends, sample
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +243,10 @@ class VLLM(RolloutEngine):
         device = input_ids.device
         completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
-        mask = completion_mask(completion_ids, stops)
-        has_stop = torch.tensor([any(t in stops for t in r) for r in rows], device=device)
+        mask, truncated = ends(completion_ids, stops)
         completion_ids = completion_ids.masked_fill(mask == 0, pad)
         return Samples(
             input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
-            completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), ~has_stop, params.temperature,
+            completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,
             engine_logps * mask,
         )
