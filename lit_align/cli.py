@@ -1,8 +1,8 @@
 """``python -m lit_align {fit,validate,test,predict} --config FILE.yaml``.
 
 ``model.class_path`` picks the method (``lit_align.methods.SFT``, ...); ``data`` is always an
-``AlignDataModule``. Trainer flags (accelerator, devices, strategy, precision, num_nodes) pick
-the hardware.
+``AlignDataModule``, connected to the method's tokenizer and batch kind once both exist. Trainer
+flags (accelerator, devices, strategy, precision, num_nodes) pick the hardware.
 
 From the command line, a mistake in the user's config or data (a malformed or undecodable record, an
 empty or missing file, a model or dataset that cannot be loaded, a refused setting) prints one
@@ -42,7 +42,16 @@ def plain_errors(program: str = "lit_align"):
 
 
 class AlignCLI(LightningCLI):
-    pass
+    """LightningCLI that hands the data module what the method needs, once both are built.
+
+    The method declares its ``tokenizer`` and ``batch_kind``; ``AlignDataModule.connect`` is told
+    them here, before any subcommand runs, so the data never looks into the trainer or the method.
+    """
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if self.datamodule is not None:
+            self.datamodule.connect(self.model.tokenizer, self.model.batch_kind)
 
 
 def main(args: list[str] | None = None) -> AlignCLI:

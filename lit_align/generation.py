@@ -20,7 +20,7 @@ import transformers
 from packaging.version import Version
 from transformers import GenerationConfig
 
-from lit_align import ops
+from lit_align import forward, ops
 from lit_align.data.formats import stop_token_ids
 
 # generate()'s name for a ready KV cache: "cache" from transformers 5.24 on (the old name is deprecated there)
@@ -107,8 +107,8 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
     """
     if n < 2 or input_ids.size(1) < 2:
         return None
-    # the positions generate gives left-padded rows: counted over attended tokens (padding gets 1, unused)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    # positions counted over attended tokens, as generate counts them (what padding gets is never attended)
+    position_ids = ops.position_ids_from_mask(attention_mask)
     out = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                 position_ids=position_ids[:, :-1], use_cache=True)
     cache = out.cache if _CACHE_KWARG == "cache" else out.past_key_values
@@ -140,7 +140,7 @@ def sample(
     devices = [device] if device.type == "cuda" else []
     stops = stop_token_ids(tokenizer)
     try:
-        with ops.cast_weights_once(device), own_generation_config(model):
+        with forward.cast_weights_once(device), own_generation_config(model):
             # the prompts' states, computed once and shared by their n samples (all but the last token)
             shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
             input_ids = input_ids.repeat_interleave(params.n, dim=0)

@@ -47,29 +47,46 @@ def _log_ratio_margin(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: 
     return (pc - rc) - (pr - rr)
 
 
-def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> torch.Tensor:
+@dataclass
+class DPOLoss:
+    """A DPO-family objective and the implicit rewards the method logs beside it (as torchtune's DPO does)."""
+
+    loss: torch.Tensor  # scalar
+    chosen_rewards: torch.Tensor  # (B,) beta * (log pi(y_c) - log ref(y_c)), detached
+    rejected_rewards: torch.Tensor  # (B,) beta * (log pi(y_r) - log ref(y_r)), detached
+
+
+def _with_rewards(loss: torch.Tensor, pc, pr, rc, rr, beta: float) -> DPOLoss:
+    return DPOLoss(loss, beta * (pc - rc).detach(), beta * (pr - rr).detach())
+
+
+def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> DPOLoss:
     """Sigmoid DPO (Rafailov et al., 2023): ``mean(-log sigmoid(beta * h))``.
 
     Args:
         pc, pr: (B,) policy sequence log-probs of the chosen / rejected responses.
         rc, rr: (B,) reference sequence log-probs of the same responses.
         beta: strength of the implicit KL constraint.
+
+    Returns:
+        ``DPOLoss``: the scalar loss and the (B,) implicit rewards ``beta * (policy - reference)``.
     """
-    return -F.logsigmoid(beta * _log_ratio_margin(pc, pr, rc, rr)).mean()
+    return _with_rewards(-F.logsigmoid(beta * _log_ratio_margin(pc, pr, rc, rr)).mean(), pc, pr, rc, rr, beta)
 
 
-def cdpo_loss(pc, pr, rc, rr, beta: float, label_smoothing: float) -> torch.Tensor:
+def cdpo_loss(pc, pr, rc, rr, beta: float, label_smoothing: float) -> DPOLoss:
     """Conservative (label-smoothed) DPO: the preference label is flipped with probability ``label_smoothing``.
 
-    ``mean(-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h))``; shapes as in ``dpo_loss``.
+    ``mean(-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h))``; shapes and result as in ``dpo_loss``.
     """
     logits = beta * _log_ratio_margin(pc, pr, rc, rr)
-    return (-(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)).mean()
+    loss = (-(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)).mean()
+    return _with_rewards(loss, pc, pr, rc, rr, beta)
 
 
-def ipo_loss(pc, pr, rc, rr, beta: float) -> torch.Tensor:
-    """IPO (Azar et al., 2023): ``mean((h - 1 / (2 beta))^2)`` on sequence log-ratios; shapes as in ``dpo_loss``."""
-    return ((_log_ratio_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean()
+def ipo_loss(pc, pr, rc, rr, beta: float) -> DPOLoss:
+    """IPO (Azar et al., 2023): ``mean((h - 1 / (2 beta))^2)`` on sequence log-ratios; shapes and result as in ``dpo_loss``."""
+    return _with_rewards(((_log_ratio_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean(), pc, pr, rc, rr, beta)
 
 
 # --- RLOO -------------------------------------------------------------------------------------------

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from lit_align import models
-from lit_align.data.collate import collate_prompts
-from lit_align.data.formats import prompt_ids, prompt_of
+from lit_align.data.formats import prompt_of
 from lit_align.data.sources import Source
+from lit_align.evaluation.scoring import sample_and_score
 from lit_align.generation import SamplingParams
 from lit_align.rollout import HFGenerate, RolloutEngine
-from lit_align.rewards.base import Reward, score_samples
+from lit_align.rewards.base import Reward
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,8 @@ def make_preference_pairs(
         Path(sft_output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as out, open(sft_output or os.devnull, "w", encoding="utf-8") as sft_out:
-        for start in range(0, len(records), batch_size):
-            window = records[start : start + batch_size]
-            chunk = [record for _, record in window]
-            batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in window], chunk, tokenizer.pad_token_id)
-            device = next(policy.parameters()).device
-            samples = engine.sample(policy, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params,
-                                    seed=seed + start)
-            scores, _ = score_samples(reward, chunk, samples.texts, num_samples)
+        batches = sample_and_score(engine, policy, tokenizer, records, reward, params, batch_size, seed)
+        for chunk, samples, scores in batches:
             counts["completions"] += len(samples.texts)
             for i, record in enumerate(chunk):
                 rows = slice(i * num_samples, (i + 1) * num_samples)

@@ -21,10 +21,12 @@ README for the exact commands: it pins its own torch and transformers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -53,6 +55,15 @@ class RolloutEngine:
 
     def close(self) -> None:
         """Release whatever the engine holds (called when a run ends)."""
+
+    def gather_weights_with(self, gather: Callable[[], AbstractContextManager] | None) -> None:
+        """How to see the policy's full weights when they are sharded (FSDP): a context-manager factory
+        the engine enters while it copies weights (the method sets it; None: the weights are whole)."""
+        self._gather = gather
+
+    def _full_weights(self) -> AbstractContextManager:
+        gather = getattr(self, "_gather", None)
+        return gather() if gather is not None else contextlib.nullcontext()
 
 
 class HFGenerate(RolloutEngine):
@@ -125,7 +136,7 @@ class VLLM(RolloutEngine):
 
     def __getstate__(self):  # checkpoints and deep copies carry the settings, never the running engine
         state = dict(self.__dict__)
-        state.update(llm=None, _folder=None, stale=False, syncs=0)
+        state.update(llm=None, _folder=None, stale=False, syncs=0, _gather=None)
         return state
 
     def weights_changed(self) -> None:
@@ -147,7 +158,8 @@ class VLLM(RolloutEngine):
         inner.config.save_pretrained(folder)
         from safetensors.torch import save_file
 
-        weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in merged_weights(model)}
+        with self._full_weights():  # FSDP: every rank gathers the full weights, then copies them
+            weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in merged_weights(model)}
         if config.get("tie_word_embeddings") and "lm_head.weight" in weights:
             del weights["lm_head.weight"]  # tied: safetensors refuses shared storage, vLLM ties it back
         save_file(weights, folder / "model.safetensors")
@@ -191,8 +203,9 @@ class VLLM(RolloutEngine):
 
     def sync(self, model) -> None:
         """Push the policy's current weights into the engine, in place; drop cached prefixes."""
-        weights = ((k, v.detach()) for k, v in merged_weights(model))
-        self._runner().reload_weights(weights_iterator=weights)
+        with self._full_weights():  # FSDP: the full weights exist only inside this block
+            weights = ((k, v.detach()) for k, v in merged_weights(model))
+            self._runner().reload_weights(weights_iterator=weights)
         self.llm.reset_prefix_cache()
         self.stale = False
         self.syncs += 1

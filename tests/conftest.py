@@ -29,6 +29,16 @@ def tiny_lm(tokenizer):
     return tiny.tiny_causal_lm(tokenizer)
 
 
+def trainer(**settings):
+    """A quiet Lightning trainer on one CPU: no logger, checkpoints, progress bar, model summary or sanity
+    validation; ``settings`` add to these or override them (``from conftest import trainer``)."""
+    import lightning as L
+
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
+    return L.Trainer(**(defaults | settings))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
@@ -104,13 +114,6 @@ def first_token_chi2(engine, model, tokenizer, temperature: float = 0.7, draws: 
 
 
 CHI2_5_DOF_P001 = 20.52  # the chi-squared value a true 5-degree-of-freedom fit exceeds with probability 0.001
-
-
-# The study's stage plans and runner are tools of the checkout (tools/study), not of the package.
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 
 # The study's stage plans and runner are tools of the checkout (tools/study), not of the package.

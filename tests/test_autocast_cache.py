@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lit_align import ops, tiny
+from lit_align import forward, tiny
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.data.sources import InMemory
@@ -46,7 +46,7 @@ def _logprobs_and_grads(model, cache_enabled: bool):
     model.zero_grad(set_to_none=True)
     counter = CastCounter(model.model.layers[0].self_attn.q_proj.weight)
     with torch.autocast(**(UNCACHED | {"cache_enabled": cache_enabled})), counter:
-        logps, _ = ops.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+        logps, _ = forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
     logps.sum().backward()
     return counter.casts, logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -54,7 +54,7 @@ def _logprobs_and_grads(model, cache_enabled: bool):
 def test_regrouped_forwards_cast_each_weight_once_and_match_the_cached_autocast():
     model = tiny.tiny_causal_lm(tiny.tiny_tokenizer()).train()
     ids, mask, _ = _ragged_batch()
-    groups = ops.regroup_plan(mask.sum(1).tolist(), ids.size(1), ids.device, 0)
+    groups = forward.regroup_plan(mask.sum(1).tolist(), ids.size(1), ids.device, 0)
     assert groups is not None and len(groups) >= 2, "the batch must run as several forwards"
     casts, logps, grads = _logprobs_and_grads(model, cache_enabled=False)
     assert casts == 1, f"q_proj was cast {casts} times for {len(groups)} forwards"
@@ -62,7 +62,7 @@ def test_regrouped_forwards_cast_each_weight_once_and_match_the_cached_autocast(
     assert torch.equal(logps, logps_cached)
     assert all(torch.equal(g, grads_cached[n]) for n, g in grads.items())
     with torch.autocast(**UNCACHED):
-        ops.model_token_logprobs(model, ids, mask, ids, unpad=True, group_overhead=0)
+        forward.model_token_logprobs(model, ids, mask, ids, unpad=True, group_overhead=0)
         assert not torch.is_autocast_cache_enabled(), "the caller's cache setting comes back on exit"
 
 
@@ -75,8 +75,8 @@ def test_a_cast_does_not_outlive_its_call():
     counter = CastCounter(model.model.layers[0].self_attn.q_proj.weight)
     with torch.autocast(**UNCACHED), counter:
         with torch.no_grad():
-            ops.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
-        logps, _ = ops.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+            forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+        logps, _ = forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
     assert counter.casts == 2
     logps.sum().backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
@@ -115,6 +115,6 @@ def test_lightning_bf16_mixed_sft_step_casts_each_weight_once():
     module.configure_model()
     counter = CastCounter(module.policy.model.layers[0].self_attn.q_proj.weight)
     with counter:
-        trainer.fit(module, AlignDataModule(InMemory(records), batch_size=4, max_length=64))
+        trainer.fit(module, AlignDataModule(InMemory(records), batch_size=4, max_length=64).connect(module.tokenizer, module.batch_kind))
     assert trainer.global_step == 1
     assert counter.casts == 1

@@ -2,29 +2,7 @@ import math
 
 import torch
 
-from lit_align import losses, ops
-from lit_align.data.formats import IGNORE_INDEX
-
-
-def test_token_logprobs_matches_hand_values():
-    # One row, vocab 2. Position 0 predicts token at 1, position 1 predicts token at 2.
-    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])
-    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
-    got = ops.token_logprobs(logits, labels)
-    # log p(1 | uniform) = log 1/2; log p(0 | logits [log 3, 0]) = log 3/4
-    assert torch.allclose(got, torch.tensor([[math.log(0.5), math.log(0.75)]]), atol=1e-6)
-
-
-def test_token_logprobs_zero_on_ignored_and_chunking_is_exact():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 7, 11)
-    labels = torch.randint(0, 11, (3, 7))
-    labels[0, :4] = IGNORE_INDEX
-    full = torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0)[..., None]).squeeze(-1)
-    full = full * (labels[:, 1:] != IGNORE_INDEX)
-    for chunk in (1, 5, 1000):
-        assert torch.allclose(ops.token_logprobs(logits, labels, chunk_size=chunk), full, atol=1e-6)
-    assert ops.token_logprobs(logits, labels)[0, :3].abs().sum() == 0
+from lit_align import losses
 
 
 def test_sft_loss_hand_computed():
@@ -64,9 +42,14 @@ def _logps():
 def test_dpo_hand_values_and_log2_at_start():
     pc, pr, rc, rr = _logps()
     # beta 0.5, h = 2: -log sigmoid(0.5 * 2) = log(1 + e^-1) = 0.3133 (swapped references: log(1 + e^-2) = 0.1269)
-    assert math.isclose(losses.dpo_loss(pc, pr, rc, rr, beta=0.5).item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
+    out = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert math.isclose(out.loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
+    # implicit rewards beta * (policy - reference): 0.5 * (-1 - -2) = 0.5 and 0.5 * (-4 - -3) = -0.5
+    assert out.chosen_rewards.tolist() == [0.5] and out.rejected_rewards.tolist() == [-0.5]
     same = torch.tensor([-4.0, -7.5])
-    assert math.isclose(losses.dpo_loss(same, same + 1, same, same + 1, beta=0.1).item(), math.log(2), rel_tol=1e-6)
+    at_start = losses.dpo_loss(same, same + 1, same, same + 1, beta=0.1)
+    assert math.isclose(at_start.loss.item(), math.log(2), rel_tol=1e-6)
+    assert at_start.chosen_rewards.tolist() == [0.0, 0.0] and at_start.rejected_rewards.tolist() == [0.0, 0.0]
 
 
 def test_cdpo_hand_values():
@@ -77,13 +60,17 @@ def test_cdpo_hand_values():
     # (swapped references, beta h = 2: 0.8 log(1 + e^-2) + 0.2 log(1 + e^2) = 0.8 * 0.12693 + 0.2 * 2.12693 = 0.52693)
     expected = 0.8 * math.log(1 + math.exp(-1)) + 0.2 * math.log(1 + math.e)
     assert math.isclose(expected, 0.51326, abs_tol=1e-5)
-    assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, eps).item(), expected, rel_tol=1e-6)
-    assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, 0.0).item(), losses.dpo_loss(pc, pr, rc, rr, 0.5).item())
+    out = losses.cdpo_loss(pc, pr, rc, rr, 0.5, eps)
+    assert math.isclose(out.loss.item(), expected, rel_tol=1e-6)
+    assert out.chosen_rewards.tolist() == [0.5] and out.rejected_rewards.tolist() == [-0.5]  # as for dpo_loss
+    assert math.isclose(losses.cdpo_loss(pc, pr, rc, rr, 0.5, 0.0).loss.item(), losses.dpo_loss(pc, pr, rc, rr, 0.5).loss.item())
 
 
 def test_ipo_hand_values():
     pc, pr, rc, rr = _logps()
     # (h - 1/(2 beta))^2 with h = 2, beta = 0.25 -> (2 - 2)^2 = 0; beta = 0.5 -> (2 - 1)^2 = 1
     # (swapped references, h = 4: (4 - 2)^2 = 4 and (4 - 1)^2 = 9)
-    assert losses.ipo_loss(pc, pr, rc, rr, beta=0.25).item() == 0.0
-    assert math.isclose(losses.ipo_loss(pc, pr, rc, rr, beta=0.5).item(), 1.0)
+    assert losses.ipo_loss(pc, pr, rc, rr, beta=0.25).loss.item() == 0.0
+    out = losses.ipo_loss(pc, pr, rc, rr, beta=0.5)
+    assert math.isclose(out.loss.item(), 1.0)
+    assert out.chosen_rewards.tolist() == [0.5] and out.rejected_rewards.tolist() == [-0.5]

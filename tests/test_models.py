@@ -116,7 +116,7 @@ def test_reward_model_trains_a_step_on_an_encoder_stand_in_and_its_export_loads_
     rm = RewardModel(model=name, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     rm.configure_model()
     before = {k: v.clone() for k, v in rm.model.state_dict().items()}
-    data = AlignDataModule(LocalFile(str(ULTRAFEEDBACK_SAMPLE)), batch_size=4, max_length=64)
+    data = AlignDataModule(LocalFile(str(ULTRAFEEDBACK_SAMPLE)), batch_size=4, max_length=64).connect(rm.tokenizer, rm.batch_kind)
     L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(rm, data)
     assert rm.trainer.global_step == 1

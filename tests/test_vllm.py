@@ -74,7 +74,7 @@ def _train(model_dir, engine: VLLM, lora: LoRA | None, steps: int = 3):
     gaps = Gaps()
     L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-              callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2))
+              callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
     return gaps.gaps, engine.syncs
 
 
@@ -91,6 +91,49 @@ def test_a_skipped_sync_is_caught_by_the_same_check(model_dir):
     gaps, syncs = _train(model_dir, NoSync(**ENGINE), LoRA(r=4, alpha=8, dropout=0.0))
     assert syncs == 0 and gaps[0] <= 1e-3
     assert min(gaps[1:]) > 1e-3, gaps
+
+
+def test_sharded_weights_are_copied_inside_the_gather_context(model_dir, monkeypatch):
+    """Under FSDP a rank holds a shard outside ``summon_full_params``: the engine must read the weights,
+    at its start and at every sync, only inside the context the method hands it. (Lightning refuses FSDP
+    on CPUs, so here a counting context stands in for the gathering.)"""
+    import contextlib
+
+    import lit_align.rollout as rollout_module
+
+    state = {"inside": False, "entered": 0, "reads_outside": 0}
+
+    @contextlib.contextmanager
+    def gather():
+        state["inside"], state["entered"] = True, state["entered"] + 1
+        try:
+            yield
+        finally:
+            state["inside"] = False
+
+    real = rollout_module.merged_weights
+
+    def watched(model):
+        for item in real(model):
+            state["reads_outside"] += not state["inside"]
+            yield item
+
+    monkeypatch.setattr(rollout_module, "merged_weights", watched)
+    engine = VLLM(**ENGINE)
+
+    class Gathered(L.Callback):
+        def on_fit_start(self, trainer, module):  # after the method's own hook, as FSDP would set it
+            module.rollout.gather_weights_with(gather)
+
+    torch.manual_seed(0)
+    module = RLOO(model=str(model_dir), reward=Length(), rloo_k=2, rollout=engine,
+                  generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
+    L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+              callbacks=[Gathered()]).fit(module, AlignDataModule(Prompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
+    assert engine.syncs == 2 and state["entered"] == 3  # the start and two syncs
+    assert state["reads_outside"] == 0
 
 
 def test_first_token_frequencies_follow_softmax_over_temperature(model_dir):

@@ -34,11 +34,16 @@ class SFTBatch:
 
 @dataclass
 class PromptBatch:
-    """Left-padded prompts for generation, with the source records (for verifiers and rewards)."""
+    """Left-padded prompts for generation, with the source records and their prompts (for verifiers and rewards).
+
+    ``prompts``: each record's prompt (text or messages) as the data module read it, so reward sources
+    need not parse the records again; None where a batch was built without them.
+    """
 
     input_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor  # (B, T) long
     records: list[dict]
+    prompts: list | None = None
 
 
 def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
@@ -120,11 +125,16 @@ def collate_sft_packed(
     return batch
 
 
-def collate_prompts(prompts: list[list[int]], records: list[dict], pad_id: int) -> PromptBatch:
-    """Left-pad prompts so that generation continues every row from the same position."""
-    input_ids = pad(prompts, pad_id, side="left")
-    attention_mask = pad([[1] * len(p) for p in prompts], 0, side="left")
-    return PromptBatch(input_ids, attention_mask, records)
+def collate_prompts(ids: list[list[int]], records: list[dict], pad_id: int, prompts: list | None = None) -> PromptBatch:
+    """Left-pad prompt token ids so that generation continues every row from the same position.
+
+    >>> b = collate_prompts([[5, 6], [7]], [{"prompt": "a b"}, {"prompt": "c"}], pad_id=0, prompts=["a b", "c"])
+    >>> b.input_ids.tolist(), b.attention_mask.tolist(), b.prompts
+    ([[5, 6], [0, 7]], [[1, 1], [0, 1]], ['a b', 'c'])
+    """
+    input_ids = pad(ids, pad_id, side="left")
+    attention_mask = pad([[1] * len(p) for p in ids], 0, side="left")
+    return PromptBatch(input_ids, attention_mask, records, prompts)
 
 
 @dataclass

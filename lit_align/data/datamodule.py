@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterator
 from functools import partial
 
 import lightning as L
@@ -11,13 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lit_align.data import formats, preference
-from lit_align.data.collate import (
-    collate_preference,
-    collate_prompts,
-    collate_sft,
-    collate_sft_packed,
-)
+from lit_align.data.kinds import BatchKind, PromptKind
 from lit_align.data.sampler import WindowBatchSampler
 from lit_align.data.sources import DataError, Source, describe
 
@@ -67,8 +62,11 @@ class _Indexed(Dataset):
 class AlignDataModule(L.LightningDataModule):
     """Reads, validates and tokenizes records for whichever method is being trained.
 
-    The method decides the batch type through its ``data_format`` (``"sft"`` or ``"prompt"``) and
-    lends its tokenizer, so the data always matches the model.
+    The data module is told, never asks: before Lightning sets it up, ``connect`` hands it the
+    tokenizer of the model it feeds and the batch kind the method trains on (``lit_align.data.kinds``:
+    SFT, preference, reward or prompt batches). ``AlignCLI`` makes that call for every subcommand; from
+    Python, call ``data.connect(method.tokenizer, method.batch_kind)`` before ``trainer.fit``. It never
+    looks into the trainer's module, so it builds any kind of batch without a method (tests do).
     """
 
     def __init__(
@@ -111,7 +109,8 @@ class AlignDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.packing = num_workers, packing
         self.tokenizer = None
-        self.data_format = "sft"
+        self.batch_kind: BatchKind | None = None  # what the method trains on, told by connect
+        self._kind: BatchKind | None = None  # what this stage's batches are: batch_kind, or prompts for predict
         self.train_items: list = []
         self.val_items: list = []
         self.stats: dict[str, int] = {}  # over-length and dropped record counts per split
@@ -127,14 +126,26 @@ class AlignDataModule(L.LightningDataModule):
             records.append((origin, record))
         return records
 
+    def connect(self, tokenizer, batch_kind: BatchKind) -> AlignDataModule:
+        """Tell the data what it feeds, before ``setup`` (as LitGPT's ``data.connect``).
+
+        Args:
+            tokenizer: the tokenizer of the model the batches go to (a reward model's own, for RewardKind).
+            batch_kind: SFTKind, PreferenceKind, RewardKind or PromptKind: how records become batches.
+
+        Returns this data module, so the call can follow its construction.
+        """
+        self.tokenizer, self.batch_kind = tokenizer, batch_kind
+        return self
+
     def setup(self, stage: str | None = None) -> None:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is not None:
-            self.tokenizer = module.tokenizer
-            # predict samples from prompts whatever the method trains on
-            self.data_format = "prompt" if stage == "predict" else module.data_format
-        if self.tokenizer is None:
-            raise RuntimeError("AlignDataModule needs a tokenizer: attach it to a method or set .tokenizer")
+        # predict samples from prompts whatever the method trains on
+        self._kind = PromptKind() if stage == "predict" else self.batch_kind
+        if self.tokenizer is None or self._kind is None:
+            raise RuntimeError(
+                "AlignDataModule was not connected: call data.connect(method.tokenizer, method.batch_kind) "
+                "before trainer.fit/validate/test (the command line does it for you)"
+            )
         train = self._read(self.train_source) if self.train_source is not None else []
         if self.val_source is not None:
             val = self._read(self.val_source)
@@ -146,53 +157,39 @@ class AlignDataModule(L.LightningDataModule):
         self.val_items = self._prepare(val, "val")
 
     def _prepare(self, records: list[tuple[str, dict]], split: str) -> list:
-        if self.data_format == "prompt":
-            return [(formats.prompt_ids(r, o, self.tokenizer), r) for o, r in records]
-        if self.data_format == "sft":
-            examples = [formats.sft_example(r, o, self.tokenizer) for o, r in records]
-            over = [len(e.input_ids) > self.max_length for e in examples]
-            kept = [formats.truncate(e, self.max_length, self.truncation) for e in examples]
-        elif self.data_format == "preference":
-            pairs = [preference.policy_example(preference.parse_pair(r, o), self.tokenizer) for o, r in records]
-            over = [max(len(p.chosen.input_ids), len(p.rejected.input_ids)) > self.max_length for p in pairs]
-            kept = [self._truncate_pair(p) for p in pairs]
-        elif self.data_format == "reward":
-            built = [preference.reward_example(preference.parse_pair(r, o), self.tokenizer, self.max_length) for o, r in records]
-            over = [cut for _, cut in built]
-            kept = [None if cut and self.truncation == "drop" else p for p, cut in built]
-        else:
-            raise ValueError(f"unknown data_format {self.data_format!r}")
-        n_over, dropped = sum(over), sum(k is None for k in kept)
+        kept, n_over = self._kind.prepare(records, self.tokenizer, self.max_length, self.truncation)
+        dropped = len(records) - len(kept)
         if n_over or dropped:
             log.warning(
                 "%s: %d of %d records longer than max_length=%d (%s): %d truncated, %d dropped",
                 split, n_over, len(records), self.max_length, self.truncation, n_over - dropped, dropped,
             )
         self.stats |= {f"{split}/over_length": n_over, f"{split}/dropped": dropped}
-        kept = [k for k in kept if k is not None]
-        for i, item in enumerate(kept):
-            if isinstance(item, preference.PreferenceExample):
-                item.index = i
         return kept
 
-    def _truncate_pair(self, pair: preference.PreferenceExample) -> preference.PreferenceExample | None:
-        chosen = formats.truncate(pair.chosen, self.max_length, self.truncation)
-        rejected = formats.truncate(pair.rejected, self.max_length, self.truncation)
-        if chosen is None or rejected is None:
-            return None
-        return preference.PreferenceExample(chosen, rejected, pair.score_chosen, pair.score_rejected)
+    def _batch(self, items: list, normalizer: float | None = None):
+        return self._kind.collate(items, self.tokenizer.pad_token_id, self.max_length, self.packing, normalizer)
 
-    def _collate(self, items: list, pad_id: int, accumulate: int = 1, world_size: int = 1):
-        if self.data_format == "prompt":
-            prompts = [item[0][0] for item in items]
-            return collate_prompts(prompts, [item[0][1] for item in items], pad_id)
-        if self.data_format in ("preference", "reward"):
-            return collate_preference([item[0] for item in items], pad_id)
-        window_tokens = items[0][1]
+    def _collate(self, keyed: list, accumulate: int = 1, world_size: int = 1):
+        """Collate ``(item, window_tokens)`` pairs from ``_Indexed`` into one batch of this stage's kind."""
+        window_tokens = keyed[0][1]
         normalizer = None if window_tokens is None else window_tokens / (accumulate * world_size)
-        if self.packing:
-            return collate_sft_packed([item[0] for item in items], pad_id, self.max_length, normalizer)
-        return collate_sft([item[0] for item in items], pad_id, normalizer)
+        return self._batch([item for item, _ in keyed], normalizer)
+
+    def ordered_batches(self, split: str) -> Iterator:
+        """Every item of ``split`` ("train" or "val") once, in order, in batches of ``val_batch_size``.
+
+        For passes that must see each example of a split exactly once before training, such as DPO's
+        precomputed reference log-probs; preference batches carry each pair's position in its split.
+        """
+        items = {"train": self.train_items, "val": self.val_items}[split]
+        for start in range(0, len(items), self.val_batch_size):
+            yield self._batch(items[start : start + self.val_batch_size])
+
+    def max_input_length(self) -> int:
+        """The length, in tokens, that training and validation records are cut to (``max_length``); a
+        reward model records it in its export, so that scoring cuts text where training did."""
+        return self.max_length
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_items:
@@ -200,12 +197,12 @@ class AlignDataModule(L.LightningDataModule):
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        counts = [x.num_loss_tokens for x in self.train_items] if self.data_format == "sft" else [1] * len(self.train_items)
+        counts = [self._kind.sampler_weight(item) for item in self.train_items]
         sampler = WindowBatchSampler(counts, self.batch_size, accumulate, world, rank, shuffle=True, seed=self.seed)
         if self._resume_position is not None:
             sampler.resume(*self._resume_position)
             self._resume_position = None
-        collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id, accumulate=accumulate, world_size=world)
+        collate = partial(self._collate, accumulate=accumulate, world_size=world)
         # Its own generator: starting an iterator then draws no number from torch's global RNG (exact resume).
         return DataLoader(_Indexed(self.train_items), batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           generator=torch.Generator().manual_seed(self.seed))
@@ -238,9 +235,8 @@ class AlignDataModule(L.LightningDataModule):
         self._resume_rng = state_dict.get("rng")
 
     def val_dataloader(self) -> DataLoader:
-        collate = partial(self._collate, pad_id=self.tokenizer.pad_token_id)
         return DataLoader(
-            _Indexed(self.val_items), batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers
+            _Indexed(self.val_items), batch_size=self.val_batch_size, collate_fn=self._collate, num_workers=self.num_workers
         )
 
     def test_dataloader(self) -> DataLoader:

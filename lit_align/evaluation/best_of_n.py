@@ -16,6 +16,7 @@ whitespace removed; completions without one do not vote.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import re
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.collate import PromptBatch
-from lit_align.generation import SamplingParams
+from lit_align.data.kinds import PromptKind
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
@@ -74,7 +75,7 @@ def majority_at_n(keys: list[list[str | None]], correct: torch.Tensor, n: int) -
 class BestOfN(PolicyModule):
     """Evaluate a policy by best-of-N, pass@k and majority vote (``python -m lit_align test``)."""
 
-    data_format = "prompt"
+    batch_kind = PromptKind()
 
     def __init__(
         self,
@@ -97,10 +98,7 @@ class BestOfN(PolicyModule):
         super().__init__(*args, **kwargs)
         self.verifier, self.selector = verifier, selector
         self.n_values, self.correct_threshold, self.output_dir = sorted(n_values), correct_threshold, output_dir
-        self.sampling = SamplingParams(
-            max_new_tokens=self.generation.max_new_tokens, temperature=self.generation.temperature,
-            top_p=self.generation.top_p, n=max(n_values),
-        )
+        self.sampling = dataclasses.replace(self.generation, n=max(n_values))
         self._rows: list[tuple[torch.Tensor, torch.Tensor, list]] = []
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:

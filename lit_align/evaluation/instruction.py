@@ -25,6 +25,7 @@ import torch
 
 from lit_align import models
 from lit_align.data.collate import PromptBatch
+from lit_align.data.kinds import PromptKind
 from lit_align.data.formats import prompt_of
 from lit_align.data.sources import DataError
 from lit_align.generation import SamplingParams, sample
@@ -67,7 +68,7 @@ def read_responses(path: str) -> list[dict]:
 class InstructionEval(PolicyModule):
     """Win rate against a reference (RM-judged), mean reward, length and adherence (``lit_align test``)."""
 
-    data_format = "prompt"
+    batch_kind = PromptKind()
 
     def __init__(
         self,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_align import hardware, models
 from lit_align.data.collate import PromptBatch
+from lit_align.data.kinds import BatchKind
 from lit_align.generation import SamplingParams
 from lit_align.rollout import HFGenerate, RolloutEngine
 
@@ -54,9 +57,13 @@ class FreesAppliedGradients(L.LightningModule):
 
 
 class PolicyModule(FreesAppliedGradients):
-    """Base of the methods that train a causal LM policy."""
+    """Base of the methods that train a causal LM policy.
 
-    data_format = "sft"
+    Each method names what its data must be: ``batch_kind`` (a ``lit_align.data.kinds`` object) and
+    ``tokenizer``; ``AlignDataModule.connect`` is handed both (by the CLI, or by the caller in Python).
+    """
+
+    batch_kind: BatchKind  # set by each method class
 
     def __init__(
         self,
@@ -154,6 +161,15 @@ class PolicyModule(FreesAppliedGradients):
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         self.rollout.weights_changed()  # the engine samples from the new weights next time
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):  # an engine copying weights must see them whole, not this rank's shard
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            self.rollout.gather_weights_with(
+                partial(FullyShardedDataParallel.summon_full_params, strategy.model, writeback=False, recurse=True))
 
     def teardown(self, stage: str) -> None:
         self.rollout.close()  # an engine's memory must not outlive the run (several runs share a process)

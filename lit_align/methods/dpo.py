@@ -8,12 +8,13 @@ With sequence log-probabilities log pi(y|x) of the policy and log pi_ref(y|x) of
     IPO  : L =  E (h - 1 / (2 beta))^2                                        (Azar et al., 2023)
 
 plus an optional NLL term on the chosen response (``nll_weight`` times its per-token mean).
-Implicit rewards beta * (log pi - log pi_ref) are logged as ``rewards/chosen`` etc.
+Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.DPOLoss``)
+and are logged as ``rewards/chosen`` etc.
 
 Chosen and rejected responses go through the policy in one concatenated forward pass. The
 reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs are
-computed once before training and cached on disk.
+computed once before training, over the data module's ``ordered_batches``, and cached on disk.
 
 IPO's log-probs are per-token averages by default (``IPO(normalization="token_mean")``): h is then a
 difference of mean token log-ratios, as in the IPO authors' experiments and TRL, so a beta tuned there
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -35,23 +37,22 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from lit_align import losses, ops
-from lit_align.data.collate import PreferenceBatch, collate_preference
+from lit_align import forward, losses, ops
+from lit_align.data.collate import PreferenceBatch
+from lit_align.data.kinds import PreferenceKind
 from lit_align.methods.base import PolicyModule
 
 log = logging.getLogger(__name__)
 
 
 class PreferenceLoss:
-    """A DPO-family objective on sequence log-probs; ``beta`` scales the logged implicit rewards.
+    """A DPO-family objective: ``loss(pc, pr, rc, rr, nc, nr) -> losses.DPOLoss`` (loss and implicit rewards).
 
-    ``length_normalized``: the objective reads per-token mean log-probs instead of sums.
+    ``pc, pr, rc, rr``: (B,) summed log-probs of the chosen / rejected responses under the policy and
+    the reference; ``nc, nr``: (B,) their token counts, for objectives that read per-token means.
     """
 
-    beta: float
-    length_normalized: bool = False
-
-    def __call__(self, pc, pr, rc, rr) -> torch.Tensor:
+    def __call__(self, pc, pr, rc, rr, nc, nr) -> losses.DPOLoss:
         raise NotImplementedError
 
 
@@ -63,7 +64,7 @@ class SigmoidDPO(PreferenceLoss):
         """
         self.beta = beta
 
-    def __call__(self, pc, pr, rc, rr):
+    def __call__(self, pc, pr, rc, rr, nc, nr):
         return losses.dpo_loss(pc, pr, rc, rr, self.beta)
 
 
@@ -76,7 +77,7 @@ class ConservativeDPO(PreferenceLoss):
         """
         self.beta, self.label_smoothing = beta, label_smoothing
 
-    def __call__(self, pc, pr, rc, rr):
+    def __call__(self, pc, pr, rc, rr, nc, nr):
         return losses.cdpo_loss(pc, pr, rc, rr, self.beta, self.label_smoothing)
 
 
@@ -91,16 +92,17 @@ class IPO(PreferenceLoss):
         if normalization not in ("token_mean", "sum"):
             raise ValueError(f"IPO normalization must be 'token_mean' or 'sum', got {normalization!r}")
         self.beta, self.normalization = beta, normalization
-        self.length_normalized = normalization == "token_mean"
 
-    def __call__(self, pc, pr, rc, rr):
+    def __call__(self, pc, pr, rc, rr, nc, nr):
+        if self.normalization == "token_mean":  # every sum divided by its response's length
+            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
         return losses.ipo_loss(pc, pr, rc, rr, self.beta)
 
 
 class DPO(PolicyModule):
     """Preference optimisation of a causal LM against a fixed reference model."""
 
-    data_format = "preference"
+    batch_kind = PreferenceKind()
 
     def __init__(
         self,
@@ -136,7 +138,7 @@ class DPO(PolicyModule):
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
-        return ops.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+        return forward.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
 
     def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
         return self.with_reference(lambda model: self.sequence_logps(model, batch))
@@ -149,18 +151,15 @@ class DPO(PolicyModule):
         return self.reference_sequence_logps(batch).split(batch.num_pairs)
 
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
-        token_logps, _ = ops.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+        token_logps, _ = forward.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         pc, pr = token_logps.sum(-1).split(batch.num_pairs)
         rc, rr = self._reference(batch, stage)
-        if self.loss_fn.length_normalized:  # per-token means: every sum divided by its response's length
-            nc, nr = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
-            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
-        loss = self.loss_fn(pc, pr, rc, rr)
+        nc, nr = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
+        out = self.loss_fn(pc, pr, rc, rr, nc, nr)
+        loss, reward_c, reward_r = out.loss, out.chosen_rewards, out.rejected_rewards
         if self.nll_weight:
             mask = ops.loss_mask(batch.labels)[: batch.num_pairs]
             loss = loss + self.nll_weight * losses.sft_loss(token_logps[: batch.num_pairs], mask, mask.sum())
-        reward_c = self.loss_fn.beta * (pc - rc).detach()
-        reward_r = self.loss_fn.beta * (pr - rr).detach()
         self.log_dict(
             {
                 f"{stage}/loss": loss,
@@ -184,34 +183,45 @@ class DPO(PolicyModule):
         self._shared_step(batch, "test")
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if not self.precompute_reference:
             return
-        datamodule = self.trainer.datamodule
-        for stage, items in (("train", datamodule.train_items), ("val", datamodule.val_items)):
-            if items:
-                self.reference_logps[stage] = self._cached_reference_logps(items, datamodule.val_batch_size)
+        data = self.trainer.datamodule
+        if data is None:
+            raise ValueError("precompute_reference needs an AlignDataModule (trainer.fit(model, datamodule=...))")
+        for stage in ("train", "val"):
+            logps = self._cached_reference_logps(partial(data.ordered_batches, stage))
+            if logps is not None:
+                self.reference_logps[stage] = logps
         self.reference_model = None  # no longer needed: every step reads the cache
 
-    def _cached_reference_logps(self, items: list, batch_size: int) -> torch.Tensor:
-        """(N, 2) reference log-probs (chosen, rejected) for every pair, from disk when already computed."""
+    def _cached_reference_logps(self, batches) -> torch.Tensor | None:
+        """(N, 2) reference log-probs (chosen, rejected) of a split's N pairs, from disk when already
+        computed; None for an empty split. ``batches()`` yields the split's pairs in order, once for
+        the cache key and, when the cache misses, once more for the forward passes."""
         model = self.reference_model if self.reference_kind == "copy" else self.policy
         with torch.no_grad():  # a cheap fingerprint of the weights, so a changed checkpoint misses the cache
             weights = sum(float(p.double().sum()) for p in model.parameters() if not p.requires_grad)
         key = hashlib.sha256(repr((self.model_name, self.dtype_name, self.reference_kind, weights)).encode())
-        for item in items:
-            key.update(repr((item.chosen.input_ids, item.chosen.labels, item.rejected.input_ids, item.rejected.labels)).encode())
+        n_pairs = 0
+        for batch in batches():
+            n_pairs += batch.num_pairs
+            for tensor in (batch.input_ids, batch.attention_mask, batch.labels, batch.index):
+                key.update(repr(tuple(tensor.shape)).encode())
+                key.update(tensor.numpy().tobytes())
+        if n_pairs == 0:
+            return None
         path = Path(self.reference_cache_dir) / f"{key.hexdigest()[:24]}.pt"
         if path.is_file():
             log.info("reference log-probs read from %s", path)
             return torch.load(path)
-        out = torch.empty(len(items), 2)
-        for start in range(0, len(items), batch_size):
-            batch = collate_preference(items[start : start + batch_size], self.tokenizer.pad_token_id)
+        out = torch.empty(n_pairs, 2)
+        for batch in batches():
             batch = move_data_to_device(batch, self.device)
             chosen, rejected = self.reference_sequence_logps(batch).split(batch.num_pairs)
-            out[start : start + batch_size] = torch.stack([chosen, rejected], dim=1).cpu()
+            out[batch.index.cpu()] = torch.stack([chosen, rejected], dim=1).cpu()
         if self.trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(out, path)
-            log.info("reference log-probs for %d pairs cached at %s", len(items), path)
+            log.info("reference log-probs for %d pairs cached at %s", n_pairs, path)
         return out

@@ -24,6 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_align import hardware, losses, models
 from lit_align.data.collate import PreferenceBatch
+from lit_align.data.kinds import RewardKind
 from lit_align.methods.base import FreesAppliedGradients, optimizer_config
 from lit_align.rewards.model import METADATA, reward_scores
 
@@ -63,7 +64,7 @@ class ScoreRegression(RewardLoss):
 class RewardModel(FreesAppliedGradients):
     """A scalar reward head on a sequence classifier, trained on chosen/rejected pairs."""
 
-    data_format = "reward"
+    batch_kind = RewardKind()  # prompt and response as this model's own tokenizer reads them
 
     def __init__(
         self,
@@ -106,7 +107,7 @@ class RewardModel(FreesAppliedGradients):
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None:
-            self.max_length = datamodule.max_length  # exported with the model, so scoring matches training
+            self.max_length = datamodule.max_input_length()  # exported with the model, so scoring matches training
 
     def forward(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         rewards = reward_scores(self.model, batch.input_ids, batch.attention_mask)

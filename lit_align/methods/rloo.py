@@ -21,15 +21,17 @@ are exactly on-policy and no importance ratio or clipping is needed); rewards ar
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_align import losses, ops
+from lit_align import forward, losses, ops
 from lit_align.data.collate import PromptBatch
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.generation import Samples, SamplingParams
+from lit_align.data.kinds import PromptKind
+from lit_align.generation import Samples
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
@@ -42,7 +44,7 @@ def sampling_seed(step: int, batch_idx: int, rank: int) -> int:
 class RLOO(PolicyModule):
     """Online RL with k samples per prompt and leave-one-out advantages."""
 
-    data_format = "prompt"
+    batch_kind = PromptKind()
 
     def __init__(
         self,
@@ -89,10 +91,7 @@ class RLOO(PolicyModule):
         self.kl_estimator, self.kl_in_reward = kl_estimator, kl_in_reward
         self.entropy_coef, self.normalization = entropy_coef, normalization
         self.mask_truncated_completions = mask_truncated_completions
-        self.sampling = SamplingParams(
-            max_new_tokens=self.generation.max_new_tokens, temperature=self.generation.temperature,
-            top_p=self.generation.top_p, n=rloo_k,
-        )
+        self.sampling = dataclasses.replace(self.generation, n=rloo_k)
         self.prompts_seen = self.completions_seen = 0
 
     def configure_model(self) -> None:
@@ -106,7 +105,7 @@ class RLOO(PolicyModule):
         mask = torch.cat([samples.prompt_mask, samples.completion_mask], dim=1)
         labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
                             samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], dim=1)
-        logps, entropy = ops.model_token_logprobs(
+        logps, entropy = forward.model_token_logprobs(
             model, input_ids, mask, labels, ops.position_ids_from_mask(mask), with_entropy=with_entropy,
             temperature=samples.temperature or 1.0,  # greedy samples: the model's own distribution
         )
@@ -118,12 +117,13 @@ class RLOO(PolicyModule):
 
     def _score(self, batch: PromptBatch, samples: Samples) -> torch.Tensor:
         with torch.no_grad():
-            return score_samples(self.reward, batch.records, samples.texts, self.rloo_k)[0].to(self.device)
+            return score_samples(self.reward, batch.records, samples.texts, self.rloo_k, batch.prompts)[0].to(self.device)
 
     def _sharded(self) -> bool:
         return isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # A reward model is not a submodule (it is not trained or sharded): put it on this rank's device.
         self.reward.to(self.device)
 

@@ -29,11 +29,18 @@ class RewardError(ValueError):
     """A reward source returned something unusable (wrong shape, NaN or infinite values)."""
 
 
-def score_samples(reward: Reward, records: list[dict], completions: list[str], n: int) -> tuple[torch.Tensor, list[dict]]:
-    """Score ``n`` completions per record (grouped record by record); returns scores and the expanded records."""
+def score_samples(
+    reward: Reward, records: list[dict], completions: list[str], n: int, prompts: list | None = None
+) -> tuple[torch.Tensor, list[dict]]:
+    """Score ``n`` completions per record (grouped record by record); returns scores and the expanded records.
+
+    ``prompts``: each record's prompt (text or messages) as the data already read it
+    (``PromptBatch.prompts``); when None, they are read from the records again.
+    """
+    if prompts is None:
+        prompts = [prompt_of(r) for r in records]
     expanded = [r for r in records for _ in range(n)]
-    prompts = [prompt_of(r) for r in expanded]
-    return checked_rewards(reward, prompts, completions, expanded), expanded
+    return checked_rewards(reward, [p for p in prompts for _ in range(n)], completions, expanded), expanded
 
 
 def checked_rewards(reward: Reward, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:

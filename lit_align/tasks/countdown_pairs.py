@@ -12,14 +12,9 @@ import random
 import re
 from collections.abc import Iterator
 
-from lit_align.tasks.countdown import (
-    _problem,
-    _wrong_attempt,
-    generate_problems,
-    prompt_text,
-    reasoning_trace,
-    score,
-)
+from lit_align.tasks.countdown.generator import generate_problems
+from lit_align.tasks.countdown.traces import prompt_text, reasoning_trace, wrong_attempt
+from lit_align.tasks.countdown.verifier import read_problem, score
 
 SPOILERS = ("wrong_value", "wrong_number", "no_answer")
 
@@ -35,9 +30,9 @@ def spoil(trace: str, record: dict, how: str, rng: random.Random) -> str | None:
         pick = rng.choice(literals)
         replaced = re.sub(rf"\b{pick}\b", str(int(pick) + rng.randint(1, 9)), answer, count=1)
         return f"{think}<answer>{replaced}</answer>"
-    target, nums = _problem(record)
+    target, nums = read_problem(record)
     for _ in range(40):
-        attempt = _wrong_attempt(rng, nums, target)
+        attempt = wrong_attempt(rng, nums, target)
         if attempt is not None:
             return f"{think}<answer>{attempt[0]}</answer>"
     return None

@@ -5,6 +5,7 @@ import pytest
 
 from lit_align.data.collate import PromptBatch, SFTBatch
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.kinds import PromptKind, SFTKind
 from lit_align.data.sources import DataError, HubDataset, LocalFile
 
 
@@ -19,8 +20,7 @@ def _file(tmp_path, n=10, long_every=0):
 
 
 def _dm(tokenizer, source, **kw):
-    dm = AlignDataModule(source, **kw)
-    dm.tokenizer = tokenizer
+    dm = AlignDataModule(source, **kw).connect(tokenizer, SFTKind())
     dm.setup("fit")
     return dm
 
@@ -57,7 +57,7 @@ def test_over_long_records_are_counted_and_logged(tmp_path, tokenizer, caplog):
 
 def test_prompt_format_left_pads_and_keeps_records(tmp_path, tokenizer):
     dm = AlignDataModule(LocalFile(str(_file(tmp_path, 3))), val=LocalFile(str(_file(tmp_path, 3))))
-    dm.tokenizer, dm.data_format = tokenizer, "prompt"
+    dm.connect(tokenizer, PromptKind())
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
     assert isinstance(batch, PromptBatch) and len(batch.records) == 3

@@ -1,13 +1,15 @@
 """Padding-free SFT packing: same loss tokens, same loss, same gradients as padded batches."""
 
-import lightning as L
 import torch
 
 from lit_align.data.collate import collate_sft, collate_sft_packed, pack_rows
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX, Example
+from lit_align.data.kinds import SFTKind
 from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
+
+from conftest import trainer
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "hello", "world", "good", "bad", "yes", "no"]
 
@@ -72,17 +74,13 @@ def test_packed_and_padded_sft_give_equal_loss_and_gradients():
     assert module.policy.config.use_cache, "the cache switch must be restored after the packed forward"
 
 
-def _trainer(**kw):
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_steps=1, **kw)
-
-
 def _one_step(batch_size: int, accumulate: int, packing: bool) -> dict:
     torch.manual_seed(0)
     module = SFT(model="tiny:causal-lm", optimizer=lambda p: torch.optim.SGD(p, lr=0.5),
                  scheduler=lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, 1.0))
     data = AlignDataModule(InMemory(records(8)), batch_size=batch_size, seed=0, packing=packing, max_length=48)
-    _trainer(accumulate_grad_batches=accumulate).fit(module, data)
+    data.connect(module.tokenizer, module.batch_kind)
+    trainer(max_steps=1, limit_val_batches=0, accumulate_grad_batches=accumulate).fit(module, data)
     # applied gradients are freed at once, not kept alive through the next forward
     assert all(p.grad is None for p in module.policy.parameters())
     return {k: v.clone() for k, v in module.policy.state_dict().items()}
@@ -97,8 +95,7 @@ def test_packed_training_keeps_the_global_batch_token_mean_and_frees_gradients()
 
 
 def test_datamodule_packs_sft_micro_batches_into_rows_of_at_most_max_length(tokenizer):
-    data = AlignDataModule(InMemory(records(8)), batch_size=8, packing=True, max_length=40)
-    data.tokenizer = tokenizer
+    data = AlignDataModule(InMemory(records(8)), batch_size=8, packing=True, max_length=40).connect(tokenizer, SFTKind())
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert batch.position_ids is not None and batch.input_ids.shape[0] < 8 and batch.input_ids.shape[1] <= 40

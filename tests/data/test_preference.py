@@ -4,6 +4,7 @@ import pytest
 
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX
+from lit_align.data.kinds import PreferenceKind
 from lit_align.data.preference import parse_pair, policy_example, reward_example
 from lit_align.data.sources import DataError, LocalFile
 
@@ -71,12 +72,12 @@ def test_reward_inputs_use_the_reward_tokenizer_as_text_pairs():
 
 def test_datamodule_builds_preference_batches_and_counts_truncation(tokenizer, tmp_path, caplog):
     dm = AlignDataModule(LocalFile(str(FIXTURE)), val_fraction=0.25, batch_size=3, max_length=18, truncation="drop")
-    dm.tokenizer, dm.data_format = tokenizer, "preference"
+    dm.connect(tokenizer, PreferenceKind())
     with caplog.at_level("WARNING"):
         dm.setup("fit")
     assert dm.stats["train/over_length"] > 0 and "longer than max_length=18" in caplog.text
     dm = AlignDataModule(LocalFile(str(FIXTURE)), val_fraction=0.25, batch_size=3, max_length=512)
-    dm.tokenizer, dm.data_format = tokenizer, "preference"
+    dm.connect(tokenizer, PreferenceKind())
     dm.setup("fit")
     assert len(dm.train_items) == 9 and len(dm.val_items) == 3
     assert [x.index for x in dm.train_items] == list(range(9))

@@ -1,7 +1,6 @@
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -10,23 +9,20 @@ from lit_align.data.sources import LocalFile
 from lit_align.methods.dpo import DPO, IPO, ConservativeDPO, SigmoidDPO
 from lit_align.models import LoRA
 
+from conftest import trainer
+
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "ultrafeedback_binarized_sample.jsonl")
 
 
-def trainer(**kw):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
-    return L.Trainer(**(defaults | kw))
-
-
-def data(batch_size=4):
-    return AlignDataModule(LocalFile(FIXTURE), val=LocalFile(FIXTURE), batch_size=batch_size, max_length=128)
+def data(module, batch_size=4):
+    dm = AlignDataModule(LocalFile(FIXTURE), val=LocalFile(FIXTURE), batch_size=batch_size, max_length=128)
+    return dm.connect(module.tokenizer, module.batch_kind)
 
 
 @pytest.mark.parametrize("reference, lora", [("copy", None), ("adapter_off", LoRA(r=4, alpha=8, dropout=0.0))])
 def test_first_loss_is_log2_when_policy_equals_reference(reference, lora):
     module = DPO(model="tiny:causal-lm", reference=reference, lora=lora)
-    metrics = trainer().validate(module, data(), verbose=False)[0]
+    metrics = trainer().validate(module, data(module), verbose=False)[0]
     assert metrics["val/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert metrics["val/rewards/margin"] == pytest.approx(0.0, abs=1e-6)
 
@@ -40,7 +36,7 @@ def fit_weights(tmp_path, precompute, steps=4):
     torch.manual_seed(0)
     module = DPO(model="tiny:causal-lm", precompute_reference=precompute, reference_cache_dir=str(tmp_path / "cache"),
                  optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    trainer(max_steps=steps, limit_val_batches=0).fit(module, data())
+    trainer(max_steps=steps, limit_val_batches=0).fit(module, data(module))
     return module
 
 
@@ -63,7 +59,7 @@ def test_dpo_raises_reward_margin_and_accuracy(loss):
     # here must come from the preference objective's own gradient.
     torch.manual_seed(0)
     module = DPO(model="tiny:causal-lm", loss=loss, nll_weight=0.0, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-    dm = data()
+    dm = data(module)
     start = trainer().validate(module, dm, verbose=False)[0]
     trainer(max_steps=15, limit_val_batches=0).fit(module, dm)
     end = trainer().validate(module, dm, verbose=False)[0]
@@ -99,10 +95,9 @@ def test_dropout_is_off_by_default_for_dpo_and_rloo_and_can_be_kept(method):
 
 def test_ipo_averages_log_probs_per_token_by_default():
     """IPO's h from per-token means (the default) or sums, against the formula on the same log-probs."""
-    from lit_align import ops
+    from lit_align import forward, ops
     from lit_align.data.collate import collate_preference
 
-    dm = data(batch_size=4)
     beta = 0.1
     for normalization in ("token_mean", "sum"):
         torch.manual_seed(0)
@@ -111,15 +106,14 @@ def test_ipo_averages_log_probs_per_token_by_default():
         with torch.no_grad():  # move the policy off the reference, so h is not zero
             for p in module.policy.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
-        dm.tokenizer = module.tokenizer
-        dm.data_format = "preference"
+        dm = data(module, batch_size=4)
         dm.setup("fit")
         batch = collate_preference(dm.train_items[:4], module.tokenizer.pad_token_id)
         module.log_dict = lambda *a, **k: None
         loss = module._shared_step(batch, "train")
         with torch.no_grad():
-            pol = ops.model_token_logprobs(module.policy, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
-            ref = ops.model_token_logprobs(module.reference_model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+            pol = forward.model_token_logprobs(module.policy, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+            ref = forward.model_token_logprobs(module.reference_model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
         n = ops.loss_mask(batch.labels).sum(-1)
         if normalization == "token_mean":
             pol, ref = pol / n, ref / n

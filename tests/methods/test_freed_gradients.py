@@ -57,7 +57,7 @@ def test_applied_gradients_are_freed_before_the_next_forward(method):
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_steps=2,
                         accumulate_grad_batches=2, callbacks=[probe])
     module = build()
-    trainer.fit(module, AlignDataModule(InMemory(records(8)), batch_size=2, max_length=64))
+    trainer.fit(module, AlignDataModule(InMemory(records(8)), batch_size=2, max_length=64).connect(module.tokenizer, module.batch_kind))
     # micro-batches 0,1 make step 1 and 2,3 make step 2: gradients live inside a window only
     assert probe.seen == [False, True, False, True]
     assert all(p.grad is None for p in module.parameters())

@@ -1,6 +1,5 @@
 import random
 
-import lightning as L
 import pytest
 import torch
 
@@ -9,6 +8,8 @@ from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.sources import InMemory
 from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
 from lit_align.rewards.model import RewardModelScorer, reward_scores
+
+from conftest import trainer
 
 FILLER = "the quick brown fox jumps over lazy dog hello world".split()
 
@@ -23,17 +24,12 @@ def good_bad_pairs(n, seed):
     return rows
 
 
-def trainer(**kw):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False)
-    return L.Trainer(**(defaults | kw))
-
-
 @pytest.mark.parametrize("backbone", ["tiny:classifier", "tiny:causal-lm"])
 def test_reward_model_learns_held_out_preferences_and_exports(backbone, tmp_path):
     torch.manual_seed(0)
     rm = RewardModel(model=backbone, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     data = AlignDataModule(InMemory(good_bad_pairs(64, 0)), val=InMemory(good_bad_pairs(32, 1)), batch_size=8, max_length=64)
+    data.connect(rm.tokenizer, rm.batch_kind)
     before = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
     trainer(max_steps=40, limit_val_batches=0).fit(rm, data)
     after = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]

@@ -1,6 +1,5 @@
 import math
 
-import lightning as L
 import pytest
 import torch
 
@@ -13,7 +12,7 @@ from lit_align.methods.rloo import RLOO
 from lit_align.models import LoRA
 from lit_align.rewards.base import Reward
 
-from conftest import completion_logits
+from conftest import completion_logits, trainer
 
 
 def test_rloo_advantages_by_hand_for_two_groups_of_three():
@@ -67,12 +66,6 @@ class Prompts:
             yield f"p:{i}", {"prompt": [{"role": "user", "content": "say something"}]}
 
 
-def trainer(**kw):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False, limit_val_batches=0)
-    return L.Trainer(**(defaults | kw))
-
-
 def mean_reward(module, n=32):
     records = list(Prompts(n).records())
     batch = collate_prompts([prompt_ids(r, o, module.tokenizer) for o, r in records], [r for _, r in records], module.tokenizer.pad_token_id)
@@ -87,8 +80,8 @@ def test_rloo_raises_a_trivially_learnable_reward_and_counts_match():
                   optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
     module.configure_model()
     before = mean_reward(module)
-    t = trainer(max_steps=25)
-    t.fit(module, AlignDataModule(Prompts(8 * 25), batch_size=8))
+    t = trainer(max_steps=25, limit_val_batches=0)
+    t.fit(module, AlignDataModule(Prompts(8 * 25), batch_size=8).connect(module.tokenizer, module.batch_kind))
     after = mean_reward(module)
     assert after > before + 0.05, (before, after)
     metrics = t.callback_metrics
@@ -101,11 +94,11 @@ def test_adapter_off_reference_starts_at_zero_kl_and_drifts():
     module = RLOO(model="tiny:causal-lm", reward=TokenShare(), rloo_k=2, reference="adapter_off",
                   lora=LoRA(r=4, alpha=8, dropout=0.0), generation=SamplingParams(max_new_tokens=8),
                   optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
-    t = trainer(max_steps=1)
-    t.fit(module, AlignDataModule(Prompts(4), batch_size=4))
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(module, AlignDataModule(Prompts(4), batch_size=4).connect(module.tokenizer, module.batch_kind))
     assert t.callback_metrics["train/kl"].abs() < 1e-6, "policy == reference before the first step"
-    t = trainer(max_steps=4)
-    t.fit(module, AlignDataModule(Prompts(16), batch_size=4))
+    t = trainer(max_steps=4, limit_val_batches=0)
+    t.fit(module, AlignDataModule(Prompts(16), batch_size=4).connect(module.tokenizer, module.batch_kind))
     assert t.callback_metrics["train/kl"].abs() > 1e-4
 
 
@@ -130,7 +123,7 @@ def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
 
     monkeypatch.setattr(rollout_module, "sample", recording)
     module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, generation=SamplingParams(max_new_tokens=8))
-    trainer(max_steps=1, accumulate_grad_batches=2).fit(module, AlignDataModule(Prompts(2), batch_size=1))
+    trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0).fit(module, AlignDataModule(Prompts(2), batch_size=1).connect(module.tokenizer, module.batch_kind))
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
 
 
@@ -142,8 +135,8 @@ def test_truncated_completions_carry_no_loss_when_masked():
         torch.manual_seed(0)
         module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, mask_truncated_completions=masked,
                       generation=SamplingParams(max_new_tokens=3))
-        t = trainer(max_steps=1)
-        t.fit(module, AlignDataModule(Prompts(4), batch_size=4))
+        t = trainer(max_steps=1, limit_val_batches=0)
+        t.fit(module, AlignDataModule(Prompts(4), batch_size=4).connect(module.tokenizer, module.batch_kind))
         assert t.callback_metrics["train/truncated_share"] == 1.0
         losses_seen[masked] = t.callback_metrics["train/loss"].item()
     assert losses_seen[True] == 0.0 and losses_seen[False] != 0.0

@@ -1,6 +1,5 @@
 import copy
 
-import lightning as L
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -9,6 +8,8 @@ from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
 from lit_align.models import LoRA
+
+from conftest import trainer
 
 WORDS = "the quick brown fox jumps over the lazy dog hello world good bad yes no".split()
 
@@ -21,13 +22,6 @@ def records(n=16):
     ]
 
 
-def trainer(**kw):
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                    use_distributed_sampler=False)
-    return L.Trainer(**(defaults | kw))
-
-
 def sgd(params):
     return torch.optim.SGD(params, lr=0.5)
 
@@ -35,7 +29,7 @@ def sgd(params):
 def one_step_weights(batch_size, accumulate):
     torch.manual_seed(0)
     module = SFT(model="tiny:causal-lm", optimizer=sgd, scheduler=lambda opt: torch.optim.lr_scheduler.ConstantLR(opt, 1.0))
-    data = AlignDataModule(InMemory(records(8)), batch_size=batch_size, seed=0)
+    data = AlignDataModule(InMemory(records(8)), batch_size=batch_size, seed=0).connect(module.tokenizer, module.batch_kind)
     trainer(max_steps=1, accumulate_grad_batches=accumulate, limit_val_batches=0).fit(module, data)
     return {k: v.clone() for k, v in module.policy.state_dict().items()}
 
@@ -55,7 +49,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_sft_lowers_loss_and_changes_weights():
     torch.manual_seed(0)
     module = SFT(model="tiny:causal-lm", optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
-    data = AlignDataModule(InMemory(records(16)), val=InMemory(records(16)), batch_size=8)
+    data = AlignDataModule(InMemory(records(16)), val=InMemory(records(16)), batch_size=8).connect(module.tokenizer, module.batch_kind)
     module.configure_model()
     before = copy.deepcopy(module.policy.state_dict())
     first = trainer().validate(module, data, verbose=False)[0]["val/loss"]
@@ -68,7 +62,7 @@ def test_sft_lowers_loss_and_changes_weights():
 def test_lora_export_loads_back_with_identical_logits(tmp_path):
     torch.manual_seed(0)
     module = SFT(model="tiny:causal-lm", lora=LoRA(r=4, alpha=8, dropout=0.0), optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
-    data = AlignDataModule(InMemory(records(8)), batch_size=4)
+    data = AlignDataModule(InMemory(records(8)), batch_size=4).connect(module.tokenizer, module.batch_kind)
     trainer(max_steps=3, limit_val_batches=0).fit(module, data)
     module.export(tmp_path / "export")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "export")
@@ -100,7 +94,7 @@ def test_gradient_checkpointing_gives_the_same_step():
     def weights(checkpointing):
         torch.manual_seed(0)
         module = SFT(model="tiny:causal-lm", gradient_checkpointing=checkpointing, optimizer=sgd)
-        trainer(max_steps=1, limit_val_batches=0).fit(module, AlignDataModule(InMemory(records(4)), batch_size=4))
+        trainer(max_steps=1, limit_val_batches=0).fit(module, AlignDataModule(InMemory(records(4)), batch_size=4).connect(module.tokenizer, module.batch_kind))
         assert module.policy.is_gradient_checkpointing == checkpointing
         return module.policy.state_dict()
 

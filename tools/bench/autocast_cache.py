@@ -1,8 +1,8 @@
-"""What Lightning's uncached autocast costs a step run as several forwards, and what ``ops.cast_weights_once`` wins back.
+"""What Lightning's uncached autocast costs a step run as several forwards, and what ``forward.cast_weights_once`` wins back.
 
     python tools/bench/autocast_cache.py --threads 1
 
-Forward + backward of ``ops.model_token_logprobs`` on SmolLM2 for 4 rows of 120, 180, 300 and 480
+Forward + backward of ``forward.model_token_logprobs`` on SmolLM2 for 4 rows of 120, 180, 300 and 480
 tokens (regrouped into several forwards on CPU), under bf16 autocast, in three settings, each in its
 own process so that its peak RSS is its own:
 
@@ -30,7 +30,7 @@ SETTINGS = ("uncached", "uncached+cast_once", "cached")
 def measure(setting: str, steps: int, threads: int) -> dict:
     import torch
 
-    from lit_align import models, ops
+    from lit_align import forward, models
 
     torch.set_num_threads(threads)
     name = os.environ.get("LIT_ALIGN_BENCH_POLICY", "embedded:smollm2-135m-instruct")
@@ -46,7 +46,7 @@ def measure(setting: str, steps: int, threads: int) -> dict:
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :40] = -100
     seconds = []
-    no_cast_once = mock.patch.object(ops, "cast_weights_once", lambda device: contextlib.nullcontext())
+    no_cast_once = mock.patch.object(forward, "cast_weights_once", lambda device: contextlib.nullcontext())
     with no_cast_once if setting == "uncached" else contextlib.nullcontext():
         for _ in range(steps):
             seconds.append(_step(model, ids, mask, labels, cached=setting == "cached"))
@@ -57,11 +57,11 @@ def measure(setting: str, steps: int, threads: int) -> dict:
 def _step(model, ids, mask, labels, cached: bool) -> float:
     import torch
 
-    from lit_align import ops
+    from lit_align import forward
 
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cached):
-        logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
+        logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
     (-logps.sum() / 1000).backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - start

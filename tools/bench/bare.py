@@ -1,9 +1,9 @@
 """Bare PyTorch loops of the same maths: the floor that framework overhead is measured against.
 
-Each loop reuses lit_align's pure pieces (collate functions, ``ops``, ``losses``, ``sample``) on the
+Each loop reuses lit_align's pieces (collate functions, ``forward``, ``ops``, ``losses``, ``sample``) on the
 same batches, with the same optimiser (AdamW, fused as in the other contenders) and gradient clipping, and nothing else: no
 Trainer, no callbacks, no logging. The ``logprobs`` method compares the chunked output-head path
-(``ops.model_token_logprobs``) with the naive one that materialises the full-vocabulary logits.
+(``forward.model_token_logprobs``) with the naive one that materialises the full-vocabulary logits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from data import ordered_batches
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lit import word_variety
 
-from lit_align import losses, models, ops
+from lit_align import forward, losses, models, ops
 from lit_align.data.collate import (
     collate_preference,
     collate_prompts,
@@ -62,7 +62,7 @@ def _sft(spec: Spec) -> dict:
 
     def loss_fn(b):
         mask = None if b.position_ids is not None else b.attention_mask
-        logps, _ = ops.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids, **_plain(spec))
+        logps, _ = forward.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids, **_plain(spec))
         return losses.sft_loss(logps, ops.loss_mask(b.labels), b.loss_normalizer)
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
@@ -75,11 +75,11 @@ def _dpo(spec: Spec) -> dict:
     reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
 
     def loss_fn(b):
-        logps = ops.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
+        logps = forward.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         with torch.no_grad():
-            ref = ops.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
+            ref = forward.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         (pc, pr), (rc, rr) = logps.split(b.num_pairs), ref.split(b.num_pairs)
-        return losses.dpo_loss(pc, pr, rc, rr, beta=0.1)
+        return losses.dpo_loss(pc, pr, rc, rr, beta=0.1).loss
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
 
@@ -101,14 +101,14 @@ def _completion_logps(model, samples, unpad: bool = True) -> torch.Tensor:
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
     labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
                         samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], 1)
-    logps, _ = ops.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask), unpad=unpad)
+    logps, _ = forward.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask), unpad=unpad)
     return logps[:, samples.prompt_ids.size(1) - 1 :]
 
 
 def _rloo(spec: Spec) -> dict:
     s = spec.settings
     dm, batches = ordered_batches(spec)
-    prompt_batches = [collate_prompts([p for p, _ in b], [r for _, r in b], dm.tokenizer.pad_token_id) for b in batches]
+    prompt_batches = [collate_prompts([p.input_ids for p in b], [p.record for p in b], dm.tokenizer.pad_token_id) for b in batches]
     model = models.load_causal_lm(POLICY).to(spec.settings.device).train()
     reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
     params = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0, n=s.rloo_k)
@@ -144,7 +144,7 @@ def _logprobs(spec: Spec) -> dict:
     for _ in range(s.steps_total()):
         with autocast(s):
             if spec.contender == "chunked":
-                logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
+                logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
             else:
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 logps = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)

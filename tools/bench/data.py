@@ -17,6 +17,7 @@ from common import POLICY, RM_BACKBONE, Settings, Spec
 
 from lit_align import models
 from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.kinds import PreferenceKind, PromptKind, RewardKind, SFTKind
 from lit_align.data.sources import LocalFile
 
 # A small fixed vocabulary of plain English words; texts are random draws from it, so token counts
@@ -71,25 +72,24 @@ def write_data(s: Settings, folder: Path) -> Path:
     return folder
 
 
-# method -> (file, data format, tokenizer, batch size field, max length field)
+# method -> (file, batch kind, tokenizer, batch size field, max length field)
 LAYOUT = {
-    "sft": ("sft", "sft", POLICY, "sft_batch", "sft_max_length"),
-    "logprobs": ("sft", "sft", POLICY, "logprobs_batch", "sft_max_length"),
-    "dpo": ("preference", "preference", POLICY, "dpo_batch", "dpo_max_length"),
-    "rm": ("preference", "reward", RM_BACKBONE, "rm_batch", "rm_max_length"),
-    "rloo": ("prompt", "prompt", POLICY, "rloo_batch", "sft_max_length"),
+    "sft": ("sft", SFTKind(), POLICY, "sft_batch", "sft_max_length"),
+    "logprobs": ("sft", SFTKind(), POLICY, "logprobs_batch", "sft_max_length"),
+    "dpo": ("preference", PreferenceKind(), POLICY, "dpo_batch", "dpo_max_length"),
+    "rm": ("preference", RewardKind(), RM_BACKBONE, "rm_batch", "rm_max_length"),
+    "rloo": ("prompt", PromptKind(), POLICY, "rloo_batch", "sft_max_length"),
 }
 
 
 def datamodule(spec: Spec, packing: bool = False) -> AlignDataModule:
     """lit_align's data module for ``spec.method``, set up with just the examples the run needs."""
-    file, data_format, tokenizer, batch_key, length_key = LAYOUT[spec.method]
+    file, batch_kind, tokenizer, batch_key, length_key = LAYOUT[spec.method]
     s = spec.settings
     batch = getattr(s, batch_key)
     dm = AlignDataModule(LocalFile(str(Path(spec.data_dir) / f"{file}.jsonl")), max_length=getattr(s, length_key),
                          batch_size=batch, seed=s.seed, limit=s.examples_needed(batch), packing=packing)
-    dm.tokenizer, dm.data_format = models.load_tokenizer(tokenizer), data_format
-    return dm
+    return dm.connect(models.load_tokenizer(tokenizer), batch_kind)
 
 
 def ordered_batches(spec: Spec) -> tuple[AlignDataModule, list[list]]:

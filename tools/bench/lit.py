@@ -55,8 +55,13 @@ def _module(spec: Spec):
         return RewardModel(model=RM_BACKBONE, **common)
     if spec.method == "rloo":
         sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
+        rollout = None
+        if spec.contender.endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
+            from lit_align.rollout import VLLM
+
+            rollout = VLLM(dtype="float32", enforce_eager=True, max_model_len=1024)
         return RLOO(model=POLICY, reward=WordVariety(), rloo_k=s.rloo_k, kl_coef=s.kl_coef, reference="copy",
-                    generation=sampling, **common)
+                    generation=sampling, **({"rollout": rollout} if rollout else {}), **common)
     raise ValueError(spec.method)
 
 
@@ -65,7 +70,7 @@ def run(spec: Spec) -> dict:
     torch.manual_seed(s.seed)
     module = _module(spec)
     data = datamodule(spec, packing=spec.contender.endswith("+packing"))
-    data.tokenizer = None  # the Trainer lends the module's tokenizer, as in a CLI run
+    data.connect(module.tokenizer, module.batch_kind)  # the method's own tokenizer, as in a CLI run
     clock = StepClock()
     rows = s.rloo_batch * s.rloo_k if spec.method == "rloo" else 0
     trainer = L.Trainer(accelerator=s.device, devices=1, precision=s.precision, max_steps=s.steps_total(), logger=False,

@@ -1,6 +1,10 @@
 import torch
 
-from lit_align import models, ops, tiny
+import math
+
+from oracles import token_entropy, token_logprobs
+
+from lit_align import forward, models, ops, tiny
 from lit_align.data.formats import IGNORE_INDEX
 
 
@@ -20,9 +24,9 @@ def test_chunked_head_logprobs_equal_the_plain_path_with_lora_and_gradients():
     ids, mask, labels = _inputs()
     pos = ops.position_ids_from_mask(mask)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-    plain = ops.token_logprobs(logits, labels)
-    entropy_plain = ops.token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
-    fused, entropy = ops.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=7, with_entropy=True)
+    plain = token_logprobs(logits, labels)
+    entropy_plain = token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
+    fused, entropy = forward.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=7, with_entropy=True)
     assert torch.allclose(plain, fused, atol=1e-5) and torch.allclose(entropy, entropy_plain, atol=1e-5)
     grads = []
     for value in (plain, fused):
@@ -30,6 +34,16 @@ def test_chunked_head_logprobs_equal_the_plain_path_with_lora_and_gradients():
         value.sum().backward(retain_graph=True)
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads))
+
+
+def test_the_oracle_matches_hand_values_and_is_zero_where_ignored():
+    # One row, vocab 2. Position 0 predicts the token at 1, position 1 the token at 2.
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0], [5.0, 5.0]]])
+    labels = torch.tensor([[IGNORE_INDEX, 1, 0]])
+    # log p(1 | uniform) = log 1/2; log p(0 | logits [log 3, 0]) = log 3/4
+    assert torch.allclose(token_logprobs(logits, labels), torch.tensor([[math.log(0.5), math.log(0.75)]]), atol=1e-6)
+    labels = torch.tensor([[0, IGNORE_INDEX, IGNORE_INDEX]])
+    assert token_logprobs(logits, labels).abs().sum() == 0
 
 
 def _ragged(seed: int = 1):
@@ -59,15 +73,15 @@ def test_unpadded_regrouped_logprobs_equal_full_logits_values_entropies_and_grad
     ids, mask, labels = _ragged()
     for pos in (None, ops.position_ids_from_mask(mask)):  # default positions (SFT, DPO) and RLOO's
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        plain = ops.token_logprobs(logits, labels)
-        entropy_plain = ops.token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
+        plain = token_logprobs(logits, labels)
+        entropy_plain = token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
         for overhead in (0, 16, 10_000):  # one row per group, some groups, one group of cut rows
-            fast, entropy = ops.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=5,
-                                                     with_entropy=True, group_overhead=overhead)
+            fast, entropy = forward.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=5,
+                                                         with_entropy=True, group_overhead=overhead)
             assert (fast == 0).equal(plain == 0)
             assert torch.allclose(plain, fast, atol=1e-5) and torch.allclose(entropy, entropy_plain, atol=1e-5)
             assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_grads(model, plain), _grads(model, fast)))
-        dense, _ = ops.model_token_logprobs(model, ids, mask, labels, pos, unpad=False)
+        dense, _ = forward.model_token_logprobs(model, ids, mask, labels, pos, unpad=False)
         assert torch.allclose(plain, dense, atol=1e-5)
 
 
@@ -78,7 +92,7 @@ def test_unpadding_actually_cuts_the_work():
     ids, mask, labels = _ragged()
     seen = []
     handle = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
-    ops.model_token_logprobs(model, ids, mask, labels, group_overhead=0)
+    forward.model_token_logprobs(model, ids, mask, labels, group_overhead=0)
     handle.remove()
     assert sum(seen) == int(mask.sum()) < ids.numel()
 
@@ -86,7 +100,7 @@ def test_unpadding_actually_cuts_the_work():
 def test_row_group_plan_is_the_cheapest_partition():
     lengths = [3, 50, 7, 48, 20, 5]
     for overhead in (0, 10, 40, 1000):
-        groups = ops.plan_row_groups(lengths, overhead)
+        groups = forward.plan_row_groups(lengths, overhead)
         assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
         cost = sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
         # brute force over the cut points of the sorted rows
@@ -97,7 +111,7 @@ def test_row_group_plan_is_the_cheapest_partition():
             for cuts in __import__("itertools").combinations(range(1, len(order)), n)
         )
         assert cost == best
-    assert ops.plan_row_groups(lengths, 0) == [[i] for i in sorted(range(6), key=lambda i: lengths[i])]
+    assert forward.plan_row_groups(lengths, 0) == [[i] for i in sorted(range(6), key=lambda i: lengths[i])]
 
 
 def test_no_labelled_position_still_backpropagates_zero():
@@ -105,7 +119,7 @@ def test_no_labelled_position_still_backpropagates_zero():
     model = tiny.tiny_causal_lm(tok)
     ids, mask, _ = _ragged()
     labels = torch.full_like(ids, IGNORE_INDEX)
-    logps, _ = ops.model_token_logprobs(model, ids, mask, labels)
+    logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
     assert logps.abs().sum() == 0
     logps.sum().backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
