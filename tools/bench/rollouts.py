@@ -46,6 +46,11 @@ CONFIGS = ROOT / "configs"
 
 
 EAGER = True  # --compiled sets it to False
+PRECISION = "32-true"  # --precision; vLLM's weights follow it (bfloat16 under bf16-mixed)
+
+
+def _vllm_dtype() -> str:
+    return "bfloat16" if PRECISION.startswith("bf16") else "float32"
 
 
 def _engine(kind: str, kv_gib: int):
@@ -55,7 +60,8 @@ def _engine(kind: str, kv_gib: int):
 
 def _vllm_args(kv_gib: int) -> list[str]:
     return ["--config", str(CONFIGS / "rollout" / "vllm.yaml"), "--model.init_args.rollout.init_args.cpu_kv_cache_gib",
-            str(kv_gib), "--model.init_args.rollout.init_args.enforce_eager", str(EAGER).lower()]
+            str(kv_gib), "--model.init_args.rollout.init_args.enforce_eager", str(EAGER).lower(),
+            "--model.init_args.rollout.init_args.dtype", _vllm_dtype()]
 
 
 def sampling(repeats: int, kv_gib: int) -> list[dict]:
@@ -81,8 +87,23 @@ def sampling(repeats: int, kv_gib: int) -> list[dict]:
 
 
 class StepTimes(L.Callback):
+    """Seconds per optimiser step, and within it the seconds spent sampling and the tokens sampled."""
+
     def __init__(self):
-        self.times, self._t = [], None
+        self.times, self.sampling, self.tokens, self._t = [], [], [], None
+
+    def on_fit_start(self, trainer, module):
+        engine, timer = module.rollout, self
+        inner = engine.sample
+
+        def timed_sample(*args, **kwargs):
+            t = time.perf_counter()
+            out = inner(*args, **kwargs)
+            timer.sampling.append(time.perf_counter() - t)
+            timer.tokens.append(int(out.completion_mask.sum()))
+            return out
+
+        engine.sample = timed_sample
 
     def on_train_batch_start(self, *args):
         self._t = time.perf_counter()
@@ -100,10 +121,13 @@ def main() -> None:
     parser.add_argument("--kv-gib", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compiled", action="store_true", help="vLLM compiled (enforce_eager false) instead of eager")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                        help="trainer precision of the rloo part (vLLM's weights follow: bfloat16 under bf16-mixed)")
+    parser.add_argument("--engines", nargs="*", default=["hf", "vllm"], help="engines of the rloo part")
     parser.add_argument("--out", default="outputs/bench/rollouts")
     args = parser.parse_args()
-    global EAGER
-    EAGER = not args.compiled
+    global EAGER, PRECISION
+    EAGER, PRECISION = not args.compiled, args.precision
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +135,7 @@ def main() -> None:
     if "sampling" in args.parts:
         rows += sampling(args.repeats, args.kv_gib)
     if "rloo" in args.parts:
-        rows += rloo_steps(args.rloo_steps, args.kv_gib, out)
+        rows += rloo_steps(args.rloo_steps, args.kv_gib, out, args.engines)
     if "best_of_n" in args.parts:
         rows += best_of_n(args.bon_problems, args.kv_gib, out)
     with (out / "results.jsonl").open("a") as f:
@@ -120,8 +144,8 @@ def main() -> None:
     report(rows)
 
 
-def _fit_with_timer(config_args: list[str]) -> list[float]:
-    """Run a fit through the CLI with a step timer added; the per-step seconds."""
+def _fit_with_timer(config_args: list[str]) -> StepTimes:
+    """Run a fit through the CLI with a step timer added."""
     from lit_align.cli import AlignCLI
 
     timer = StepTimes()
@@ -134,19 +158,29 @@ def _fit_with_timer(config_args: list[str]) -> list[float]:
 
     TimedCLI(L.LightningModule, AlignDataModule, subclass_mode_model=True, trainer_defaults={"use_distributed_sampler": False},
              save_config_kwargs={"overwrite": True}, args=config_args)
-    return timer.times
+    return timer
 
 
-def rloo_steps(steps: int, kv_gib: int, folder: Path) -> list[dict]:
+def rloo_steps(steps: int, kv_gib: int, folder: Path, engines=("hf", "vllm")) -> list[dict]:
+    """Per step: its seconds, the seconds sampling, and the completion tokens sampled. Sampled lengths
+    differ between engines (different random streams), so the rest of the step (scoring, loss pass,
+    optimiser, weight sync) is also reported per sampled token."""
     rows = []
-    for kind in ("hf", "vllm"):
+    for kind in engines:
         extra = _vllm_args(kv_gib) if kind == "vllm" else []
-        times = _fit_with_timer(["fit", "--config", str(CONFIGS / "rloo" / "countdown_embedded.yaml"), *extra,
+        timer = _fit_with_timer(["fit", "--config", str(CONFIGS / "rloo" / "countdown_embedded.yaml"), *extra,
                                  "--model.init_args.model", POLICY, "--trainer.max_steps", str(steps),
+                                 "--trainer.precision", PRECISION,
                                  "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
                                  "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(folder / kind)])
-        rows.append({"part": "rloo", "engine": kind, "step_seconds": times,
-                     "median_after_first_s": statistics.median(times[1:]) if len(times) > 1 else times[0]})
+        times = timer.times
+        after = slice(1, None) if len(times) > 1 else slice(None)
+        rows.append({"part": "rloo", "engine": kind, "precision": PRECISION, "eager": EAGER, "step_seconds": times,
+                     "sampling_seconds": timer.sampling, "tokens": timer.tokens,
+                     "median_after_first_s": statistics.median(times[after]),
+                     "median_sampling_after_first_s": statistics.median(timer.sampling[after]),
+                     "median_rest_after_first_s": statistics.median(
+                         [t - s for t, s in zip(times[after], timer.sampling[after])])})
     return rows
 
 
@@ -173,7 +207,10 @@ def report(rows: list[dict]) -> None:
     hf, vl = by("rloo", "hf"), by("rloo", "vllm")
     if hf and vl:
         a, b = hf[0]["median_after_first_s"], vl[0]["median_after_first_s"]
-        print(f"rloo s/step (after the first): hf {a:.1f}, vllm {b:.1f}, ratio {b / a:.2f}")
+        print(f"rloo s/step (after the first, {hf[0]['precision']}): hf {a:.1f}, vllm {b:.1f}, ratio {b / a:.2f}")
+        for r in (hf[0], vl[0]):
+            print(f"  {r['engine']}: sampling {r['median_sampling_after_first_s']:.1f} s, rest "
+                  f"{r['median_rest_after_first_s']:.1f} s, tokens per step {r['tokens']}")
     hf, vl = by("best_of_n", "hf"), by("best_of_n", "vllm")
     if hf and vl:
         a, b = hf[0]["wall_s"], vl[0]["wall_s"]

@@ -34,6 +34,8 @@ CONTENDERS = {
     "rloo": ["lit_align", "trl", "bare"],
     "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
 }
+# --vllm: RLOO with each side's colocated vLLM engine (run from the vLLM environment, with TRL added)
+VLLM_CONTENDERS = {"rloo": ["lit_align+vllm", "trl+vllm"]}
 # --ablations: the bare loop with one optimisation switched off, to show what each buys (time ÷ bare)
 ABLATIONS = {
     "sft": ["bare+no_unpad"],
@@ -43,8 +45,9 @@ ABLATIONS = {
 }
 
 
-def contenders(method: str, ablations: bool) -> list[str]:
-    return CONTENDERS[method] + (ABLATIONS.get(method, []) if ablations else [])
+def contenders(method: str, ablations: bool, vllm: bool = False) -> list[str]:
+    return (CONTENDERS[method] + (VLLM_CONTENDERS.get(method, []) if vllm else [])
+            + (ABLATIONS.get(method, []) if ablations else []))
 
 
 def child_env(threads: int) -> dict:
@@ -86,6 +89,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["sft", "rm", "dpo", "rloo", "logprobs"], choices=list(CONTENDERS))
     p.add_argument("--contenders", nargs="+", help="only these contenders (default: all of each method)")
     p.add_argument("--ablations", action="store_true", help="also the bare loop with each optimisation off")
+    p.add_argument("--vllm", action="store_true", help="also RLOO with vLLM rollouts on both sides (vLLM environment)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1800, help="seconds before one run is killed")
     p.add_argument("--out", type=Path, default=Path("outputs/bench"))
@@ -114,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; busy: {info['busy'] or 'no'}", file=sys.stderr)
     for repeat in range(args.repeats):
         for method in args.methods:
-            for contender in contenders(method, args.ablations):
+            for contender in contenders(method, args.ablations, args.vllm):
                 if (args.contenders and contender not in args.contenders) or (method, contender, repeat) in done:
                     continue
                 spec = Spec(method, contender, settings, str(data_dir))
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
 def write_report(runs: list[dict], methods: list[str], header: dict, out: Path) -> dict:
     """Aggregate the runs into the table; write results.json and results.md under ``out``; print the table."""
     table = {m: {c: aggregate([r for r in runs if r["method"] == m and r["contender"] == c])
-                 for c in contenders(m, True) if any(r["method"] == m and r["contender"] == c for r in runs)}
+                 for c in contenders(m, True, True) if any(r["method"] == m and r["contender"] == c for r in runs)}
              for m in methods}
     table = with_ratios(table, runs)
     report = header | {"table": table, "runs": runs, "busy_during_runs": sorted({b for r in runs for b in r["busy"]})}

@@ -116,6 +116,15 @@ def _dpo(spec: Spec, out: str):
                            train_dataset=Dataset.from_dict(rows), processing_class=models.load_tokenizer(POLICY))
 
 
+def _vllm_args() -> dict:
+    """TRL's colocated vLLM (the engine in the training process), sized as lit_align's engine is."""
+    import os
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    return {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.25,
+            "vllm_enable_sleep_mode": False}
+
+
 def _rloo(spec: Spec, out: str, generated: list[int]):
     from trl import RLOOConfig, RLOOTrainer
 
@@ -130,7 +139,8 @@ def _rloo(spec: Spec, out: str, generated: list[int]):
 
     args = RLOOConfig(**_common_args(spec, s.rloo_batch * s.rloo_k, out), num_generations=s.rloo_k,
                       max_completion_length=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                      beta=s.kl_coef, shuffle_dataset=False, disable_dropout=False)
+                      beta=s.kl_coef, shuffle_dataset=False, disable_dropout=False,
+                      **(_vllm_args() if spec.contender.endswith("+vllm") else {}))
     return RLOOTrainer(model=models.load_causal_lm(POLICY), reward_funcs=reward, args=args,
                        train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=models.load_tokenizer(POLICY))
 
