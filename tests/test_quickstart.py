@@ -22,6 +22,7 @@ def test_quickstart_improves_countdown_and_exports(tmp_path):
     assert "before training: mean verifier score" in run.stdout and "after training" in run.stdout
     figures = json.loads((tmp_path / "outputs/quickstart/countdown_eval.json").read_text())
     assert figures["after"]["score"] > figures["before"]["score"], figures
+    assert figures["after"]["against_before"]["score_interval_clears_before"], figures["after"]["against_before"]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -8,34 +8,71 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_align.data.collate import collate_prompts
-from lit_align.data.formats import prompt_ids
 from lit_align.data.sources import Source
+from lit_align.evaluation.scoring import sample_and_score
+from lit_align.evaluation.stats import Comparison, Estimate, compare, mean_estimate, proportion_estimate
 from lit_align.generation import SamplingParams
 from lit_align.rollout import HFGenerate, RolloutEngine
-from lit_align.rewards.base import Reward, score_samples
+from lit_align.rewards.base import Reward
 
 
 def evaluate_with_verifier(
     model, tokenizer, records: list[tuple[str, dict]], verifier: Reward, params: SamplingParams, batch_size: int = 16,
     engine: RolloutEngine | None = None,
 ) -> dict:
-    """Mean verifier score and exact accuracy (share of completions scoring 1.0) over ``records``;
-    ``engine`` draws the completions (default: Hugging Face generate on ``model``)."""
-    engine = engine or HFGenerate()
-    device = next(model.parameters()).device
+    """Mean verifier score and exact accuracy (share of completions scoring 1.0) over ``records``, each
+    with its 95 % interval over problems; ``engine`` draws the completions (default: Hugging Face
+    generate on ``model``).
+
+    Returns ``score`` and ``accuracy`` (means over all completions), ``score_interval`` (percentile
+    bootstrap over problems) and ``accuracy_interval`` (Wilson with one completion per problem, the
+    bootstrap otherwise), as ``[low, high]``, and the per-problem figures they come from
+    (``problem_scores``, ``problem_correct``: means over each problem's ``params.n`` completions, in
+    record order), which a paired comparison of two stages needs.
+    """
     scores = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in chunk], [r for _, r in chunk], tokenizer.pad_token_id)
-        out = engine.sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params, seed=start)
-        scores.extend(score_samples(verifier, batch.records, out.texts, params.n)[0].tolist())
-    scores_t = torch.tensor(scores, dtype=torch.float64)
+    for _, _, batch_scores in sample_and_score(engine or HFGenerate(), model, tokenizer, records, verifier, params,
+                                               batch_size):
+        scores.extend(batch_scores.tolist())
+    per_problem = torch.tensor(scores, dtype=torch.float64).view(len(records), params.n)
+    problem_scores = per_problem.mean(dim=1)
+    problem_correct = (per_problem == 1.0).double().mean(dim=1)
+    score_est, accuracy_est = _estimates(problem_scores.tolist(), problem_correct.tolist(), params.n)
     return {
-        "score": float(scores_t.mean()),
-        "accuracy": float((scores_t == 1.0).double().mean()),
+        "score": float(per_problem.mean()),
+        "accuracy": float((per_problem == 1.0).double().mean()),
         "num_completions": len(scores),
+        "num_problems": len(records),
+        "score_interval": [score_est.low, score_est.high],
+        "accuracy_interval": [accuracy_est.low, accuracy_est.high],
+        "problem_scores": problem_scores.tolist(),
+        "problem_correct": problem_correct.tolist(),
     }
+
+
+def _estimates(problem_scores: list[float], problem_correct: list[float], n: int) -> tuple[Estimate, Estimate]:
+    score = mean_estimate(problem_scores)
+    if n == 1:  # one completion per problem: accuracy is a proportion of 0/1 outcomes
+        accuracy = proportion_estimate(round(sum(problem_correct)), len(problem_correct))
+    else:
+        accuracy = mean_estimate(problem_correct)
+    return score, accuracy
+
+
+def describe(result: dict) -> tuple[Estimate, Estimate]:
+    """The score and accuracy of an ``evaluate_with_verifier`` result as ``Estimate`` s, for printing."""
+    n = result["num_completions"] // max(result.get("num_problems", result["num_completions"]), 1)
+    return _estimates(result["problem_scores"], result["problem_correct"], n)
+
+
+def compare_results(before: dict, after: dict) -> tuple[Comparison, Comparison]:
+    """After minus before on the same problems: the score by paired bootstrap, exact accuracy by
+    McNemar's exact test (0/1 outcomes) or the paired bootstrap (several completions per problem)."""
+    if before["num_problems"] != after["num_problems"]:
+        raise ValueError("before and after were measured on different numbers of problems; they cannot be paired")
+    return (compare(before["problem_scores"], after["problem_scores"], test="bootstrap",
+                    label="verifier score, after - before"),
+            compare(before["problem_correct"], after["problem_correct"], label="exact accuracy, after - before"))
 
 
 class VerifierEval(L.Callback):
@@ -77,14 +114,23 @@ class VerifierEval(L.Callback):
             getattr(pl_module, "rollout", None),
         )
         self.results[stage] = result
+        score, accuracy = describe(result)
+        lines = [f"[lit_align] {stage} training: mean verifier score {score}, exact accuracy {accuracy} "
+                 f"on {result['num_problems']} held-out problems (95 % intervals over problems)"]
+        if stage == "after" and "before" in self.results:
+            before_score, _ = describe(self.results["before"])
+            comparisons = compare_results(self.results["before"], result)
+            lines += [f"[lit_align] {c}" for c in comparisons]
+            result["against_before"] = {"score_interval_clears_before": score.clears(before_score),
+                                        "score": comparisons[0].to_dict(), "accuracy": comparisons[1].to_dict()}
+            lines.append(f"[lit_align] the score's after-interval lies above its before-interval: "
+                         f"{'yes' if score.clears(before_score) else 'no'}")
         if trainer.is_global_zero:
-            print(
-                f"[lit_align] {stage} training: mean verifier score {result['score']:.3f}, "
-                f"exact accuracy {result['accuracy']:.3f} on {result['num_completions']} held-out prompts"
-            )
-        for key in ("score", "accuracy"):
+            print("\n".join(lines))
+        for key, estimate in (("score", score), ("accuracy", accuracy)):
             for logger in trainer.loggers:
-                logger.log_metrics({f"eval/{stage}_{key}": result[key]}, step=trainer.global_step)
+                logger.log_metrics({f"eval/{stage}_{key}": result[key], f"eval/{stage}_{key}_low": estimate.low,
+                                    f"eval/{stage}_{key}_high": estimate.high}, step=trainer.global_step)
         if self.output and trainer.is_global_zero:
             Path(self.output).parent.mkdir(parents=True, exist_ok=True)
             Path(self.output).write_text(json.dumps(self.results, indent=2))

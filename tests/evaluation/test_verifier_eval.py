@@ -1,0 +1,61 @@
+"""The verifier evaluation's per-problem figures and intervals, on a tiny model with a scripted verifier."""
+
+import pytest
+import torch
+
+from lit_align.evaluation.stats import wilson_interval
+from lit_align.evaluation.verifier import compare_results, describe, evaluate_with_verifier
+from lit_align.generation import SamplingParams
+from lit_align.rewards.base import Reward
+
+
+class Scripted(Reward):
+    """Hands out the given scores in order, whatever the completions say."""
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def __call__(self, prompts, completions, records):
+        out, self.scores = self.scores[: len(completions)], self.scores[len(completions):]
+        return torch.tensor(out)
+
+
+def _records(count):
+    return [("test", {"prompt": f"Question {i}?"}) for i in range(count)]
+
+
+def test_one_completion_per_problem_gives_wilson_accuracy_and_problem_order(tiny_lm, tokenizer):
+    scores = [1.0, 0.1, 0.0, 1.0, 0.1]
+    params = SamplingParams(max_new_tokens=3, temperature=0.0)
+    result = evaluate_with_verifier(tiny_lm, tokenizer, _records(5), Scripted(scores), params, batch_size=2)
+    assert result["problem_scores"] == pytest.approx(scores)  # record order kept across batches
+    assert result["problem_correct"] == [1.0, 0.0, 0.0, 1.0, 0.0]
+    assert result["score"] == pytest.approx(2.2 / 5) and result["accuracy"] == pytest.approx(2 / 5)
+    assert result["accuracy_interval"] == pytest.approx(list(wilson_interval(2, 5)))
+    low, high = result["score_interval"]
+    assert 0.0 <= low < 2.2 / 5 < high <= 1.0
+    score, accuracy = describe(result)
+    assert accuracy.method == "Wilson" and score.method == "bootstrap" and score.n == 5
+
+
+def test_several_completions_average_within_each_problem(tiny_lm, tokenizer):
+    # two problems, three completions each: problem 0 scores (1, 1, 0.1), problem 1 (0, 0.1, 1)
+    params = SamplingParams(max_new_tokens=3, temperature=1.0, n=3)
+    result = evaluate_with_verifier(tiny_lm, tokenizer, _records(2), Scripted([1, 1, 0.1, 0, 0.1, 1]), params)
+    assert result["problem_scores"] == pytest.approx([2.1 / 3, 1.1 / 3])
+    assert result["problem_correct"] == pytest.approx([2 / 3, 1 / 3])
+    assert result["num_problems"] == 2 and result["num_completions"] == 6
+    assert describe(result)[1].method == "bootstrap"  # shares, not 0/1 outcomes
+
+
+def test_before_and_after_are_compared_problem_by_problem():
+    before = {"num_completions": 4, "num_problems": 4, "problem_scores": [0.0, 0.1, 0.0, 1.0],
+              "problem_correct": [0.0, 0.0, 0.0, 1.0]}
+    after = {"num_completions": 4, "num_problems": 4, "problem_scores": [1.0, 1.0, 0.1, 0.1],
+             "problem_correct": [1.0, 1.0, 0.0, 0.0]}
+    score, accuracy = compare_results(before, after)
+    assert score.diff == pytest.approx((2.2 - 1.1) / 4) and score.test == "paired bootstrap"
+    assert accuracy.test == "McNemar exact" and (accuracy.gained, accuracy.lost) == (2, 1)
+    assert accuracy.p_value == pytest.approx(1.0)  # 2 against 1 discordant: two-sided exact p = 1
+    with pytest.raises(ValueError, match="different numbers of problems"):
+        compare_results(before, {**after, "num_problems": 3})
