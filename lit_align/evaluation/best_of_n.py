@@ -11,6 +11,12 @@ For each held-out prompt the policy samples ``max(n_values)`` completions once; 
 is the verifier itself (an oracle, as in the study's external-verifier setup) or any other reward
 source such as a reward model. Majority vote compares the text inside the last <answer> tag with
 whitespace removed; completions without one do not vote.
+
+Each figure is an average over prompts and is reported with a 95 % interval over prompts: Wilson for
+best-of-N and majority@N (a 0/1 outcome per prompt), the percentile bootstrap for pass@N (a value in
+[0, 1] per prompt). ``best_of_n_per_problem.csv`` keeps the per-prompt outcomes behind every row, so
+two values of N (or two runs on the same prompts) can be compared with a paired test offline, e.g.
+``lit_align.evaluation.stats.compare`` on two of its columns.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ import torch
 
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
+from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
 log = logging.getLogger(__name__)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# best_of_n.csv: one row per N, each figure followed by the ends of its 95 % interval over prompts
+CSV_COLUMNS = ("n", "best_of_n", "best_of_n_low", "best_of_n_high", "pass_at_n", "pass_at_n_low", "pass_at_n_high",
+               "majority_at_n", "majority_at_n_low", "majority_at_n_high")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -45,14 +55,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def best_of_n_hits(correct: torch.Tensor, selector: torch.Tensor, n: int) -> torch.Tensor:
+    """Per prompt, whether the selector-best completion among the first n is correct. Shapes (P, N) -> (P,).
+
+    >>> best_of_n_hits(torch.tensor([[0, 1], [1, 0]]).bool(), torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 1).tolist()
+    [False, True]
+    """
+    pick = selector[:, :n].argmax(dim=1)  # argmax returns the first maximum, so ties go to the earliest
+    return correct[torch.arange(correct.size(0)), pick]
+
+
 def best_of_n(correct: torch.Tensor, selector: torch.Tensor, n: int) -> float:
     """Share of prompts whose selector-best completion among the first n is correct. Shapes (P, N).
 
     >>> best_of_n(torch.tensor([[0, 1], [1, 0]]).bool(), torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 2)
     1.0
     """
-    pick = selector[:, :n].argmax(dim=1)  # argmax returns the first maximum, so ties go to the earliest
-    return correct[torch.arange(correct.size(0)), pick].float().mean().item()
+    return best_of_n_hits(correct, selector, n).float().mean().item()
 
 
 def answer_key(completion: str) -> str | None:
@@ -60,16 +79,28 @@ def answer_key(completion: str) -> str | None:
     return re.sub(r"\s+", "", found[-1]) if found else None
 
 
-def majority_at_n(keys: list[list[str | None]], correct: torch.Tensor, n: int) -> float:
-    """Share of prompts whose most frequent answer among the first n samples is correct."""
-    hits = 0
+def majority_hits(keys: list[list[str | None]], correct: torch.Tensor, n: int) -> list[int]:
+    """Per prompt, 1 if the most frequent answer among the first n samples is correct, else 0
+    (0 also when none of them has an answer)."""
+    hits = []
     for p, row in enumerate(keys):
         votes = Counter(k for k in row[:n] if k is not None)
+        hit = 0
         if votes:
             top = max(votes.values())
             winner = next(k for k in row[:n] if k is not None and votes[k] == top)
-            hits += bool(correct[p, row.index(winner)])
-    return hits / max(1, len(keys))
+            hit = int(bool(correct[p, row.index(winner)]))
+        hits.append(hit)
+    return hits
+
+
+def majority_at_n(keys: list[list[str | None]], correct: torch.Tensor, n: int) -> float:
+    """Share of prompts whose most frequent answer among the first n samples is correct."""
+    return sum(majority_hits(keys, correct, n)) / max(1, len(keys))
+
+
+def _with_interval(row: dict, key: str, estimate: Estimate) -> None:
+    row[f"{key}_low"], row[f"{key}_high"] = estimate.low, estimate.high
 
 
 class BestOfN(PolicyModule):
@@ -93,7 +124,8 @@ class BestOfN(PolicyModule):
             selector: picks the best of N (e.g. a RewardModelScorer); None: the verifier itself.
             n_values: sample counts to report; max(n_values) completions are sampled per prompt.
             correct_threshold: a verifier score at or above this counts as correct.
-            output_dir: where best_of_n.csv, best_of_n.md and best_of_n.png are written.
+            output_dir: where best_of_n.csv (a row per N, with 95 % intervals), best_of_n_per_problem.csv,
+                best_of_n.md and best_of_n.png are written.
         """
         super().__init__(*args, **kwargs)
         self.verifier, self.selector = verifier, selector
@@ -111,23 +143,37 @@ class BestOfN(PolicyModule):
         self._rows.append(((scores >= self.correct_threshold).view(-1, n), picks.view(-1, n), [keys[i : i + n] for i in range(0, len(keys), n)]))
 
     def on_test_epoch_end(self) -> None:
+        # Under DDP each rank holds only the prompts of its own shard (and a DistributedSampler may pad
+        # the last batch with repeats): the figures, intervals and per-problem rows below are those of
+        # the local rank, and only global rank 0 writes files. Gathering the ranks' rows is not done here;
+        # run the evaluation on one device for figures over the whole held-out set.
         correct = torch.cat([r[0] for r in self._rows])
         selector = torch.cat([r[1] for r in self._rows])
         keys = [k for r in self._rows for k in r[2]]
         n_max = correct.size(1)
-        table = []
+        counts = correct.sum(dim=1).tolist()
+        num_prompts = len(counts)
+        table, per_problem = [], {}
         for n in self.n_values:
-            counts = correct.sum(dim=1).tolist()
+            best_hits = [int(h) for h in best_of_n_hits(correct, selector, n).tolist()]
+            majority = majority_hits(keys, correct, n)
+            passes = [pass_at_k(n_max, int(c), n) for c in counts]
             row = {
                 "n": n,
                 "best_of_n": best_of_n(correct, selector, n),
-                "pass_at_n": sum(pass_at_k(n_max, int(c), n) for c in counts) / len(counts),
+                "pass_at_n": sum(passes) / len(counts),
                 "majority_at_n": majority_at_n(keys, correct, n),
             }
+            # 95 % intervals over prompts; the figures above are computed exactly as before
+            _with_interval(row, "best_of_n", proportion_estimate(sum(best_hits), num_prompts))
+            _with_interval(row, "pass_at_n", mean_estimate(passes))
+            _with_interval(row, "majority_at_n", proportion_estimate(sum(majority), num_prompts))
             table.append(row)
+            per_problem[n] = (best_hits, majority, passes)
             self.log_dict({f"test/{k}@{n}": float(v) for k, v in row.items() if k != "n"})
         self.results = table
-        self._write(table, correct.size(0))
+        self.per_problem = _per_problem_rows(counts, per_problem)
+        self._write(table, num_prompts)
         self._rows.clear()
 
     def _write(self, table: list[dict], num_prompts: int) -> None:
@@ -136,12 +182,22 @@ class BestOfN(PolicyModule):
         out = Path(self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "best_of_n.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
             writer.writeheader()
             writer.writerows(table)
-        lines = [f"Best-of-N on {num_prompts} prompts ({self.sampling.n} samples each)", "",
+        with open(out / "best_of_n_per_problem.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.per_problem[0]))
+            writer.writeheader()
+            writer.writerows(self.per_problem)
+
+        def cell(r: dict, key: str) -> str:
+            return f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]"
+
+        lines = [f"Best-of-N on {num_prompts} prompts ({self.sampling.n} samples each); 95 % intervals over prompts "
+                 "in brackets (Wilson for best-of-N and majority@N, percentile bootstrap for pass@N)", "",
                  "| N | best-of-N accuracy | pass@N | majority@N |", "|---|---|---|---|"]
-        lines += [f"| {r['n']} | {r['best_of_n']:.3f} | {r['pass_at_n']:.3f} | {r['majority_at_n']:.3f} |" for r in table]
+        lines += [f"| {r['n']} | {cell(r, 'best_of_n')} | {cell(r, 'pass_at_n')} | {cell(r, 'majority_at_n')} |"
+                  for r in table]
         (out / "best_of_n.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         try:
@@ -155,13 +211,28 @@ class BestOfN(PolicyModule):
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ns = [r["n"] for r in table]
         for key, label in (("best_of_n", "best-of-N"), ("pass_at_n", "pass@N"), ("majority_at_n", "majority@N")):
-            ax.plot(ns, [r[key] for r in table], marker="o", label=label)
+            (line,) = ax.plot(ns, [r[key] for r in table], marker="o", label=label)
+            ax.fill_between(ns, [r[f"{key}_low"] for r in table], [r[f"{key}_high"] for r in table],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xticks(ns, [str(n) for n in ns])
         ax.set_xlabel("N (samples per prompt)")
         ax.set_ylabel("accuracy")
+        ax.set_title(f"shaded: 95 % intervals over {num_prompts} prompts", fontsize=9)
         ax.set_ylim(0, 1)
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "best_of_n.png", dpi=120)
         plt.close(fig)
+
+
+def _per_problem_rows(counts: list, per_problem: dict[int, tuple[list, list, list]]) -> list[dict]:
+    """One row per prompt (in test order): its correct-sample count and, for each N, best-of-N and
+    majority@N hits (0/1) and its pass@N estimate."""
+    rows = []
+    for p, c in enumerate(counts):
+        row = {"problem": p, "correct_samples": int(c)}
+        for n, (best_hits, majority, passes) in per_problem.items():
+            row |= {f"best_of_{n}": best_hits[p], f"majority_at_{n}": majority[p], f"pass_at_{n}": passes[p]}
+        rows.append(row)
+    return rows

@@ -13,7 +13,16 @@ For each held-out prompt the policy answers once (greedy by default). Reported, 
 - **adherence** when records carry verifiable ``constraints`` (``lit_align.tasks.constraints``):
   prompt level (every constraint of a prompt met) and instruction level (share of constraints met).
 
-Outputs in ``output_dir``: ``metrics.json`` and ``responses.jsonl`` (one line per prompt).
+Every rate and mean above comes with a 95 % interval over prompts, written to ``metrics.json`` as
+``<key>_low`` and ``<key>_high`` next to ``<key>``: Wilson for prompt-level adherence (a 0/1 outcome
+per prompt); the percentile bootstrap over prompts for instruction-level adherence (each prompt's share
+of constraints met, weighted by its number of constraints, so the resampled statistic is still
+constraints met / constraints), for the win rate (1, 1/2 or 0 per prompt) and for the mean rewards.
+
+Outputs in ``output_dir``: ``metrics.json`` and ``responses.jsonl`` (one line per prompt, with its
+constraint ``checks`` and ``prompt_ok`` when records carry constraints, its ``reward`` and, against a
+reference, ``reference_reward`` and ``win``: the per-prompt values behind the figures, for paired
+tests between runs on the same prompts).
 """
 
 from __future__ import annotations
@@ -28,9 +37,21 @@ from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
 from lit_align.data.formats import prompt_of
 from lit_align.data.sources import DataError
+from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
 from lit_align.generation import SamplingParams, sample
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, checked_rewards
+
+
+def win_outcomes(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> torch.Tensor:
+    """Per prompt: 1 where the policy's score beats the reference's, 1/2 on a tie, 0 on a loss (float64).
+
+    >>> win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])).tolist()
+    [1.0, 0.5, 0.0, 1.0]
+    """
+    if policy_scores.shape != reference_scores.shape or policy_scores.numel() == 0:
+        raise ValueError(f"win_rate needs two equal, non-empty shapes: {tuple(policy_scores.shape)} vs {tuple(reference_scores.shape)}")
+    return (policy_scores > reference_scores).double() + 0.5 * (policy_scores == reference_scores).double()
 
 
 def win_rate(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> float:
@@ -39,10 +60,13 @@ def win_rate(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> flo
     >>> win_rate(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0]))
     0.625
     """
-    if policy_scores.shape != reference_scores.shape or policy_scores.numel() == 0:
-        raise ValueError(f"win_rate needs two equal, non-empty shapes: {tuple(policy_scores.shape)} vs {tuple(reference_scores.shape)}")
-    wins = (policy_scores > reference_scores).double() + 0.5 * (policy_scores == reference_scores).double()
-    return float(wins.mean())
+    return float(win_outcomes(policy_scores, reference_scores).mean())
+
+
+def _add_interval(metrics: dict, intervals: dict, key: str, estimate: Estimate) -> None:
+    """``key_low``/``key_high`` into ``metrics``; the estimate (printed later) into ``intervals``."""
+    metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.low, estimate.high
+    intervals[key] = estimate
 
 
 def read_responses(path: str) -> list[dict]:
@@ -131,6 +155,8 @@ class InstructionEval(PolicyModule):
         return checked_rewards(self.judge, prompts, responses, records)
 
     def on_test_epoch_end(self) -> None:
+        # Under DDP each rank holds only its own shard of the prompts: the figures and intervals below
+        # are the local rank's, and only global rank 0 writes them (the ranks' rows are not gathered).
         self._attach_reference_rows()
         rows = self._rows
         metrics = {
@@ -138,29 +164,43 @@ class InstructionEval(PolicyModule):
             "mean_tokens": sum(r["tokens"] for r in rows) / max(1, len(rows)),
             "mean_words": sum(len(r["response"].split()) for r in rows) / max(1, len(rows)),
         }
+        intervals: dict[str, Estimate] = {}  # 95 % intervals over prompts, for the printed summary
         if all("constraints" in r["record"] for r in rows) and rows:
             from lit_align.tasks.constraints import adherence, check_record
 
             metrics |= {f"adherence_{k}": v for k, v in adherence([r["response"] for r in rows], [r["record"] for r in rows]).items()}
             for r in rows:
                 r["checks"] = check_record(r["response"], r["record"])
+                r["prompt_ok"] = all(r["checks"])
+            _add_interval(metrics, intervals, "adherence_prompt_level",
+                          proportion_estimate(sum(r["prompt_ok"] for r in rows), len(rows)))
+            # constraints met / constraints, resampling prompts: each prompt's share weighted by its size
+            _add_interval(metrics, intervals, "adherence_instruction_level",
+                          mean_estimate([sum(r["checks"]) / len(r["checks"]) for r in rows],
+                                        weights=[len(r["checks"]) for r in rows]))
         if self.judge is not None:
             scores = self._judge([r["response"] for r in rows])
             metrics["reward_mean"] = float(scores.mean())
+            if rows:  # no interval (and no error) for an empty held-out set
+                _add_interval(metrics, intervals, "reward_mean", mean_estimate(scores))
             for r, s in zip(rows, scores.tolist()):
                 r["reward"] = s
             if all(r["reference"] is not None for r in rows):
                 ref_scores = self._judge([r["reference"] for r in rows])
                 metrics["reference_reward_mean"] = float(ref_scores.mean())
+                _add_interval(metrics, intervals, "reference_reward_mean", mean_estimate(ref_scores))
                 metrics["win_rate"] = win_rate(scores, ref_scores)
-                for r, s in zip(rows, ref_scores.tolist()):
-                    r["reference_reward"] = s
+                wins = win_outcomes(scores, ref_scores)
+                _add_interval(metrics, intervals, "win_rate", mean_estimate(wins))
+                for r, s, w in zip(rows, ref_scores.tolist(), wins.tolist()):
+                    r["reference_reward"], r["win"] = s, w
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         self.results = metrics
-        self._write(metrics, rows)
+        self.intervals = intervals
+        self._write(metrics, rows, intervals)
         self._rows = []
 
-    def _write(self, metrics: dict, rows: list[dict]) -> None:
+    def _write(self, metrics: dict, rows: list[dict], intervals: dict[str, Estimate]) -> None:
         if not self.trainer.is_global_zero:
             return
         out = Path(self.output_dir)
@@ -168,5 +208,11 @@ class InstructionEval(PolicyModule):
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         with open(out / "responses.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps({k: v for k, v in r.items() if k != "record"}, ensure_ascii=False) + "\n" for r in rows)
-        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items() if not isinstance(v, dict)}
-        print(f"[lit_align] instruction-following evaluation: {shown}")
+        interval_keys = {f"{k}_{end}" for k in intervals for end in ("low", "high")}
+        shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in metrics.items()
+                 if not isinstance(v, dict) and k not in interval_keys}
+        lines = [f"[lit_align] instruction-following evaluation: {shown}"]
+        if intervals:
+            lines.append("[lit_align] 95 % intervals over prompts:")
+            lines += [f"[lit_align]   {key}: {estimate}" for key, estimate in intervals.items()]
+        print("\n".join(lines))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from lit_align.cli import main
 from lit_align.data.sources import DataError
-from lit_align.evaluation.instruction import read_responses, win_rate
+from lit_align.evaluation.instruction import InstructionEval, read_responses, win_outcomes, win_rate
+from lit_align.evaluation.stats import bootstrap_interval, wilson_interval
+from lit_align.rewards.base import Reward
 from lit_align.tasks.constraints import adherence
 
 
@@ -17,6 +20,7 @@ def test_win_rate_counts_ties_as_half():
     # wins: 1, tie: 0.5, loss: 0, win: 1 -> 2.5 / 4
     assert win_rate(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])) == 0.625
     assert win_rate(torch.zeros(3), torch.zeros(3)) == 0.5
+    assert win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])).tolist() == [1, 0.5, 0, 1]
     with pytest.raises(ValueError, match="equal, non-empty"):
         win_rate(torch.zeros(2), torch.zeros(3))
 
@@ -59,6 +63,11 @@ def test_policy_against_itself_ties_everywhere_and_adherence_matches_the_checker
     assert metrics["adherence_prompt_level"] == expected["prompt_level"]
     assert metrics["adherence_instruction_level"] == expected["instruction_level"]
     assert [len(r["checks"]) for r in rows] == [len(rec["constraints"]) for rec in records]
+    assert [r["prompt_ok"] for r in rows] == [all(r["checks"]) for r in rows] and {r["win"] for r in rows} == {0.5}
+    for key in ("adherence_prompt_level", "adherence_instruction_level", "win_rate", "reward_mean", "reference_reward_mean"):
+        assert metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"], key
+    low, high = wilson_interval(sum(r["prompt_ok"] for r in rows), 6)
+    assert (metrics["adherence_prompt_level_low"], metrics["adherence_prompt_level_high"]) == pytest.approx((low, high))
 
 
 def test_reference_responses_are_reused_and_must_answer_the_same_prompts(tmp_path):
@@ -71,3 +80,67 @@ def test_reference_responses_are_reused_and_must_answer_the_same_prompts(tmp_pat
     with pytest.raises(DataError, match="answers a different prompt"):
         _evaluate(tmp_path, "other", "--model.reference_responses", str(tmp_path / "base" / "responses.jsonl"),
                   "--data.val.seed", "4")
+
+
+class WordCountJudge(Reward):
+    """A toy judge: the number of words of a response."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(len(c.split())) for c in completions])
+
+
+# Five prompts with hand-checked outcomes; the judge counts words, so wins and ties are known too.
+HAND_MADE = [  # (constraints, response, reference)
+    ([{"kind": "lowercase"}, {"kind": "no_commas"}], "hello there", "x"),  # 2 of 2 met; 2 words vs 1: win
+    ([{"kind": "include_keyword", "keyword": "cat"}], "a dog", "a b"),  # 0 of 1; 2 vs 2: tie
+    ([{"kind": "no_commas"}, {"kind": "bullet_count", "n": 2}], "* a, b\n* c", "one two three four five six"),  # 1 of 2; 5 vs 6: loss
+    ([{"kind": "lowercase"}], "Upper", "z"),  # 0 of 1; 1 vs 1: tie
+    ([{"kind": "no_commas"}, {"kind": "lowercase"}, {"kind": "include_keyword", "keyword": "dog"}], "a dog", "q"),  # 3 of 3; win
+]
+PROMPT_OK = [True, False, False, False, True]
+SHARES, SIZES = [1.0, 0.0, 0.5, 0.0, 1.0], [2, 1, 2, 1, 3]
+WINS = [1.0, 0.5, 0.0, 0.5, 1.0]
+REWARDS, REFERENCE_REWARDS = [2.0, 2.0, 5.0, 1.0, 2.0], [1.0, 2.0, 6.0, 1.0, 1.0]
+
+
+def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_figures_alone(tmp_path, monkeypatch, capsys):
+    module = InstructionEval(model="tiny:causal-lm", judge=WordCountJudge(), output_dir=str(tmp_path / "hand"))
+    monkeypatch.setattr(module, "log_dict", lambda *args, **kwargs: None)
+    module._trainer = SimpleNamespace(is_global_zero=True)
+    records = [{"prompt": f"prompt {i}", "constraints": c} for i, (c, _, _) in enumerate(HAND_MADE)]
+    module._rows = [{"prompt": f"prompt {i}", "response": response, "tokens": 3, "reference": reference, "record": record}
+                    for i, ((_, response, reference), record) in enumerate(zip(HAND_MADE, records))]
+    module.on_test_epoch_end()
+    metrics = json.loads((tmp_path / "hand" / "metrics.json").read_text())
+
+    # the figures as before: from adherence(), win_rate() and the mean of the judge's scores
+    expected = adherence([r for _, r, _ in HAND_MADE], records)
+    assert metrics["adherence_prompt_level"] == expected["prompt_level"] == pytest.approx(2 / 5)
+    assert metrics["adherence_instruction_level"] == expected["instruction_level"] == pytest.approx(6 / 9)
+    assert metrics["win_rate"] == win_rate(torch.tensor(REWARDS), torch.tensor(REFERENCE_REWARDS)) == pytest.approx(0.6)
+    assert metrics["reward_mean"] == pytest.approx(2.4) and metrics["reference_reward_mean"] == pytest.approx(2.2)
+    figures = {"num_prompts", "mean_tokens", "mean_words", "reward_mean", "reference_reward_mean", "win_rate",
+               *(f"adherence_{k}" for k in expected)}
+    bounds = {"adherence_prompt_level", "adherence_instruction_level", "win_rate", "reward_mean", "reference_reward_mean"}
+    assert set(metrics) == figures | {f"{k}_{end}" for k in bounds for end in ("low", "high")}
+
+    # the intervals: Wilson for prompt level, the bootstrap over prompts (weighted by constraints) for the rest
+    def interval(key):
+        return metrics[f"{key}_low"], metrics[f"{key}_high"]
+
+    assert interval("adherence_prompt_level") == wilson_interval(2, 5)
+    assert interval("adherence_instruction_level") == pytest.approx(bootstrap_interval(SHARES, weights=SIZES), abs=1e-12)
+    assert interval("win_rate") == pytest.approx(bootstrap_interval(WINS), abs=1e-12)
+    assert interval("reward_mean") == pytest.approx(bootstrap_interval(REWARDS), abs=1e-12)
+    assert interval("reference_reward_mean") == pytest.approx(bootstrap_interval(REFERENCE_REWARDS), abs=1e-12)
+    # weighting matters here: the unweighted bootstrap is centred on 0.5, not 6/9
+    assert interval("adherence_instruction_level") != pytest.approx(bootstrap_interval(SHARES), abs=1e-6)
+
+    rows = [json.loads(line) for line in (tmp_path / "hand" / "responses.jsonl").read_text().splitlines()]
+    assert [r["prompt_ok"] for r in rows] == PROMPT_OK and [r["win"] for r in rows] == WINS
+    assert [r["reward"] for r in rows] == REWARDS and [r["reference_reward"] for r in rows] == REFERENCE_REWARDS
+
+    out = capsys.readouterr().out
+    low, high = wilson_interval(2, 5)
+    assert f"adherence_prompt_level: 0.400 [{low:.3f}, {high:.3f}] (n=5, Wilson)" in out
+    assert "win_rate: 0.600 [" in out and "_low" not in out
