@@ -130,7 +130,7 @@ def _rloo(spec: Spec, out: str, generated: list[int]):
 
     s = spec.settings
     _, batches = ordered_batches(spec)
-    prompts = [record["prompt"] for b in batches for _, record in b]
+    prompts = [item.record["prompt"] for b in batches for item in b]
 
     def reward(prompts, completions, completion_ids, **kwargs):
         generated.append(sum(len(ids) for ids in completion_ids))
