@@ -12,6 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from lit_align.evaluation.stats import Comparison, compare
 from study.plan import Stage
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,33 @@ def _json(path: Path) -> dict:
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _with_interval(values: dict, key: str) -> str:
+    """``value [low, high]`` when the figure carries its interval (``key_low``/``key_high``), else the value."""
+    value, low, high = values.get(key), values.get(f"{key}_low"), values.get(f"{key}_high")
+    if value is None or low is None or high is None:
+        return _fmt(value)
+    return f"{float(value):.3f} [{float(low):.3f}, {float(high):.3f}]"
+
+
+def verdict(comparison: Comparison, alpha: float = 0.05) -> str:
+    """``better`` / ``worse`` when the paired interval excludes 0 on that side and the test's p is
+    below ``alpha``; ``inconclusive`` otherwise."""
+    if comparison.p_value < alpha and comparison.low > 0:
+        return "better"
+    if comparison.p_value < alpha and comparison.high < 0:
+        return "worse"
+    return "inconclusive"
+
+
+def _against(base: dict, stage: dict, key: str) -> str:
+    """The paired difference of a stage's per-problem figures against the base's, with its verdict."""
+    a, b = base.get(key), stage.get(key)
+    if not a or not b or len(a) != len(b):
+        return "–"
+    c = compare(a, b, test="bootstrap" if key == "problem_scores" else "auto")
+    return f"{c.diff:+.3f} [{c.low:.3f}, {c.high:.3f}], {c.test} p={c.p_value:.3f}: {verdict(c)}"
 
 
 def metric_rows(folder: Path) -> list[dict]:
@@ -40,21 +68,39 @@ def _instruction_table(stages: list[Stage], out: Path) -> list[str]:
     for stage in stages:
         if stage.name.startswith("instruction_eval_"):
             m = _json(out / stage.name / "metrics.json")
-            win = m.get("win_rate", 0.5 if stage.name.endswith("_base") else None)  # the base against itself
-            lines.append(f"| {stage.label} | {_fmt(m.get('adherence_prompt_level'))} | {_fmt(m.get('adherence_instruction_level'))} "
-                         f"| {_fmt(win)} | {_fmt(m.get('reward_mean'))} | {_fmt(m.get('mean_tokens'))} |")
+            if "win_rate" not in m and stage.name.endswith("_base"):
+                m = {**m, "win_rate": 0.5}  # the base against itself
+            lines.append(f"| {stage.label} | {_with_interval(m, 'adherence_prompt_level')} "
+                         f"| {_with_interval(m, 'adherence_instruction_level')} | {_with_interval(m, 'win_rate')} "
+                         f"| {_with_interval(m, 'reward_mean')} | {_fmt(m.get('mean_tokens'))} |")
     return lines
 
 
+def _eval_with_intervals(r: dict) -> dict:
+    """An eval.json stage entry with ``score_low`` etc. spelled out from its ``*_interval`` lists."""
+    flat = dict(r)
+    for key in ("score", "accuracy"):
+        if isinstance(r.get(f"{key}_interval"), list):
+            flat[f"{key}_low"], flat[f"{key}_high"] = r[f"{key}_interval"]
+    return flat
+
+
 def _countdown_table(stages: list[Stage], out: Path) -> list[str]:
-    """Verifier figures before the first Countdown fit stage and after each one the profile ran."""
-    lines = ["| stage | verifier score | accuracy |", "|---|---|---|"]
+    """Verifier figures before the first Countdown fit stage and after each one the profile ran, each
+    with its 95 % interval, and each stage against the base model on the same problems (paired)."""
+    lines = ["| stage | verifier score | accuracy | score vs base (paired) | accuracy vs base (paired) |",
+             "|---|---|---|---|---|"]
     first = _json(out / "countdown_sft" / "eval.json")
-    rows = [("base model", first.get("before", {}))]
+    base = first.get("before", {})
+    rows = [("base model", base)]
     rows += [(s.label, _json(out / s.name / "eval.json").get("after", {})) for s in stages
              if s.name.startswith("countdown_") and s.command == "fit"]
-    for label, r in rows:
-        lines.append(f"| {label} | {_fmt(r.get('score'))} | {_fmt(r.get('accuracy'))} |")
+    for i, (label, r) in enumerate(rows):
+        flat = _eval_with_intervals(r)
+        vs_score = _against(base, r, "problem_scores") if i else "–"
+        vs_accuracy = _against(base, r, "problem_correct") if i else "–"
+        lines.append(f"| {label} | {_with_interval(flat, 'score')} | {_with_interval(flat, 'accuracy')} "
+                     f"| {vs_score} | {vs_accuracy} |")
     return lines
 
 
@@ -65,7 +111,8 @@ def _best_of_n_table(out: Path) -> list[str]:
     lines = ["| N | best-of-N accuracy | pass@N | majority@N |", "|---|---|---|---|"]
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            lines.append(f"| {r['n']} | {float(r['best_of_n']):.3f} | {float(r['pass_at_n']):.3f} | {float(r['majority_at_n']):.3f} |")
+            lines.append(f"| {r['n']} | {_with_interval(r, 'best_of_n')} | {_with_interval(r, 'pass_at_n')} "
+                         f"| {_with_interval(r, 'majority_at_n')} |")
     return lines
 
 
