@@ -137,8 +137,8 @@ class BestOfN(PolicyModule):
         n = self.sampling.n
         out = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
                                   seed=batch_idx)
-        scores = score_samples(self.verifier, batch.records, out.texts, n)[0]
-        picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n)[0]
+        scores = score_samples(self.verifier, batch.records, out.texts, n, batch.prompts)[0]
+        picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n, batch.prompts)[0]
         keys = [answer_key(t) for t in out.texts]
         self._rows.append(((scores >= self.correct_threshold).view(-1, n), picks.view(-1, n), [keys[i : i + n] for i in range(0, len(keys), n)]))
 

@@ -136,9 +136,9 @@ class InstructionEval(PolicyModule):
         refs = [None] * len(texts)
         if self.reference_policy is not None:
             refs = self._answer(self.reference_policy.to(self.device), batch, batch_idx)[0]
-        for record, text, length, ref in zip(batch.records, texts, lengths, refs):
-            self._rows.append({"prompt": prompt_of(record), "response": text, "tokens": int(length),
-                               "reference": ref, "record": record})
+        prompts = batch.prompts or [prompt_of(record) for record in batch.records]  # as the data module read them
+        for record, prompt, text, length, ref in zip(batch.records, prompts, texts, lengths, refs):
+            self._rows.append({"prompt": prompt, "response": text, "tokens": int(length), "reference": ref, "record": record})
 
     def _attach_reference_rows(self) -> None:
         if self.reference_rows is None:

@@ -60,9 +60,12 @@ def _estimates(problem_scores: list[float], problem_correct: list[float], n: int
 
 
 def describe(result: dict) -> tuple[Estimate, Estimate]:
-    """The score and accuracy of an ``evaluate_with_verifier`` result as ``Estimate`` s, for printing."""
-    n = result["num_completions"] // max(result.get("num_problems", result["num_completions"]), 1)
-    return _estimates(result["problem_scores"], result["problem_correct"], n)
+    """The score and accuracy of an ``evaluate_with_verifier`` result as ``Estimate`` s, for printing,
+    from the intervals the result already holds."""
+    problems = result["num_problems"]
+    per_problem = result["num_completions"] // problems
+    return (Estimate(result["score"], *result["score_interval"], problems, "bootstrap"),
+            Estimate(result["accuracy"], *result["accuracy_interval"], problems, "Wilson" if per_problem == 1 else "bootstrap"))
 
 
 def compare_results(before: dict, after: dict) -> tuple[Comparison, Comparison]:
