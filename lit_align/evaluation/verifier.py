@@ -90,6 +90,7 @@ class VerifierEval(L.Callback):
         temperature: float = 0.0,
         batch_size: int = 16,
         output: str | None = None,
+        before: bool = True,
     ):
         """
         Args:
@@ -100,10 +101,13 @@ class VerifierEval(L.Callback):
             temperature: 0 for greedy decoding.
             batch_size: prompts per generation batch.
             output: JSON file for the before/after figures (None: not written).
+            before: also evaluate at the start of fit; false where the starting model was evaluated
+                already on the same problems (e.g. by the run that exported it), so only ``after`` is
+                measured and written.
         """
         self.source, self.verifier, self.num_prompts = source, verifier, num_prompts
         self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
-        self.batch_size, self.output = batch_size, output
+        self.batch_size, self.output, self.before = batch_size, output, before
         self.results: dict[str, dict] = {}
 
     def _run(self, trainer: L.Trainer, pl_module, stage: str) -> None:
@@ -146,7 +150,7 @@ class VerifierEval(L.Callback):
         self.results = dict(state_dict.get("results", {}))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
-        if "before" not in self.results:
+        if self.before and "before" not in self.results:
             self._run(trainer, pl_module, "before")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -26,51 +26,70 @@ for tiny stand-ins and the local samples in ``tests/fixtures/``; besides those, 
 from __future__ import annotations
 
 import copy
+import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
 class Stage:
     name: str  # folder name under the output root
-    command: str  # fit | test | pairs
-    config: str  # base config, relative to the repository root
+    command: str  # fit | test | pairs | split
+    config: str  # base config, relative to the repository root (split: the JSONL file to split)
     label: str  # row name in the results
     overrides: dict = field(default_factory=dict)  # deep-merged into the base config (lists are replaced)
     # hub name → stand-in, wherever it appears: a model name by another name or folder, a HubDataset by a LocalFile
     stand_ins: dict = field(default_factory=dict)
+    # overrides that depend on earlier stages' results (e.g. a temperature chosen on a validation
+    # split), computed when the stage is about to run; merged over ``overrides``
+    resolve: Callable[[], dict] | None = None
 
 
 @dataclass
 class Sizes:
-    """What a profile changes besides models: steps, prompt counts, lengths."""
+    """What a profile changes besides models: steps, prompt counts, lengths, batch sizes."""
 
     policy: str | None  # None: keep each config's model
     rm_backbone: str | None
-    if_prompts: int = 96  # instruction prompts sampled by the base model
-    if_eval_prompts: int = 48
+    if_prompts: int = 96  # instruction prompts sampled by the base model (4 samples each)
+    if_eval_prompts: int = 48  # held-out instruction prompts (seed 1000)
     if_new_tokens: int = 128
+    if_batch_size: int = 16  # prompts per generation batch when sampling and evaluating instructions
     sft_min_score: float = 1.0  # verified = every constraint met; smoke takes any sample (random models meet few)
     sft_steps: int = 30
     rm_steps: int = 60
     dpo_epochs: int = 2
     rloo_steps: int = 12
     rloo_checker_steps: int = 12  # RLOO rewarded by the constraint checkers
-    cd_sft_steps: int = 40
-    cd_more_steps: int = 20
+    cd_sft_steps: int = 40  # data scaling: three nested SFT sizes of 4 fresh traces per step,
+    cd_more_steps: int = 20  # each stage continuing from the one before on problems of another seed
+    cd_most_steps: int = 40
+    cd_full_lr: float = 5e-5  # full fine-tuning (every weight) against LoRA at cd_sft_steps
     cd_rloo_steps: int = 4
-    cd_eval_problems: int = 32
+    cd_eval_problems: int = 32  # held-out test problems (seed 1234), greedy
+    cd_eval_batch: int = 16
     cd_new_tokens: int = 160
     bon_n: list[int] = field(default_factory=lambda: [1, 2, 4])
+    bon_temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0])  # chosen on the validation split
+    bon_val_problems: int = 16  # validation problems (seed 4321), never the test problems
+    bon_batch: int = 4  # problems per best-of-N sampling batch (× max N sequences)
     trainer: dict = field(default_factory=dict)  # extra trainer settings for every fit stage
 
 
 PROFILES = {
-    # Cut to fit a session on 2 shared cores: the checker-reward RLOO ran 4 steps, the RM-reward one 12.
-    "embedded": Sizes(policy=None, rm_backbone=None, rloo_checker_steps=4),
+    # Sized for about 80 minutes on a quiet 2-core CPU (docs/results.md, "The study's claims"): held-out
+    # sets of 128 Countdown problems and 128 instruction prompts, greedy evaluation in batches of 64.
+    "embedded": Sizes(
+        policy=None, rm_backbone=None, if_prompts=128, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
+        rm_steps=40, rloo_steps=6, rloo_checker_steps=6, cd_sft_steps=20, cd_more_steps=40, cd_most_steps=80,
+        cd_rloo_steps=8, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
+    ),
     "smoke": Sizes(
-        policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=8, if_eval_prompts=4, if_new_tokens=12,
-        sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, rloo_checker_steps=2, cd_sft_steps=2, cd_more_steps=2, cd_rloo_steps=2,
-        cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2], sft_min_score=0.0, trainer={"log_every_n_steps": 1},
+        policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=48, if_eval_prompts=4, if_new_tokens=12,
+        if_batch_size=8, sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, rloo_checker_steps=2, cd_sft_steps=2,
+        cd_more_steps=2, cd_most_steps=2, cd_rloo_steps=2, cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2],
+        bon_val_problems=4, sft_min_score=0.0, trainer={"log_every_n_steps": 1},
     ),
     "paper": Sizes(policy=None, rm_backbone=None),
 }
@@ -87,50 +106,86 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _verifier_eval(s: Sizes) -> dict:
-    return {"num_prompts": s.cd_eval_problems, "max_new_tokens": s.cd_new_tokens,
-            "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
+def _verifier_eval(s: Sizes, before: bool = True) -> dict:
+    return {"num_prompts": s.cd_eval_problems, "max_new_tokens": s.cd_new_tokens, "batch_size": s.cd_eval_batch,
+            "before": before, "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
+
+
+def choose_temperature(val_folders: dict[float, Path]) -> tuple[float, dict]:
+    """The sampling temperature for best-of-N, from best-of-N runs on the validation problems at each
+    temperature (``{temperature: folder with best_of_n.csv}``): the highest best-of-N accuracy at the
+    largest N, ties broken by pass@N, then by the lower temperature. Returns it and the figures compared."""
+    figures = {}
+    for temperature, folder in val_folders.items():
+        path = Path(folder) / "best_of_n.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"best-of-N on the validation problems at temperature {temperature} has not run: {path}")
+        with open(path, newline="") as f:
+            last = list(csv.DictReader(f))[-1]  # rows are sorted by N
+        figures[temperature] = {"n": int(last["n"]), "best_of_n": float(last["best_of_n"]), "pass_at_n": float(last["pass_at_n"])}
+    best = max(figures, key=lambda t: (figures[t]["best_of_n"], figures[t]["pass_at_n"], -t))
+    return best, figures
 
 
 def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
     sft_config = "configs/paper/sft_qwen2.5-0.5b_countdown_warmstart.yaml" if paper else "configs/quickstart.yaml"
     rloo_config = "configs/paper/rloo_qwen2.5-0.5b_countdown.yaml" if paper else "configs/rloo/countdown_embedded.yaml"
     bon_config = "configs/paper/eval_qwen2.5-0.5b_countdown_best_of_n.yaml" if paper else "configs/eval/countdown_best_of_n.yaml"
-    sized = not paper
-    return [
-        Stage("countdown_sft", "fit", sft_config, "SFT on synthetic traces", {
-            "trainer": {"max_steps": s.cd_sft_steps} if sized else {},
-            "model": {"init_args": {"model": s.policy}} if s.policy else {},
-            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
-        }),
-        Stage("countdown_sft_more", "fit", sft_config, "SFT + more synthetic traces", {
-            "trainer": {"max_steps": s.cd_more_steps} if sized else {},
-            "model": {"init_args": {"model": f"{out}/countdown_sft/export", "warmup_steps": 0}},
-            "data": {"train": {"init_args": {"seed": 1}}},  # fresh problems, never seen by the first SFT
-            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
-        }),
-        Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from SFT + more)", {
-            "trainer": {"max_steps": s.cd_rloo_steps} if sized else {},
-            "model": {"init_args": {"model": f"{out}/countdown_sft_more/export"}
-                      | ({"generation": {"max_new_tokens": s.cd_new_tokens}} if sized else {})},
-            "callbacks": {"VerifierEval": _verifier_eval(s)} if sized else {},
-        }),
-        Stage("countdown_best_of_n", "test", bon_config, "best-of-N with the verifier (SFT + more model)", {
-            "model": {"init_args": {"model": f"{out}/countdown_sft_more/export"}
-                      | ({"n_values": s.bon_n, "generation": {"max_new_tokens": s.cd_new_tokens}} if sized else {})},
-            "data": {"val": {"init_args": {"num_problems": s.cd_eval_problems}}} if sized else {},
-        }),
+    if paper:
+        warm = f"{out}/countdown_sft/export"
+        return [
+            Stage("countdown_sft", "fit", sft_config, "SFT on synthetic traces"),
+            Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from SFT)", {"model": {"init_args": {"model": warm}}}),
+            Stage("countdown_best_of_n", "test", bon_config, "best-of-N with the verifier (SFT model)",
+                  {"model": {"init_args": {"model": warm}}}),
+        ]
+    policy = {"model": s.policy} if s.policy else {}
+    traces = lambda steps: steps * 4  # the quickstart's batch size: 4 fresh synthetic traces per step
+    sizes = (s.cd_sft_steps, s.cd_sft_steps + s.cd_more_steps, s.cd_sft_steps + s.cd_more_steps + s.cd_most_steps)
+    stages = [
+        Stage("countdown_sft", "fit", sft_config, f"SFT, LoRA, {traces(sizes[0])} synthetic traces", {
+            "trainer": {"max_steps": s.cd_sft_steps}, "model": {"init_args": policy},
+            "callbacks": {"VerifierEval": _verifier_eval(s)}}),
     ]
+    for name, steps, total, seed, start in (("countdown_sft_more", s.cd_more_steps, sizes[1], 1, "countdown_sft"),
+                                            ("countdown_sft_most", s.cd_most_steps, sizes[2], 2, "countdown_sft_more")):
+        stages.append(Stage(name, "fit", sft_config, f"SFT, LoRA, {traces(total)} synthetic traces", {
+            "trainer": {"max_steps": steps},
+            "model": {"init_args": {"model": f"{out}/{start}/export", "warmup_steps": 0}},
+            "data": {"train": {"init_args": {"seed": seed}}},  # fresh problems, never seen by the stages before
+            "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
+    stages.append(Stage("countdown_sft_full", "fit", sft_config, f"SFT, full fine-tuning, {traces(sizes[0])} synthetic traces", {
+        "trainer": {"max_steps": s.cd_sft_steps},
+        "model": {"init_args": policy | {"lora": None, "optimizer": {"init_args": {"lr": s.cd_full_lr}}}},
+        "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
+    sft = f"{out}/countdown_sft_most/export"
+    stages.append(Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from the largest SFT)", {
+        "trainer": {"max_steps": s.cd_rloo_steps},
+        "model": {"init_args": {"model": sft, "generation": {"max_new_tokens": s.cd_new_tokens}}},
+        "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
+    bon = lambda temperature, problems, seed: {
+        "model": {"init_args": {"model": sft, "n_values": s.bon_n,
+                                "generation": {"max_new_tokens": s.cd_new_tokens, "temperature": temperature}}},
+        "data": {"val": {"init_args": {"num_problems": problems, "seed": seed}}, "val_batch_size": s.bon_batch}}
+    val_folders = {}
+    for temperature in s.bon_temperatures:
+        name = f"countdown_best_of_n_val_t{temperature:g}"
+        val_folders[temperature] = Path(out) / name
+        stages.append(Stage(name, "test", bon_config, f"best-of-N on the validation problems, temperature {temperature:g}",
+                            bon(temperature, s.bon_val_problems, 4321)))
+    chosen = lambda: bon(choose_temperature(val_folders)[0], s.cd_eval_problems, 1234)
+    stages.append(Stage("countdown_best_of_n", "test", bon_config, "best-of-N with the verifier (largest SFT model)",
+                        bon(s.bon_temperatures[0], s.cd_eval_problems, 1234), resolve=chosen))
+    return stages
 
 
 def _instruction_eval(s: Sizes, out: str, name: str, label: str, model: str | None, paper: bool, base_eval: bool) -> Stage:
     config = "configs/paper/eval_qwen2.5-0.5b_instruction.yaml" if paper else "configs/eval/instruction_embedded.yaml"
-    rm = f"{out}/instruction_rm/export"
-    init = {"judge": {"init_args": {"model": rm}}}
+    init = {"judge": {"init_args": {"model": f"{out}/instruction_judge/export"}}}
     init |= {"model": model} if model else {}
     init |= {} if base_eval else {"reference_responses": f"{out}/instruction_eval_base/responses.jsonl"}
     init |= {} if paper else {"generation": {"max_new_tokens": s.if_new_tokens}}
-    data = {} if paper else {"val": {"init_args": {"num_prompts": s.if_eval_prompts}}}
+    data = {} if paper else {"val": {"init_args": {"num_prompts": s.if_eval_prompts}}, "val_batch_size": s.if_batch_size}
     return Stage(name, "test", config, label, {"model": {"init_args": init}, "data": data})
 
 
@@ -143,25 +198,34 @@ def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
         "rloo_checker": "configs/paper/rloo_qwen2.5-0.5b_constraints.yaml" if paper else "configs/rloo/instruction_checker_embedded.yaml",
     }
     sized, sft = not paper, f"{out}/instruction_sft/export"
-    pairs, verified = f"{out}/instruction_samples/pairs.jsonl", f"{out}/instruction_samples/sft.jsonl"
+    samples = f"{out}/instruction_samples"
+    pairs, verified = f"{out}/instruction_pairs/rm.jsonl", f"{samples}/sft.jsonl"
     policy = {"model": s.policy} if s.policy else {}
     stages = []
     if not paper:  # the paper's SFT and RM data are public datasets, not the base model's own samples
         stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
                             "base samples → verified SFT data and pairs",
-                            policy | {"limit": s.if_prompts, "max_new_tokens": s.if_new_tokens, "sft_min_score": s.sft_min_score}))
+                            policy | {"limit": s.if_prompts, "max_new_tokens": s.if_new_tokens,
+                                      "sft_min_score": s.sft_min_score, "batch_size": max(1, s.if_batch_size // 4)}))  # 4 samples a prompt
+        # the win-rate judge must be a reward model no policy was trained against: it learns from the
+        # other half of the prompts' pairs than the RM that rewards RLOO (and whose pairs DPO learns from)
+        stages.append(Stage("instruction_pairs", "split", f"{samples}/pairs.jsonl",
+                            "pairs split by prompt: RM / judge", {"parts": ["rm.jsonl", "judge.jsonl"]}))
     data = (lambda path: {"train": {"init_args": {"path": path}}}) if sized else (lambda path: {})
+    rm = lambda path: {"trainer": {"max_steps": s.rm_steps} if sized else {},
+                       "model": {"init_args": {"model": s.rm_backbone} if s.rm_backbone else {}}, "data": data(path)}
     stages += [
         Stage("instruction_sft", "fit", cfg["sft"], "SFT", {
             "trainer": {"max_steps": s.sft_steps} if sized else {},
             "model": {"init_args": policy}, "data": data(verified)}),
-        Stage("instruction_rm", "fit", cfg["rm"], "reward model", {
-            "trainer": {"max_steps": s.rm_steps} if sized else {},
-            "model": {"init_args": {"model": s.rm_backbone} if s.rm_backbone else {}}, "data": data(pairs)}),
-        Stage("instruction_dpo", "fit", cfg["dpo"], "DPO (from SFT)", {
-            "trainer": {"max_epochs": s.dpo_epochs} if sized else {},
-            "model": {"init_args": {"model": sft}}, "data": data(pairs)}),
+        Stage("instruction_rm", "fit", cfg["rm"], "reward model (RLOO's reward)", rm(pairs)),
     ]
+    if not paper:
+        stages.append(Stage("instruction_judge", "fit", cfg["rm"], "judge reward model (other prompts' pairs)",
+                            rm(f"{out}/instruction_pairs/judge.jsonl")))
+    stages.append(Stage("instruction_dpo", "fit", cfg["dpo"], "DPO (from SFT)", {
+        "trainer": {"max_epochs": s.dpo_epochs} if sized else {},
+        "model": {"init_args": {"model": sft}}, "data": data(pairs)}))
     for key, label, reward in (("rloo_rm", "RLOO, RM reward (from SFT)", {"init_args": {"model": f"{out}/instruction_rm/export"}}),
                                ("rloo_checker", "RLOO, checker reward (from SFT)", {})):
         init = {"model": sft, "reward": reward} | ({"generation": {"max_new_tokens": s.if_new_tokens}} if sized else {})

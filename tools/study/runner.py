@@ -15,6 +15,7 @@ process, one after another.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -100,8 +101,30 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
     return merge(config, {"model": {"init_args": {"rollout": rollout}}})
 
 
-def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: dict | None = None) -> dict:
-    """The full config a stage runs with: its base config, its overrides, outputs in ``folder``."""
+def split_by_prompt(source: Path, folder: Path, parts: list[str]) -> dict[str, int]:
+    """Deal the records of the JSONL file ``source`` (one per prompt, e.g. a prompt's preference pair)
+    in turn into ``folder/parts[0]``, ``folder/parts[1]``, ...; returns the count written to each."""
+    if not source.is_file():
+        raise FileNotFoundError(f"nothing to split: {source} is missing (did the stage that writes it run?)")
+    lines = [line for line in source.read_text().splitlines() if line.strip()]
+    counts = {}
+    for i, part in enumerate(parts):
+        chunk = lines[i :: len(parts)]
+        if not chunk:
+            raise ValueError(f"{source} has {len(lines)} records: too few to give each of {parts} one")
+        (folder / part).write_text("\n".join(chunk) + "\n")
+        counts[part] = len(chunk)
+    return counts
+
+
+def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: dict | None = None,
+                 resolve: bool = True) -> dict:
+    """The full config a stage runs with: its base config, its overrides (and, with ``resolve``, those
+    its earlier stages' results decide), outputs in ``folder``."""
+    if stage.command == "split":
+        return {"source": stage.config, **stage.overrides}
+    if resolve and stage.resolve is not None:
+        stage = dataclasses.replace(stage, overrides=merge(stage.overrides, stage.resolve()), resolve=None)
     base = yaml.safe_load((ROOT / stage.config).read_text())
     if stage.command == "pairs":
         config = merge(base, stage.overrides)
@@ -125,7 +148,10 @@ def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: d
     config_file.write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every, rollout), sort_keys=False))
     print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}")
     start = time.perf_counter()
-    if stage.command == "pairs":
+    if stage.command == "split":
+        counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
+        print(f"[reproduce] {stage.name}: {counts}")
+    elif stage.command == "pairs":
         from lit_align.pairs import main as pairs_main
 
         pairs_main(["--config", str(config_file)])
@@ -165,7 +191,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
         if dry_run:
             folder = out_dir / stage.name
             folder.mkdir(parents=True, exist_ok=True)
-            config = stage_config(stage, folder, checkpoint_every, rollout)
+            config = stage_config(stage, folder, checkpoint_every, rollout, resolve=False)
             (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             continue
         run_stage(stage, out_dir / stage.name, checkpoint_every, rollout)
