@@ -28,8 +28,10 @@ def smoke(tmp_path_factory):
 def test_smoke_profile_runs_every_stage_of_both_tracks(smoke):
     out, stages = smoke
     assert [s.name for s in stages] == STAGES
-    assert {"instruction_samples", "instruction_sft", "instruction_rm", "instruction_dpo", "instruction_rloo_rm",
-            "instruction_rloo_checker", "countdown_sft", "countdown_sft_more", "countdown_rloo", "countdown_best_of_n"} <= set(STAGES)
+    assert {"instruction_samples", "instruction_pairs", "instruction_sft", "instruction_rm", "instruction_judge",
+            "instruction_dpo", "instruction_rloo_rm", "instruction_rloo_checker", "countdown_sft", "countdown_sft_more",
+            "countdown_sft_most", "countdown_sft_full", "countdown_rloo", "countdown_best_of_n_val_t0.7",
+            "countdown_best_of_n_val_t1", "countdown_best_of_n"} <= set(STAGES)
     for stage in stages:
         folder = out / "runs" / stage.name
         assert (folder / "done.json").is_file() and (folder / "config.yaml").is_file(), stage.name
@@ -47,10 +49,36 @@ def test_smoke_stages_chain_their_inputs_and_outputs(smoke):
     assert config("instruction_dpo")["model"]["init_args"]["model"] == str(runs / "instruction_sft" / "export")
     assert config("instruction_rloo_rm")["model"]["init_args"]["reward"]["init_args"]["model"] == str(runs / "instruction_rm" / "export")
     assert config("instruction_sft")["data"]["train"]["init_args"]["path"] == str(runs / "instruction_samples" / "sft.jsonl")
-    assert config("countdown_rloo")["model"]["init_args"]["model"] == str(runs / "countdown_sft_more" / "export")
+    # the RM (RLOO's reward, DPO's pairs) and the judge learn from disjoint halves of the prompts' pairs
+    for name, part in (("instruction_rm", "rm.jsonl"), ("instruction_dpo", "rm.jsonl"), ("instruction_judge", "judge.jsonl")):
+        assert config(name)["data"]["train"]["init_args"]["path"] == str(runs / "instruction_pairs" / part), name
+    pairs = [(runs / "instruction_pairs" / part).read_text().splitlines() for part in ("rm.jsonl", "judge.jsonl")]
+    prompts = [{json.dumps(json.loads(line)["prompt"]) for line in part} for part in pairs]
+    assert prompts[0] and prompts[1] and not prompts[0] & prompts[1]
+    all_pairs = (runs / "instruction_samples" / "pairs.jsonl").read_text().splitlines()
+    assert sorted(pairs[0] + pairs[1]) == sorted(all_pairs)
+    # the data-scaling chain: each SFT stage continues the one before on fresh problems
+    assert config("countdown_sft_more")["model"]["init_args"]["model"] == str(runs / "countdown_sft" / "export")
+    assert config("countdown_sft_most")["model"]["init_args"]["model"] == str(runs / "countdown_sft_more" / "export")
+    seeds = [config(n)["data"]["train"]["init_args"]["seed"] for n in ("countdown_sft", "countdown_sft_more", "countdown_sft_most")]
+    assert len(set(seeds)) == 3
     assert config("countdown_sft_more")["trainer"]["max_steps"] == PROFILES["smoke"].cd_more_steps
+    full = config("countdown_sft_full")["model"]["init_args"]
+    assert full["lora"] is None and full["model"] == PROFILES["smoke"].policy
+    assert config("countdown_rloo")["model"]["init_args"]["model"] == str(runs / "countdown_sft_most" / "export")
+    # best-of-N: validation problems (another seed) at each temperature; the test at the temperature they chose
+    test = config("countdown_best_of_n")
+    for t in PROFILES["smoke"].bon_temperatures:
+        val = config(f"countdown_best_of_n_val_t{t:g}")
+        assert val["model"]["init_args"]["generation"]["temperature"] == t
+        assert val["data"]["val"]["init_args"]["seed"] != test["data"]["val"]["init_args"]["seed"]
+    from study.plan import choose_temperature
+
+    chosen, _ = choose_temperature({t: runs / f"countdown_best_of_n_val_t{t:g}" for t in PROFILES["smoke"].bon_temperatures})
+    assert test["model"]["init_args"]["generation"]["temperature"] == chosen
     evaluation = config("instruction_eval_dpo")["model"]["init_args"]
     assert evaluation["reference_responses"] == str(runs / "instruction_eval_base" / "responses.jsonl")
+    assert evaluation["judge"]["init_args"]["model"] == str(runs / "instruction_judge" / "export")
 
 
 def test_smoke_evaluations_write_their_metrics(smoke):
@@ -62,8 +90,10 @@ def test_smoke_evaluations_write_their_metrics(smoke):
         m = json.loads((runs / f"instruction_eval_{name}" / "metrics.json").read_text())
         assert 0.0 <= m["win_rate"] <= 1.0 and 0.0 <= m["adherence_prompt_level"] <= m["adherence_instruction_level"] <= 1.0
         assert m["reference_reward_mean"] == pytest.approx(base["reward_mean"], abs=1e-5)  # the same base answers, re-judged
-    for name in ("countdown_sft", "countdown_sft_more", "countdown_rloo"):
-        assert set(json.loads((runs / name / "eval.json").read_text())) == {"before", "after"}
+    assert set(json.loads((runs / "countdown_sft" / "eval.json").read_text())) == {"before", "after"}
+    for name in ("countdown_sft_more", "countdown_sft_most", "countdown_sft_full", "countdown_rloo"):
+        # their start was measured already (the base, or the stage they continue): only "after"
+        assert set(json.loads((runs / name / "eval.json").read_text())) == {"after"}, name
     assert len((runs / "countdown_best_of_n" / "best_of_n.csv").read_text().splitlines()) == 1 + len(PROFILES["smoke"].bon_n)
     counts = json.loads((runs / "instruction_samples" / "pairs.counts.json").read_text())
     assert counts["prompts"] == PROFILES["smoke"].if_prompts and counts["completions"] == 4 * counts["prompts"]
@@ -78,6 +108,12 @@ def test_smoke_results_file_has_a_filled_table_row_per_stage(smoke):
             row = next(line for line in text.splitlines() if line.startswith(f"| {stage.label} |"))
             assert "–" not in row, row  # every cell was measured
     assert (out / "reproduce_smoke_curves.png").is_file() and (out / "reproduce_smoke_best_of_n.png").is_file()
+    assert (out / "reproduce_smoke_scaling.png").is_file()
+    done = json.loads((out / "runs" / "countdown_sft" / "done.json").read_text())
+    assert done["machine"] and f"Stages ran at commit {done['commit']}" in text  # provenance of every stage
+    claims = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(("| reproduced |", "| inconclusive |",
+              "| not reproduced (the opposite holds) |", "| no difference resolved |", "| LoRA better |", "| full fine-tuning better |"))]
+    assert len(claims) == 20 and not any("not run" in line for line in claims)
 
 
 def test_rerun_skips_finished_stages_and_a_fit_stage_resumes_from_its_checkpoint(smoke, capsys):
@@ -167,3 +203,21 @@ def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_p
     assert engines["instruction_rloo_rm"] == engines["countdown_best_of_n"] == "lit_align.rollout.VLLM"
     assert engines["instruction_eval_base"] == engines["instruction_sft"] == "lit_align.rollout.VLLM"
     assert engines["instruction_rm_deberta"] is None  # a reward model samples nothing and takes no engine
+
+
+def test_embedded_profile_sizes_reach_every_config(tmp_path):
+    """The held-out sets and sample counts the claims rest on are the ones the configs run with."""
+    sizes = PROFILES["embedded"]
+    run("embedded", str(tmp_path), None, dry_run=True)
+    config = lambda name: yaml.safe_load((tmp_path / name / "config.yaml").read_text())  # noqa: E731
+    samples = config("instruction_samples")
+    assert samples["limit"] == samples["source"]["init_args"]["num_prompts"] == sizes.if_prompts >= 128
+    for name in ("base", "sft", "dpo", "rloo_rm", "rloo_checker"):
+        assert config(f"instruction_eval_{name}")["data"]["val"]["init_args"]["num_prompts"] == sizes.if_eval_prompts >= 128
+    for name in ("countdown_sft", "countdown_sft_more", "countdown_sft_most", "countdown_sft_full", "countdown_rloo"):
+        callback = next(c for c in config(name)["trainer"]["callbacks"] if c["class_path"].endswith("VerifierEval"))
+        args = callback["init_args"]
+        assert args["num_prompts"] == args["source"]["init_args"]["num_problems"] == sizes.cd_eval_problems >= 128, name
+        assert args["source"]["init_args"]["seed"] == 1234
+    test = config("countdown_best_of_n")["data"]["val"]["init_args"]
+    assert (test["num_problems"], test["seed"]) == (sizes.cd_eval_problems, 1234)

@@ -76,3 +76,146 @@ def test_a_stage_without_per_problem_figures_gets_no_comparison(tmp_path, missin
     (tmp_path / "countdown_sft" / "eval.json").write_text(json.dumps(data))
     row = _countdown_table([_stage("countdown_sft", label="SFT")], tmp_path)[3]
     assert row.count("| – |") == 1
+
+
+# ----------------------------------------------------------------------------- the claims table
+
+def _after_only(folder, scores, correct):
+    folder.mkdir(parents=True)
+    entry = {"score": sum(scores) / len(scores), "accuracy": sum(correct) / len(correct), "num_problems": len(scores),
+             "num_completions": len(scores), "problem_scores": scores, "problem_correct": correct}
+    (folder / "eval.json").write_text(json.dumps({"after": entry}))
+
+
+def _best_of_n(folder, hits: dict, temperature: float):
+    folder.mkdir(parents=True)
+    n_max = max(hits)
+    with open(folder / "best_of_n_per_problem.csv", "w", newline="") as f:
+        fields = ["problem", "correct_samples"] + [f"{k}_{n}" for n in hits for k in ("best_of", "majority_at", "pass_at")]
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for p in range(len(hits[n_max])):
+            writer.writerow({"problem": p, "correct_samples": hits[n_max][p]}
+                            | {f"{k}_{n}": hits[n][p] for n in hits for k in ("best_of", "majority_at", "pass_at")})
+    (folder / "config.yaml").write_text(f"model:\n  init_args:\n    generation:\n      temperature: {temperature}\n")
+
+
+def _val(folder, best, passes, n=4):
+    folder.mkdir(parents=True)
+    (folder / "best_of_n.csv").write_text(f"n,best_of_n,pass_at_n\n1,0.0,0.0\n{n},{best},{passes}\n")
+
+
+def _responses(folder, ok, wins=None):
+    folder.mkdir(parents=True)
+    rows = [{"prompt_ok": bool(o)} | ({"win": w} if wins is not None else {}) for o, w in zip(ok, wins or ok)]
+    (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _val_stage(t):
+    return Stage(f"countdown_best_of_n_val_t{t:g}", "test", "configs/x.yaml", "val",
+                 {"model": {"init_args": {"generation": {"temperature": t}}}})
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A study whose outcomes are known: the largest SFT gains 8 of 20 problems (the smallest 1),
+    best-of-4 reaches 10 of 20 (less than twice the largest SFT's greedy 8), RLOO changes nothing,
+    SFT wins every prompt, DPO loses every one."""
+    zeros, n = [0.0] * 20, 20
+    _eval(tmp_path / "countdown_sft", (zeros, zeros), ([1.0] * 1 + [0.1] * 19, [1.0] * 1 + [0.0] * 19))
+    _after_only(tmp_path / "countdown_sft_more", [1.0] * 1 + [0.1] * 19, [1.0] * 1 + [0.0] * 19)
+    largest = ([1.0] * 8 + [0.1] * 12, [1.0] * 8 + [0.0] * 12)
+    _after_only(tmp_path / "countdown_sft_most", *largest)
+    _after_only(tmp_path / "countdown_sft_full", [1.0] * 1 + [0.1] * 19, [1.0] * 1 + [0.0] * 19)
+    _after_only(tmp_path / "countdown_rloo", *largest)
+    greedy = [1] * 2 + [0] * 18
+    _best_of_n(tmp_path / "countdown_best_of_n", {1: greedy, 4: [1] * 10 + [0] * 10}, 1.0)
+    _val(tmp_path / "countdown_best_of_n_val_t0.7", 0.2, 0.3)
+    _val(tmp_path / "countdown_best_of_n_val_t1", 0.4, 0.35)
+    _responses(tmp_path / "instruction_eval_base", [0] * n)
+    _responses(tmp_path / "instruction_eval_sft", [1] * 10 + [0] * 10, [1.0] * n)
+    _responses(tmp_path / "instruction_eval_dpo", [0] * n, [0.0] * n)
+    _responses(tmp_path / "instruction_eval_rloo_rm", [1] * 10 + [0] * 10, [0.5] * n)
+    _responses(tmp_path / "instruction_eval_rloo_checker", [1] * 10 + [0] * 10, [1.0, 0.0] * 10)
+    stages = [_stage("countdown_sft", label="SFT, LoRA, 80 synthetic traces"),
+              _stage("countdown_sft_more", label="SFT, LoRA, 240 synthetic traces"),
+              _stage("countdown_sft_most", label="SFT, LoRA, 560 synthetic traces"),
+              _stage("countdown_sft_full"), _stage("countdown_rloo"), _val_stage(0.7), _val_stage(1.0)]
+    return stages, tmp_path
+
+
+def _row(lines, start):
+    return next(line for line in lines if line.startswith(f"| {start}"))
+
+
+def test_claims_table_gives_each_claim_its_paired_test_and_verdict(study):
+    from study.report import claims_table
+
+    lines = claims_table(*study)
+    assert len(lines) == 2 + 20 and not any("not run" in line for line in lines)
+    sft = _row(lines, "SFT on synthetic traces beats the base model (Countdown accuracy)")
+    assert "McNemar exact p=0.008 (n=20) | reproduced |" in sft  # 8 gained, 0 lost: 2 × 0.5**8
+    low, high = wilson_interval(8, 20)
+    assert f"→ SFT (SFT, LoRA, 560 synthetic traces) 0.400 [{low:.3f}, {high:.3f}]" in sft
+    more = _row(lines, "more synthetic data beats less (Countdown accuracy")
+    assert "80 synthetic traces: 0.050" in more and "560 synthetic traces: 0.400" in more
+    assert "+0.350" in more and "McNemar exact p=0.016 (n=20) | reproduced |" in more  # 7 gained: 2 × 0.5**7
+    assert _row(lines, "RLOO with the verifier beats its SFT start (Countdown accuracy)").endswith(
+        "+0.000 [0.000, 0.000], McNemar exact p=1.000 (n=20) | inconclusive |")
+
+
+def test_best_of_n_claim_tests_against_twice_greedy_with_the_validation_temperature(study):
+    from study.report import claims_table
+
+    row = _row(claims_table(*study), "best-of-N with the verifier at least doubles")
+    # best-of-4 10/20 against greedy (the largest SFT's greedy 8/20): 0.5 − 2 × 0.4 = −0.3
+    expected = compare([2.0] * 8 + [0.0] * 12, [1] * 10 + [0] * 10, test="bootstrap")
+    assert f"{expected.diff:+.3f} [{expected.low:.3f}, {expected.high:.3f}]" in row and expected.diff == pytest.approx(-0.3)
+    assert "temperature 1 chosen on validation problems" in row and "N=1: 0.100, N=4: 0.500" in row
+    assert not row.endswith("| reproduced |")
+
+
+def test_instruction_claims_pair_prompts_and_test_win_rate_against_a_half(study):
+    from study.report import claims_table
+
+    lines = claims_table(*study)
+    assert _row(lines, "SFT beats the base model in prompt-level").endswith("McNemar exact p=0.002 (n=20) | reproduced |")
+    assert _row(lines, "SFT beats the base model in win rate").endswith("| reproduced |")
+    assert "+0.500 [0.500, 0.500]" in _row(lines, "SFT beats the base model in win rate")
+    assert _row(lines, "DPO beats the base model in win rate").endswith("| not reproduced (the opposite holds) |")
+    assert _row(lines, "RLOO (RM reward) beats the base model in win rate").endswith("| inconclusive |")  # every prompt a tie
+    assert _row(lines, "DPO beats its SFT start in prompt-level").endswith("| not reproduced (the opposite holds) |")
+
+
+def test_lora_against_full_names_the_better_one(study):
+    from study.report import claims_table
+
+    row = _row(claims_table(*study), "LoRA against full fine-tuning, SFT on Countdown (same traces; accuracy")
+    assert "LoRA 0.050" in row and "full 0.050" in row and row.endswith("| no difference resolved |")
+
+
+def test_temperature_is_chosen_by_best_of_n_then_pass_then_the_lower_one(tmp_path):
+    from study.plan import choose_temperature
+
+    _val(tmp_path / "a", 0.3, 0.5)
+    _val(tmp_path / "b", 0.4, 0.1)
+    assert choose_temperature({0.7: tmp_path / "a", 1.0: tmp_path / "b"})[0] == 1.0
+    _val(tmp_path / "c", 0.4, 0.2)
+    assert choose_temperature({0.7: tmp_path / "c", 1.0: tmp_path / "b"})[0] == 0.7  # tie on best-of-N: pass@N
+    assert choose_temperature({0.7: tmp_path / "b", 1.0: tmp_path / "b"})[0] == 0.7  # full tie: the lower one
+    with pytest.raises(FileNotFoundError, match="temperature 1.2 has not run"):
+        choose_temperature({1.2: tmp_path / "missing"})
+
+
+def test_split_by_prompt_deals_records_in_turn_and_refuses_too_few(tmp_path):
+    from study.runner import split_by_prompt
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(json.dumps({"prompt": i}) + "\n" for i in range(5)))
+    assert split_by_prompt(source, tmp_path, ["a.jsonl", "b.jsonl"]) == {"a.jsonl": 3, "b.jsonl": 2}
+    assert [json.loads(line)["prompt"] for line in (tmp_path / "b.jsonl").read_text().splitlines()] == [1, 3]
+    source.write_text(json.dumps({"prompt": 0}) + "\n")
+    with pytest.raises(ValueError, match="1 records: too few"):
+        split_by_prompt(source, tmp_path, ["a.jsonl", "b.jsonl"])
+    with pytest.raises(FileNotFoundError, match="gone.jsonl is missing"):
+        split_by_prompt(tmp_path / "gone.jsonl", tmp_path, ["a.jsonl"])

@@ -59,3 +59,32 @@ def test_before_and_after_are_compared_problem_by_problem():
     assert accuracy.p_value == pytest.approx(1.0)  # 2 against 1 discordant: two-sided exact p = 1
     with pytest.raises(ValueError, match="different numbers of problems"):
         compare_results(before, {**after, "num_problems": 3})
+
+
+class _Source:
+    def __init__(self, count):
+        self.count = count
+
+    def records(self):
+        return iter(_records(self.count))
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_before_false_measures_only_the_end_of_fit(tiny_lm, tokenizer, tmp_path, before):
+    import json
+    from types import SimpleNamespace
+
+    from lit_align.evaluation.verifier import VerifierEval
+
+    verifier = Scripted([0.0, 0.1, 1.0, 1.0])  # before (when measured): 0.0, 0.1; after: 1.0, 1.0
+    callback = VerifierEval(_Source(2), verifier, num_prompts=2, max_new_tokens=3, output=str(tmp_path / "eval.json"),
+                            before=before)
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[], global_step=0)
+    module = SimpleNamespace(policy=tiny_lm, tokenizer=tokenizer)
+    callback.on_fit_start(trainer, module)
+    callback.on_fit_end(trainer, module)
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert set(written) == ({"before", "after"} if before else {"after"})
+    # without the start measured, the after-figure takes the first scores the verifier hands out
+    assert written["after"]["problem_scores"] == pytest.approx([1.0, 1.0] if before else [0.0, 0.1])
+    assert ("against_before" in written["after"]) is before

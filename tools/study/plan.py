@@ -78,12 +78,14 @@ class Sizes:
 
 
 PROFILES = {
-    # Sized for about 80 minutes on a quiet 2-core CPU (docs/results.md, "The study's claims"): held-out
-    # sets of 128 Countdown problems and 128 instruction prompts, greedy evaluation in batches of 64.
+    # Sized from measured stage costs to finish in about 75 minutes on a quiet 2-core CPU (docs/results.md):
+    # held-out sets of 128 Countdown problems and 128 instruction prompts, greedy evaluation in batches of 64
+    # (about 70 s per set); a LoRA SFT step takes about 3.5 s, an RLOO step 25-30 s, best-of-8 on 128
+    # problems about 13 min.
     "embedded": Sizes(
         policy=None, rm_backbone=None, if_prompts=128, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
-        rm_steps=40, rloo_steps=6, rloo_checker_steps=6, cd_sft_steps=20, cd_more_steps=40, cd_most_steps=80,
-        cd_rloo_steps=8, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
+        rm_steps=40, rloo_steps=8, rloo_checker_steps=8, cd_sft_steps=20, cd_more_steps=40, cd_most_steps=80,
+        cd_rloo_steps=20, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
     ),
     "smoke": Sizes(
         policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=48, if_eval_prompts=4, if_new_tokens=12,
@@ -205,7 +207,8 @@ def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
     if not paper:  # the paper's SFT and RM data are public datasets, not the base model's own samples
         stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
                             "base samples → verified SFT data and pairs",
-                            policy | {"limit": s.if_prompts, "max_new_tokens": s.if_new_tokens,
+                            policy | {"limit": s.if_prompts, "source": {"init_args": {"num_prompts": s.if_prompts}},
+                                      "max_new_tokens": s.if_new_tokens,
                                       "sft_min_score": s.sft_min_score, "batch_size": max(1, s.if_batch_size // 4)}))  # 4 samples a prompt
         # the win-rate judge must be a reward model no policy was trained against: it learns from the
         # other half of the prompts' pairs than the RM that rewards RLOO (and whose pairs DPO learns from)

@@ -13,7 +13,9 @@ import shutil
 from pathlib import Path
 
 from lit_align.evaluation.stats import Comparison, compare
-from study.plan import Stage
+import yaml
+
+from study.plan import Stage, choose_temperature
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def metric_rows(folder: Path) -> list[dict]:
 
 
 def _instruction_table(stages: list[Stage], out: Path) -> list[str]:
-    lines = ["| stage | prompt-level adherence | instruction-level adherence | win rate vs base (RM judge) | mean RM reward | mean tokens |",
+    lines = ["| stage | prompt-level adherence | instruction-level adherence | win rate vs base (judge RM) | mean judge reward | mean tokens |",
              "|---|---|---|---|---|---|"]
     for stage in stages:
         if stage.name.startswith("instruction_eval_"):
@@ -116,6 +118,175 @@ def _best_of_n_table(out: Path) -> list[str]:
     return lines
 
 
+# ----------------------------------------------------------------------------- the study's claims
+
+CLAIM_VERDICTS = {"better": "reproduced", "worse": "not reproduced (the opposite holds)", "inconclusive": "inconclusive"}
+
+
+def _after(out: Path, name: str) -> dict:
+    return _json(out / name / "eval.json").get("after", {})
+
+
+def _responses(out: Path, name: str) -> list[dict]:
+    path = out / name / "responses.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _per_problem_best_of_n(out: Path, name: str) -> dict[int, list[int]]:
+    """``{N: per-problem best-of-N hits}`` from ``best_of_n_per_problem.csv`` (problems in test order)."""
+    path = out / name / "best_of_n_per_problem.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ns = sorted(int(k.removeprefix("best_of_")) for k in rows[0] if k.startswith("best_of_")) if rows else []
+    return {n: [int(float(r[f"best_of_{n}"])) for r in rows] for n in ns}
+
+
+def _figure(values: list[float], binary: bool) -> str:
+    """A stage's mean over problems with its 95 % interval (Wilson for 0/1 outcomes, else bootstrap)."""
+    from lit_align.evaluation.stats import mean_estimate, proportion_estimate
+
+    e = proportion_estimate(int(sum(values)), len(values)) if binary else mean_estimate(values)
+    return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
+
+
+def _claim(claim: str, measured: str, before, after, test: str = "auto", label_verdicts: dict | None = None) -> str:
+    """One row: the claim, the figures, the paired test of ``after − before`` and the verdict."""
+    if not before or not after or len(before) != len(after):
+        return f"| {claim} | {measured or '–'} | – | not run |"
+    c = compare(before, after, test=test)
+    word = (label_verdicts or CLAIM_VERDICTS)[verdict(c)]
+    return f"| {claim} | {measured} | {c.diff:+.3f} [{c.low:.3f}, {c.high:.3f}], {c.test} p={c.p_value:.3f} (n={c.n}) | {word} |"
+
+
+def temperature_choice(stages: list[Stage], out: Path) -> dict | None:
+    """The best-of-N test's sampling temperature (from the config it ran with) and the validation
+    figures it was chosen from (``{"temperature": t, "validation": {t: figures}}``); None if not run."""
+    config = out / "countdown_best_of_n" / "config.yaml"
+    val = {s.overrides["model"]["init_args"]["generation"]["temperature"]: out / s.name
+           for s in stages if s.name.startswith("countdown_best_of_n_val_")}
+    if not config.is_file() or not val or not all((folder / "best_of_n.csv").is_file() for folder in val.values()):
+        return None
+    used = yaml.safe_load(config.read_text())["model"]["init_args"]["generation"]["temperature"]
+    best, figures = choose_temperature(val)
+    if best != used:
+        log.warning("best-of-N ran at temperature %s, but the validation results choose %s", used, best)
+    return {"temperature": used, "validation": figures}
+
+
+def claims_table(stages: list[Stage], out: Path) -> list[str]:
+    """The study's claims, one row each: the measured figures with 95 % intervals, the paired test on
+    the same held-out problems or prompts, and a verdict. ``reproduced`` needs the paired interval to
+    exclude 0 in the claimed direction *and* p < 0.05 (``verdict``); the opposite significant result is
+    ``not reproduced``; anything else ``inconclusive``."""
+    names = {s.name: s for s in stages}
+    lines = ["| claim | measured (95 % intervals) | paired test: difference [95 % interval], p (n) | verdict |",
+             "|---|---|---|---|"]
+    base = _json(out / "countdown_sft" / "eval.json").get("before", {})
+    sft_names = [n for n in ("countdown_sft", "countdown_sft_more", "countdown_sft_most") if n in names]
+    largest = _after(out, sft_names[-1]) if sft_names else {}
+    acc, score = "problem_correct", "problem_scores"
+    # 1. SFT on synthetic traces beats the base model
+    for key, what in ((acc, "accuracy"), (score, "verifier score")):
+        measured = (f"base {_figure(base[key], key == acc)} → SFT ({names[sft_names[-1]].label}) {_figure(largest[key], key == acc)}"
+                    if base.get(key) and largest.get(key) else "")
+        lines.append(_claim(f"SFT on synthetic traces beats the base model (Countdown {what})", measured,
+                            base.get(key), largest.get(key), "bootstrap" if key == score else "auto"))
+    # 2. more synthetic data beats less: the curve, tested largest against smallest
+    curve = [(names[n].label, _after(out, n)) for n in sft_names]
+    if len(curve) >= 2:
+        for key, what in ((acc, "accuracy"), (score, "verifier score")):
+            measured = "; ".join(f"{label}: {_figure(r[key], key == acc)}" for label, r in curve if r.get(key))
+            lines.append(_claim(f"more synthetic data beats less (Countdown {what}, largest against smallest of "
+                                f"{len(curve)} sizes)", measured, curve[0][1].get(key), curve[-1][1].get(key),
+                                "bootstrap" if key == score else "auto"))
+    # 3. best-of-N with the verifier at least doubles greedy SFT accuracy (largest N; temperature from validation)
+    bon = _per_problem_best_of_n(out, "countdown_best_of_n")
+    greedy = largest.get(acc)
+    if bon and greedy and len(bon[max(bon)]) == len(greedy):
+        chosen = temperature_choice(stages, out)
+        n = max(bon)
+        where = f", temperature {chosen['temperature']:g} chosen on validation problems" if chosen else ""
+        measured = (f"greedy SFT {_figure(greedy, True)}; best-of-{n} {_figure(bon[n], True)}{where}; "
+                    + ", ".join(f"N={k}: {sum(v) / len(v):.3f}" for k, v in sorted(bon.items())))
+        lines.append(_claim(f"best-of-N with the verifier at least doubles greedy SFT accuracy (N = {n}; test: "
+                            "best-of-N − 2 × greedy)", measured, [2 * g for g in greedy], bon[n], "bootstrap"))
+    else:
+        lines.append(_claim("best-of-N with the verifier at least doubles greedy SFT accuracy", "", None, None))
+    # 4. RLOO with the verifier beats its SFT start
+    rloo = _after(out, "countdown_rloo")
+    for key, what in ((acc, "accuracy"), (score, "verifier score")):
+        measured = (f"SFT start {_figure(largest[key], key == acc)} → RLOO {_figure(rloo[key], key == acc)}"
+                    if largest.get(key) and rloo.get(key) else "")
+        lines.append(_claim(f"RLOO with the verifier beats its SFT start (Countdown {what})", measured,
+                            largest.get(key), rloo.get(key), "bootstrap" if key == score else "auto"))
+    # 5. instruction following: each policy against the base (adherence, win rate) and against SFT
+    evals = {key: _responses(out, f"instruction_eval_{key}") for key in ("base", "sft", "dpo", "rloo_rm", "rloo_checker")}
+    titles = {"sft": "SFT", "dpo": "DPO", "rloo_rm": "RLOO (RM reward)", "rloo_checker": "RLOO (checker reward)"}
+    ok = lambda rows: [float(bool(r.get("prompt_ok"))) for r in rows] if rows and all("prompt_ok" in r for r in rows) else None
+    for key, title in titles.items():
+        a, b = ok(evals["base"]), ok(evals[key])
+        measured = f"base {_figure(a, True)} → {title} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
+        lines.append(_claim(f"{title} beats the base model in prompt-level constraint adherence", measured, a, b))
+    for key, title in titles.items():
+        wins = [float(r["win"]) for r in evals[key]] if evals[key] and all("win" in r for r in evals[key]) else None
+        measured = f"win rate {_figure(wins, False)} (ties ½)" if wins else ""
+        lines.append(_claim(f"{title} beats the base model in win rate, judged by the held-apart judge RM (test: against 0.5)",
+                            measured, [0.5] * len(wins) if wins else None, wins, "bootstrap"))
+    for key in ("dpo", "rloo_rm", "rloo_checker"):
+        a, b = ok(evals["sft"]), ok(evals[key])
+        measured = f"SFT {_figure(a, True)} → {titles[key]} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
+        lines.append(_claim(f"{titles[key]} beats its SFT start in prompt-level constraint adherence", measured, a, b))
+    # 6. LoRA against full fine-tuning, SFT on the Countdown track, the same traces
+    lora, full = _after(out, "countdown_sft"), _after(out, "countdown_sft_full")
+    seconds = {n: _json(out / n / "done.json").get("seconds") for n in ("countdown_sft", "countdown_sft_full")}
+    both = {"better": "full fine-tuning better", "worse": "LoRA better", "inconclusive": "no difference resolved"}
+    for key, what in ((acc, "accuracy"), (score, "verifier score")):
+        measured = ""
+        if lora.get(key) and full.get(key):
+            measured = f"LoRA {_figure(lora[key], key == acc)} → full {_figure(full[key], key == acc)}"
+            if all(seconds.values()):
+                measured += f"; stage wall time {seconds['countdown_sft']:.0f} s (LoRA, with the base evaluation) vs {seconds['countdown_sft_full']:.0f} s (full)"
+        lines.append(_claim(f"LoRA against full fine-tuning, SFT on Countdown (same traces; {what}; full − LoRA)", measured,
+                            lora.get(key), full.get(key), "bootstrap" if key == score else "auto", both))
+    return lines
+
+
+def _scaling_plot(stages: list[Stage], out: Path, image: Path) -> bool:
+    """Held-out accuracy and score against the number of synthetic traces, with 95 % intervals."""
+    points = []
+    for stage in stages:
+        if stage.name.startswith("countdown_sft") and stage.name != "countdown_sft_full":
+            r = _eval_with_intervals(_after(out, stage.name))
+            traces = [int(w) for w in stage.label.split() if w.isdigit()]
+            if r.get("accuracy_low") is not None and traces:
+                points.append((traces[0], r))
+    if len(points) < 2:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key, marker in (("accuracy", "o"), ("score", "s")):
+        x = [p[0] for p in points]
+        y = [p[1][key] for p in points]
+        err = [[v - p[1][f"{key}_low"] for v, p in zip(y, points)], [p[1][f"{key}_high"] - v for v, p in zip(y, points)]]
+        ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=key)
+    ax.set_xscale("log")
+    ax.set_xlabel("synthetic traces seen (SFT, LoRA)")
+    ax.set_ylabel("held-out Countdown")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(image, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def _curves(stages: list[Stage], out: Path, image: Path) -> bool:
     """Training curves of every fit stage: the loss, and the mean reward for RLOO."""
     try:
@@ -157,14 +328,29 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     samples = _json(out / "instruction_samples" / "pairs.counts.json")
     lines = [f"<!-- reproduce:{profile}:begin -->", f"### Profile `{profile}` (written by `python tools/reproduce.py --profile {profile}`)", "",
              f"Outputs: `{out}`. Total wall time of the stages: {total / 60:.1f} min.", ""]
+    ran = [_json(out / s.name / "done.json") for s in stages]
+    commits = sorted({(r.get("commit") or "unknown") + (" (with uncommitted changes)" if r.get("dirty") else "") for r in ran if r})
+    machines = sorted({r["machine"] for r in ran if r.get("machine")})
+    if commits:
+        lines += [f"Stages ran at commit {', '.join(commits)} on {'; '.join(machines) or 'an unrecorded machine'}.", ""]
     if samples:
         lines += [(f"Base-model samples: {samples.get('prompts')} prompts × their samples = {samples.get('completions')} completions; "
                   f"{samples.get('sft_records', 0)} verified responses (SFT data), {samples.get('pairs')} preference pairs "
                   f"({samples.get('skipped_equal_scores')} prompts skipped: all samples scored the same)."), ""]
+    lines += ["**The study's claims** (each test pairs the two stages on the same held-out problems or prompts):", "",
+              *claims_table(stages, out), ""]
+    chosen = temperature_choice(stages, out)
+    if chosen:
+        lines += [f"Best-of-N sampling temperature: {chosen['temperature']:g}, chosen on the validation problems "
+                  f"(best-of-N accuracy at the largest N, then pass@N): "
+                  + "; ".join(f"T={t}: best-of-{f['n']} {f['best_of_n']:.3f}, pass@{f['n']} {f['pass_at_n']:.3f}"
+                              for t, f in chosen["validation"].items()), ""]
+    stem = f"reproduce_{profile}"
+    if _scaling_plot(stages, out, results.parent / f"{stem}_scaling.png"):
+        lines += [f"![data scaling]({stem}_scaling.png)", ""]
     lines += ["**Instruction following** (held-out constraint prompts, greedy):", "", *_instruction_table(stages, out), "",
               "**Countdown** (held-out problems, greedy):", "", *_countdown_table(stages, out), "",
               "**Best-of-N** (verifier selects):", "", *_best_of_n_table(out), ""]
-    stem = f"reproduce_{profile}"
     if _curves(stages, out, results.parent / f"{stem}_curves.png"):
         lines += [f"![training curves]({stem}_curves.png)", ""]
     bon_png = out / "countdown_best_of_n" / "best_of_n.png"

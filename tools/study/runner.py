@@ -101,6 +101,35 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
     return merge(config, {"model": {"init_args": {"rollout": rollout}}})
 
 
+def provenance() -> dict:
+    """Where a stage ran: the repository's commit (and whether the tree had uncommitted changes) and
+    the machine (CPU model, cores, memory, bf16 units), for the results page."""
+    import os
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    from lit_align.hardware import cpu_has_bf16
+
+    model, memory = "unknown CPU", None
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), model)
+        memory = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal")), None)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    machine = f"{model}, {cores} cores" + (f", {memory / 2**20:.0f} GiB" if memory else "")
+    machine += ", bf16 units" if cpu_has_bf16() else ", no bf16 units"
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None, "machine": machine}
+
+
 def split_by_prompt(source: Path, folder: Path, parts: list[str]) -> dict[str, int]:
     """Deal the records of the JSONL file ``source`` (one per prompt, e.g. a prompt's preference pair)
     in turn into ``folder/parts[0]``, ``folder/parts[1]``, ...; returns the count written to each."""
@@ -170,7 +199,7 @@ def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: d
             sys.argv = argv
     gc.collect()
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds}, indent=2) + "\n")
+    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds} | provenance(), indent=2) + "\n")
     return seconds
 
 
