@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.models import ModelLoadError
+from lit_align.modeling.models import ModelLoadError
 
 TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
 # The user's config, data or environment is at fault: DataError, RewardError and refused settings are

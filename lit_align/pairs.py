@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data.formats import prompt_of
 from lit_align.data.sources import Source
-from lit_align.evaluation.scoring import sample_and_score
-from lit_align.generation import SamplingParams
-from lit_align.rollout import HFGenerate, RolloutEngine
+from lit_align.sampling.scoring import sample_and_score
+from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.engines import HFGenerate, RolloutEngine
 from lit_align.rewards.base import Reward
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from lit_align import tiny  # noqa: E402
+from lit_align.modeling import tiny  # noqa: E402
 
 # Tiny models gain nothing from threads, and several threaded processes on 2 cores slow each other
 # down badly (OpenMP spin-waits), e.g. when a training run shares the machine.
@@ -62,7 +62,7 @@ def end_of_turn_biased(model, tokenizer, lift: float = 2.0):
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
     """The real Qwen tokenizer set up as Qwen2.5-0.5B base (EOS <|endoftext|>, turns end with <|im_end|>)."""
-    from lit_align import models
+    from lit_align.modeling import models
 
     return models.load_tokenizer("tiny:qwen2")
 
@@ -70,14 +70,14 @@ def qwen_tokenizer():
 @pytest.fixture
 def qwen_lm(qwen_tokenizer):
     """tiny:qwen2, biased to end its turns with <|im_end|> within a few tokens at temperature 0.7."""
-    from lit_align import models
+    from lit_align.modeling import models
 
     return end_of_turn_biased(models.load_causal_lm("tiny:qwen2"), qwen_tokenizer)
 
 
 def completion_logits(model, samples) -> torch.Tensor:
     """(N, C, V) logits that predict each completion token, from one plain forward of prompt + completion."""
-    from lit_align import ops
+    from lit_align.objectives import ops
 
     ids = torch.cat([samples.prompt_ids, samples.completion_ids], 1)
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
@@ -92,7 +92,7 @@ def first_token_chi2(engine, model, tokenizer, temperature: float = 0.7, draws: 
     lifted to hold most of the mass, every other token in one bin (5 degrees of freedom)."""
     from lit_align.data.collate import collate_prompts
     from lit_align.data.formats import prompt_ids
-    from lit_align.generation import SamplingParams
+    from lit_align.sampling.generate import SamplingParams
 
     with torch.no_grad():
         weight = model.get_input_embeddings().weight

@@ -23,7 +23,7 @@ def test_validate_and_test_report_loss(subcommand, tmp_path, monkeypatch):
 def test_predict_writes_completions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main([
-        "predict", *TINY, "--trainer.callbacks+=lit_align.callbacks.JsonlPredictionWriter",
+        "predict", *TINY, "--trainer.callbacks+=lit_align.lightning.callbacks.JsonlPredictionWriter",
         "--trainer.callbacks.path", "preds.jsonl", "--model.init_args.generation", '{"max_new_tokens": 4, "n": 2}',
     ])
     rows = [json.loads(line) for line in (tmp_path / "preds.jsonl").read_text().splitlines()]

@@ -115,7 +115,7 @@ SAMPLING_CONFIGS = [p for p in METHOD_CONFIGS if _samples(p)]
 @pytest.mark.parametrize("config", SAMPLING_CONFIGS, ids=_id)
 def test_every_sampling_config_takes_the_vllm_override(config, capsys):
     parsed = _print_config(capsys, config, CONFIGS / "rollout" / "vllm.yaml")
-    assert parsed["model"]["init_args"]["rollout"]["class_path"] == "lit_align.rollout.VLLM"
+    assert parsed["model"]["init_args"]["rollout"]["class_path"] == "lit_align.sampling.engines.VLLM"
 
 
 def test_sampling_configs_cover_rloo_evaluation_and_verifier_callbacks():

@@ -42,7 +42,7 @@ def _config(method: str, folder: Path, devices: int) -> Path:
             "limit_val_batches": 0, "num_sanity_val_steps": 0, "enable_progress_bar": False,
             "callbacks": [
                 {"class_path": "fault_injection.GlobalLossCurve", "init_args": {"path": str(folder / "losses.json")}},
-                {"class_path": "lit_align.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}},
+                {"class_path": "lit_align.lightning.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}},
             ],
         },
         "model": {"class_path": model["class_path"], "init_args": {"model": "tiny:causal-lm", **model["init_args"]}},

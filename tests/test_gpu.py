@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from lit_align import tiny
+from lit_align.modeling import tiny
 from lit_align.cli import main
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +44,7 @@ def _base_config(folder: Path, model: str = "tiny:causal-lm", export: bool = Tru
     """SFT of ``model`` on generated Countdown traces for STEPS steps; the hardware comes from an override."""
     callbacks = [{"class_path": "tests.test_gpu.TrainingProbe"}]
     if export:
-        callbacks.append({"class_path": "lit_align.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}})
+        callbacks.append({"class_path": "lit_align.lightning.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}})
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -113,7 +113,7 @@ def test_fsdp_on_one_gpu_wraps_each_block_and_trains(tmp_path):
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from lit_align.scaling import TransformerFSDP
+    from lit_align.lightning.fsdp import TransformerFSDP
 
     cli, probe = _fit(_base_config(tmp_path), "fsdp.yaml", "--trainer.devices", "1")
     assert isinstance(cli.trainer.strategy, TransformerFSDP) and cli.trainer.world_size == 1

@@ -17,7 +17,7 @@ def test_the_installed_package_works_outside_the_checkout(tmp_path):
                             "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     shipped = {p.name for p in (target / "lit_align").iterdir()}
-    assert {"cli.py", "rollout.py", "methods", "data"} <= shipped and "reproduce" not in shipped
+    assert {"cli.py", "sampling", "methods", "data"} <= shipped and "reproduce" not in shipped
     env = os.environ | {"PYTHONPATH": str(target)}
     where = subprocess.run([sys.executable, "-c", "import lit_align; print(lit_align.__file__)"], cwd=tmp_path, env=env,
                            capture_output=True, text=True, timeout=300)

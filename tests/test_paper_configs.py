@@ -27,7 +27,7 @@ QWEN = "Qwen/Qwen2.5-0.5B"
 DISTILBERT = "distilbert/distilbert-base-uncased"
 WARMSTART = PAPER / "sft_qwen2.5-0.5b_countdown_warmstart.yaml"
 LOCAL_FILE = "lit_align.data.sources.LocalFile"
-HFEXPORT = "lit_align.callbacks.HFExport"
+HFEXPORT = "lit_align.lightning.callbacks.HFExport"
 
 # The tiny stand-in for each method's hub model (the tokenizer is loaded from it in __init__).
 TINY_MODEL = {"lit_align.methods.RewardModel": "tiny:classifier", "lit_align.methods.DPO": "tiny:causal-lm"}

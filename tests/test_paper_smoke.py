@@ -17,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from lit_align import models
+from lit_align.modeling import models
 from study.plan import plan
 from lit_align.rewards.model import RewardModelScorer
 

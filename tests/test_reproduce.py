@@ -200,8 +200,8 @@ def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_p
     for folder in tmp_path.iterdir():
         init = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]
         engines[folder.name] = init.get("rollout", {}).get("class_path")
-    assert engines["instruction_rloo_rm"] == engines["countdown_best_of_n"] == "lit_align.rollout.VLLM"
-    assert engines["instruction_eval_base"] == engines["instruction_sft"] == "lit_align.rollout.VLLM"
+    assert engines["instruction_rloo_rm"] == engines["countdown_best_of_n"] == "lit_align.sampling.engines.VLLM"
+    assert engines["instruction_eval_base"] == engines["instruction_sft"] == "lit_align.sampling.engines.VLLM"
     assert engines["instruction_rm_deberta"] is None  # a reward model samples nothing and takes no engine
 
 

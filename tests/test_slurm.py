@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from lit_align.callbacks import Preempted
+from lit_align.lightning.callbacks import Preempted
 from lit_align.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def _config(folder: Path, devices: int, callbacks: list | None = None, auto_requ
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {
                 "dirpath": str(folder / "checkpoints"), "every_n_train_steps": 2, "save_top_k": 0, "save_last": True}},
-            {"class_path": "lit_align.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}},
+            {"class_path": "lit_align.lightning.callbacks.HFExport", "init_args": {"dirpath": str(folder / "export")}},
             *(callbacks or []),
         ],
     }
@@ -237,7 +237,7 @@ def test_outside_slurm_the_signal_saves_at_the_step_boundary_and_stops(one_proce
     for name in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(name)
     signal_at_3 = {"class_path": "fault_injection.KillAfterStep", "init_args": {"step": 3, "signal_name": "SIGUSR1"}}
-    requeue = {"class_path": "lit_align.callbacks.RequeueOnSignal"}
+    requeue = {"class_path": "lit_align.lightning.callbacks.RequeueOnSignal"}
     with pytest.raises(Preempted):
         main(["fit", "--config", str(_config(tmp_path, devices=1, callbacks=[signal_at_3, requeue]))])
     assert not (tmp_path / "export").exists()  # no export of a partly trained model

@@ -12,4 +12,4 @@ python3 -m venv "$folder"
 "$folder/bin/pip" uninstall -y -q torchvision torchaudio torchcodec
 "$folder/bin/pip" freeze | grep -E '^(torch|transformers|tokenizers|numpy)==' > "$folder/constraints.txt"
 "$folder/bin/pip" install -q -c "$folder/constraints.txt" -e "$root[test]"
-"$folder/bin/python" -c "import vllm, lit_align.rollout; print('vllm', vllm.__version__, 'ready in $folder')"
+"$folder/bin/python" -c "import vllm, lit_align.sampling.engines; print('vllm', vllm.__version__, 'ready in $folder')"

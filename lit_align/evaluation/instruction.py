@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
 from lit_align.data.formats import prompt_of
 from lit_align.data.sources import DataError
 from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
-from lit_align.generation import SamplingParams, sample
+from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, checked_rewards
 

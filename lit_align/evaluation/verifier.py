@@ -9,10 +9,10 @@ import lightning as L
 import torch
 
 from lit_align.data.sources import Source
-from lit_align.evaluation.scoring import sample_and_score
+from lit_align.sampling.scoring import sample_and_score
 from lit_align.evaluation.stats import Comparison, Estimate, compare, mean_estimate, proportion_estimate
-from lit_align.generation import SamplingParams
-from lit_align.rollout import HFGenerate, RolloutEngine
+from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.engines import HFGenerate, RolloutEngine
 from lit_align.rewards.base import Reward
 
 

@@ -11,11 +11,11 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_align import hardware, models
+from lit_align.modeling import hardware, models
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import BatchKind
-from lit_align.generation import SamplingParams
-from lit_align.rollout import HFGenerate, RolloutEngine
+from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.engines import HFGenerate, RolloutEngine
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):

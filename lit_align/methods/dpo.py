@@ -37,7 +37,7 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.apply_func import move_data_to_device
 
-from lit_align import forward, losses, ops
+from lit_align.objectives import logprobs, losses, ops
 from lit_align.data.collate import PreferenceBatch
 from lit_align.data.kinds import PreferenceKind
 from lit_align.methods.base import PolicyModule
@@ -138,7 +138,7 @@ class DPO(PolicyModule):
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
-        return forward.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+        return logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
 
     def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
         return self.with_reference(lambda model: self.sequence_logps(model, batch))
@@ -151,7 +151,7 @@ class DPO(PolicyModule):
         return self.reference_sequence_logps(batch).split(batch.num_pairs)
 
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
-        token_logps, _ = forward.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+        token_logps, _ = logprobs.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         pc, pr = token_logps.sum(-1).split(batch.num_pairs)
         rc, rr = self._reference(batch, stage)
         nc, nr = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)

@@ -22,7 +22,8 @@ import torchmetrics
 from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from lit_align import hardware, losses, models
+from lit_align.modeling import hardware, models
+from lit_align.objectives import losses
 from lit_align.data.collate import PreferenceBatch
 from lit_align.data.kinds import RewardKind
 from lit_align.methods.base import FreesAppliedGradients, optimizer_config

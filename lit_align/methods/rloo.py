@@ -27,11 +27,11 @@ from typing import Literal
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_align import forward, losses, ops
+from lit_align.objectives import logprobs, losses, ops
 from lit_align.data.collate import PromptBatch
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.data.kinds import PromptKind
-from lit_align.generation import Samples
+from lit_align.sampling.generate import Samples
 from lit_align.methods.base import PolicyModule
 from lit_align.rewards.base import Reward, score_samples
 
@@ -105,7 +105,7 @@ class RLOO(PolicyModule):
         mask = torch.cat([samples.prompt_mask, samples.completion_mask], dim=1)
         labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
                             samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], dim=1)
-        logps, entropy = forward.model_token_logprobs(
+        logps, entropy = logprobs.model_token_logprobs(
             model, input_ids, mask, labels, ops.position_ids_from_mask(mask), with_entropy=with_entropy,
             temperature=samples.temperature or 1.0,  # greedy samples: the model's own distribution
         )

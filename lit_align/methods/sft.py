@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import torchmetrics
 
-from lit_align import forward, losses, ops
+from lit_align.objectives import logprobs, losses, ops
 from lit_align.data.collate import SFTBatch
 from lit_align.data.kinds import SFTKind
 from lit_align.methods.base import PolicyModule
@@ -45,10 +45,10 @@ class SFT(PolicyModule):
 
     def _nll(self, batch: SFTBatch, normalizer: float):
         if batch.position_ids is None:
-            token_logps, _ = forward.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+            token_logps, _ = logprobs.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
         else:
             with kv_cache_off(self.policy):
-                token_logps, _ = forward.model_token_logprobs(self.policy, batch.input_ids, None, batch.labels, batch.position_ids)
+                token_logps, _ = logprobs.model_token_logprobs(self.policy, batch.input_ids, None, batch.labels, batch.position_ids)
         return losses.sft_loss(token_logps, ops.loss_mask(batch.labels), normalizer)
 
     def training_step(self, batch: SFTBatch, batch_idx: int):

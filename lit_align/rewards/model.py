@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from lit_align import forward, models
+from lit_align.objectives import logprobs
+from lit_align.modeling import models
 from lit_align.data.collate import pad
 from lit_align.data.preference import reward_ids
 from lit_align.rewards.base import Reward
@@ -25,20 +26,20 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                   group_overhead: int | None = None) -> torch.Tensor:
     """(N, T) right-padded inputs → (N,) float32 rewards.
 
-    With ``unpad`` (default: on CPU, ``forward.unpad_by_default``), rows are regrouped by length (``forward.plan_row_groups``) and each group is cut to
+    With ``unpad`` (default: on CPU, ``logprobs.unpad_by_default``), rows are regrouped by length (``logprobs.plan_row_groups``) and each group is cut to
     its own longest row, so padding costs no compute; each row's reward is unchanged (rows never
     attend to each other), up to float rounding.
     """
     if unpad is None:
-        unpad = forward.unpad_by_default(input_ids.device)
-    with forward.cast_weights_once(input_ids.device):
+        unpad = logprobs.unpad_by_default(input_ids.device)
+    with logprobs.cast_weights_once(input_ids.device):
         return _scores(model, input_ids, attention_mask, unpad, group_overhead)
 
 
 def _scores(model, input_ids, attention_mask, unpad, group_overhead) -> torch.Tensor:
     if unpad and input_ids.size(0) > 1 and bool((attention_mask[:, 0] == 1).all()):
         lengths = attention_mask.sum(dim=1)
-        groups = forward.regroup_plan(lengths.tolist(), input_ids.size(1), input_ids.device, group_overhead)
+        groups = logprobs.regroup_plan(lengths.tolist(), input_ids.size(1), input_ids.device, group_overhead)
         if groups is not None:
             order = torch.tensor([i for g in groups for i in g], device=input_ids.device)
             parts = []

@@ -5,7 +5,7 @@ import torch
 
 from lit_align.evaluation.stats import wilson_interval
 from lit_align.evaluation.verifier import compare_results, describe, evaluate_with_verifier
-from lit_align.generation import SamplingParams
+from lit_align.sampling.generate import SamplingParams
 from lit_align.rewards.base import Reward
 
 

@@ -7,7 +7,7 @@ import torch
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.sources import LocalFile
 from lit_align.methods.dpo import DPO, IPO, ConservativeDPO, SigmoidDPO
-from lit_align.models import LoRA
+from lit_align.modeling.models import LoRA
 
 from conftest import trainer
 
@@ -95,7 +95,7 @@ def test_dropout_is_off_by_default_for_dpo_and_rloo_and_can_be_kept(method):
 
 def test_ipo_averages_log_probs_per_token_by_default():
     """IPO's h from per-token means (the default) or sums, against the formula on the same log-probs."""
-    from lit_align import forward, ops
+    from lit_align.objectives import logprobs, ops
     from lit_align.data.collate import collate_preference
 
     beta = 0.1
@@ -112,8 +112,8 @@ def test_ipo_averages_log_probs_per_token_by_default():
         module.log_dict = lambda *a, **k: None
         loss = module._shared_step(batch, "train")
         with torch.no_grad():
-            pol = forward.model_token_logprobs(module.policy, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
-            ref = forward.model_token_logprobs(module.reference_model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+            pol = logprobs.model_token_logprobs(module.policy, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+            ref = logprobs.model_token_logprobs(module.reference_model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
         n = ops.loss_mask(batch.labels).sum(-1)
         if normalization == "token_mean":
             pol, ref = pol / n, ref / n

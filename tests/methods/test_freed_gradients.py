@@ -6,7 +6,7 @@ import torch
 
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.sources import InMemory
-from lit_align.generation import SamplingParams
+from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, RLOO, SFT, RewardModel
 from lit_align.rewards.base import Reward
 

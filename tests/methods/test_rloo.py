@@ -3,13 +3,13 @@ import math
 import pytest
 import torch
 
-from lit_align import ops
+from lit_align.objectives import ops
 from lit_align.data.collate import collate_prompts
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import prompt_ids
-from lit_align.generation import SamplingParams, sample
+from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods.rloo import RLOO
-from lit_align.models import LoRA
+from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
 
 from conftest import completion_logits, trainer
@@ -112,7 +112,7 @@ class Length(Reward):
 def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
     """Two micro-batches of one accumulation window, the same prompt and the same weights: their
     samples differ only if each micro-batch draws its own random stream."""
-    import lit_align.rollout as rollout_module
+    import lit_align.sampling.engines as rollout_module
 
     drawn = []
 
@@ -166,7 +166,7 @@ class CharSum(Reward):
 def test_training_step_is_rloo_loss_of_its_samples_with_its_settings(monkeypatch, tokenizer, settings):
     """The method passes what it sampled, scored and set to ``losses.rloo_loss`` unchanged: with the
     samples, rewards and reference log-probs pinned, its loss is the pure function's."""
-    from lit_align import losses
+    from lit_align.objectives import losses
 
     torch.manual_seed(0)
     module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,

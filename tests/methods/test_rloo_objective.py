@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from lit_align import losses
+from lit_align.objectives import losses
 
 T, BETA, K = 0.7, 0.3, 3
 VOCAB, EOS = 4, 3  # tokens 0..2 and EOS; completions of at most two tokens

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
-from lit_align.models import LoRA
+from lit_align.modeling.models import LoRA
 
 from conftest import trainer
 

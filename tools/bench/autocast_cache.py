@@ -1,8 +1,8 @@
-"""What Lightning's uncached autocast costs a step run as several forwards, and what ``forward.cast_weights_once`` wins back.
+"""What Lightning's uncached autocast costs a step run as several forwards, and what ``logprobs.cast_weights_once`` wins back.
 
     python tools/bench/autocast_cache.py --threads 1
 
-Forward + backward of ``forward.model_token_logprobs`` on SmolLM2 for 4 rows of 120, 180, 300 and 480
+Forward + backward of ``logprobs.model_token_logprobs`` on SmolLM2 for 4 rows of 120, 180, 300 and 480
 tokens (regrouped into several forwards on CPU), under bf16 autocast, in three settings, each in its
 own process so that its peak RSS is its own:
 
@@ -30,7 +30,8 @@ SETTINGS = ("uncached", "uncached+cast_once", "cached")
 def measure(setting: str, steps: int, threads: int) -> dict:
     import torch
 
-    from lit_align import forward, models
+    from lit_align.objectives import logprobs
+    from lit_align.modeling import models
 
     torch.set_num_threads(threads)
     name = os.environ.get("LIT_ALIGN_BENCH_POLICY", "embedded:smollm2-135m-instruct")
@@ -57,11 +58,11 @@ def measure(setting: str, steps: int, threads: int) -> dict:
 def _step(model, ids, mask, labels, cached: bool) -> float:
     import torch
 
-    from lit_align import forward
+    from lit_align.objectives import logprobs
 
     start = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cached):
-        logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
+        logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels)
     (-logps.sum() / 1000).backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - start

@@ -3,7 +3,7 @@
 Each loop reuses lit_align's pieces (collate functions, ``forward``, ``ops``, ``losses``, ``sample``) on the
 same batches, with the same optimiser (AdamW, fused as in the other contenders) and gradient clipping, and nothing else: no
 Trainer, no callbacks, no logging. The ``logprobs`` method compares the chunked output-head path
-(``forward.model_token_logprobs``) with the naive one that materialises the full-vocabulary logits.
+(``logprobs.model_token_logprobs``) with the naive one that materialises the full-vocabulary logits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from data import ordered_batches
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lit import word_variety
 
-from lit_align import forward, losses, models, ops
+from lit_align.objectives import logprobs, losses, ops
+from lit_align.modeling import models
 from lit_align.data.collate import (
     collate_preference,
     collate_prompts,
@@ -22,7 +23,7 @@ from lit_align.data.collate import (
     collate_sft_packed,
 )
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.generation import SamplingParams, sample
+from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.rewards.model import reward_scores
 
 
@@ -62,7 +63,7 @@ def _sft(spec: Spec) -> dict:
 
     def loss_fn(b):
         mask = None if b.position_ids is not None else b.attention_mask
-        logps, _ = forward.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids, **_plain(spec))
+        logps, _ = logprobs.model_token_logprobs(model, b.input_ids, mask, b.labels, b.position_ids, **_plain(spec))
         return losses.sft_loss(logps, ops.loss_mask(b.labels), b.loss_normalizer)
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
@@ -75,9 +76,9 @@ def _dpo(spec: Spec) -> dict:
     reference = models.load_causal_lm(POLICY).to(spec.settings.device).eval().requires_grad_(False)
 
     def loss_fn(b):
-        logps = forward.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
+        logps = logprobs.model_token_logprobs(model, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         with torch.no_grad():
-            ref = forward.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
+            ref = logprobs.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         (pc, pr), (rc, rr) = logps.split(b.num_pairs), ref.split(b.num_pairs)
         return losses.dpo_loss(pc, pr, rc, rr, beta=0.1).loss
 
@@ -101,7 +102,7 @@ def _completion_logps(model, samples, unpad: bool = True) -> torch.Tensor:
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], 1)
     labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
                         samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], 1)
-    logps, _ = forward.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask), unpad=unpad)
+    logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask), unpad=unpad)
     return logps[:, samples.prompt_ids.size(1) - 1 :]
 
 
@@ -144,7 +145,7 @@ def _logprobs(spec: Spec) -> dict:
     for _ in range(s.steps_total()):
         with autocast(s):
             if spec.contender == "chunked":
-                logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
+                logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels)
             else:
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 logps = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, labels[:, 1:, None].clamp(min=0)).squeeze(-1)

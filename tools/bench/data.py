@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common import POLICY, RM_BACKBONE, Settings, Spec
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.kinds import PreferenceKind, PromptKind, RewardKind, SFTKind
 from lit_align.data.sources import LocalFile

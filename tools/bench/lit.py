@@ -9,7 +9,7 @@ import torch
 from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
 from data import datamodule
 
-from lit_align.generation import SamplingParams
+from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, RLOO, SFT, RewardModel
 from lit_align.rewards.base import Reward
 
@@ -57,7 +57,7 @@ def _module(spec: Spec):
         sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
         rollout = None
         if spec.contender.endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
-            from lit_align.rollout import VLLM
+            from lit_align.sampling.engines import VLLM
 
             rollout = VLLM(dtype="float32", enforce_eager=True, max_model_len=1024)
         return RLOO(model=POLICY, reward=WordVariety(), rloo_k=s.rloo_k, kl_coef=s.kl_coef, reference="copy",

@@ -7,7 +7,7 @@ Peak RSS mixes tensors with the allocator's caching and the rest of the process;
 memory only. Two paths train the policy one optimiser step (foreach AdamW, clipping at 1) on each of
 the benchmark's first SFT batches, padded, under bf16 autocast (``--precision 32``: none):
 
-- ``ops``: ``forward.model_token_logprobs`` (no regrouping, as on a GPU) and ``losses.sft_loss``, as
+- ``ops``: ``logprobs.model_token_logprobs`` (no regrouping, as on a GPU) and ``losses.sft_loss``, as
   lit_align and the bare loop compute the SFT loss;
 - ``hf``: the model's forward with ``labels``, which makes the full-vocabulary logits and their
   float32 cross-entropy, as TRL's ``SFTTrainer`` computes it.
@@ -32,10 +32,10 @@ from data import ordered_batches, write_data
 
 
 def _loss(path: str, model, batch):
-    from lit_align import forward, losses, ops
+    from lit_align.objectives import logprobs, losses, ops
 
     if path == "ops":
-        logps, _ = forward.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels, unpad=False)
+        logps, _ = logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels, unpad=False)
         return losses.sft_loss(logps, ops.loss_mask(batch.labels), batch.loss_normalizer)
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
 
@@ -45,7 +45,7 @@ def measure(path: str, device: str, precision: str, batches: int) -> list[dict]:
     from lightning.fabric.utilities.apply_func import move_data_to_device
     from torch.profiler import ProfilerActivity, profile
 
-    from lit_align import models
+    from lit_align.modeling import models
     from lit_align.data.collate import collate_sft
     from lit_align.data.formats import IGNORE_INDEX
 

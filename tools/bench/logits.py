@@ -1,8 +1,8 @@
-"""Output head only: ``forward.model_token_logprobs`` (chunked) vs full-vocabulary logits, as positions grow.
+"""Output head only: ``logprobs.model_token_logprobs`` (chunked) vs full-vocabulary logits, as positions grow.
 
     python tools/bench/logits.py --rows 1024 4096 8192
 
-The transformer body is cut away: a stand-in model hands ``forward.model_token_logprobs`` fixed hidden
+The transformer body is cut away: a stand-in model hands ``logprobs.model_token_logprobs`` fixed hidden
 states, so the time and memory measured are those of the output head (SmolLM2-135M's, 49,152 words),
 its log-softmax, and their backward. Each (rows, path) point runs in its own process.
 """
@@ -39,7 +39,8 @@ class HeadOnly:
 def measure(rows: int, path: str, steps: int) -> dict:
     import torch
 
-    from lit_align import forward, models
+    from lit_align.objectives import logprobs
+    from lit_align.modeling import models
 
     head = models.load_causal_lm(POLICY).get_output_embeddings()
     torch.manual_seed(0)
@@ -52,7 +53,7 @@ def measure(rows: int, path: str, steps: int) -> dict:
     for _ in range(steps):
         start = time.perf_counter()
         if path == "chunked":
-            logps, _ = forward.model_token_logprobs(HeadOnly(hidden, head), labels, None, labels)
+            logps, _ = logprobs.model_token_logprobs(HeadOnly(hidden, head), labels, None, labels)
         else:
             logits = head(hidden[:, :-1]).float()
             logps = torch.log_softmax(logits, -1).gather(-1, labels[:, 1:, None]).squeeze(-1)

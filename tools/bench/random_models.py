@@ -21,7 +21,7 @@ KEEP = ("config.json", "generation_config.json", "chat_template.jinja", "tokeniz
 
 
 def write_skeletons(out: Path) -> None:
-    from lit_align import models
+    from lit_align.modeling import models
 
     for name in MODELS:
         source = Path(models.resolve(f"embedded:{name}"))

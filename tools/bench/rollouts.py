@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lit_align import models  # noqa: E402
+from lit_align.modeling import models  # noqa: E402
 from lit_align.cli import main as cli_main  # noqa: E402
 from lit_align.data.collate import collate_prompts  # noqa: E402
 from lit_align.data.formats import prompt_ids  # noqa: E402
-from lit_align.generation import SamplingParams  # noqa: E402
-from lit_align.rollout import VLLM, HFGenerate  # noqa: E402
+from lit_align.sampling.generate import SamplingParams  # noqa: E402
+from lit_align.sampling.engines import VLLM, HFGenerate  # noqa: E402
 from lit_align.tasks.countdown import CountdownSource  # noqa: E402
 
 POLICY = "embedded:smollm2-135m-instruct"

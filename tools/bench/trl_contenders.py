@@ -20,7 +20,7 @@ from datasets import Dataset
 from lit import word_variety
 from transformers import TrainerCallback
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data.formats import IGNORE_INDEX
 
 

@@ -113,7 +113,7 @@ def provenance() -> dict:
         except (OSError, subprocess.CalledProcessError):
             return None
 
-    from lit_align.hardware import cpu_has_bf16
+    from lit_align.modeling.hardware import cpu_has_bf16
 
     model, memory = "unknown CPU", None
     try:

@@ -3,7 +3,7 @@ import warnings
 import lightning as L
 import pytest
 
-from lit_align import hardware
+from lit_align.modeling import hardware
 from lit_align.methods import SFT, RewardModel
 
 

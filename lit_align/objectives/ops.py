@@ -1,6 +1,6 @@
 """Tensor helpers shared by the methods: pure functions with documented shapes.
 
-Nothing here runs a model; the forwards that produce per-token log-probs are in ``lit_align.forward``.
+Nothing here runs a model; the forwards that produce per-token log-probs are in ``lit_align.objectives.logprobs``.
 """
 
 from __future__ import annotations

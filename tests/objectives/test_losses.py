@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lit_align import losses
+from lit_align.objectives import losses
 
 
 def test_sft_loss_hand_computed():

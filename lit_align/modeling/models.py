@@ -8,7 +8,7 @@ Names understood everywhere a model is asked for:
   ``$LIT_ALIGN_HOME/models`` (default ``~/.cache/lit_align``). The GGUF policy is de-quantised
   and converted once (~30 s); later loads take seconds.
 - ``tiny:causal-lm`` / ``tiny:classifier``: randomly initialised 2-layer models with an offline
-  tokenizer (``lit_align.tiny``), for tests and smoke runs.
+  tokenizer (``lit_align.modeling.tiny``), for tests and smoke runs.
 - ``tiny:qwen2`` / ``tiny:qwen2-instruct``: random 2-layer Qwen2 models around the real Qwen
   tokenizer, set up as Qwen2.5-0.5B base (EOS ``<|endoftext|>``) or as an instruct model (EOS
   ``<|im_end|>``, sampling defaults in its ``generation_config``): stand-ins for ``Qwen/Qwen2.5-0.5B``
@@ -43,7 +43,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from lit_align import hardware, tiny
+from lit_align.modeling import hardware, tiny
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@ import torch
 
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
-from lit_align.generation import SamplingParams, completion_mask, sample
+from lit_align.sampling.generate import SamplingParams, completion_mask, sample
 
 from conftest import CHI2_5_DOF_P001, first_token_chi2
 
@@ -82,7 +82,7 @@ def test_shared_prompt_states_run_each_prompt_once(tokenizer, tiny_lm):
 def test_hf_engine_first_tokens_follow_softmax_over_temperature(tokenizer, tiny_lm):
     """Chi-squared over the five likeliest tokens and the rest, 4,000 draws at T = 0.7 (the same check
     tests/test_vllm.py makes of the vLLM engine)."""
-    from lit_align.rollout import HFGenerate
+    from lit_align.sampling.engines import HFGenerate
 
     assert first_token_chi2(HFGenerate(), tiny_lm, tokenizer) < CHI2_5_DOF_P001
 
@@ -92,7 +92,7 @@ def test_asking_for_vllm_without_it_names_the_install_commands(tokenizer, tiny_l
 
     import pytest
 
-    from lit_align.rollout import VLLM
+    from lit_align.sampling.engines import VLLM
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed in this environment")

@@ -1,13 +1,13 @@
 """Rollout engines: the one door every sampling path goes through.
 
 RLOO's rollouts, ``VerifierEval``, best-of-N, instruction evaluation, the pairs tool and ``predict``
-ask a method's engine for completions and get the same ``generation.Samples`` back, whichever engine
+ask a method's engine for completions and get the same ``generate.Samples`` back, whichever engine
 drew them: completions that end at EOS or the chat's end-of-turn token, texts decoded from the kept
 tokens only, ``truncated`` for completions cut at ``max_new_tokens``, and the temperature they were
 drawn at.
 
 - ``HFGenerate`` (the default) runs Hugging Face ``generate`` on the policy itself
-  (``generation.sample``): nothing to start, nothing to keep in sync.
+  (``generate.sample``): nothing to start, nothing to keep in sync.
 - ``VLLM`` runs a vLLM engine inside the training process (colocated, as TRL's colocate mode). It is
   started on first use from the policy's current weights (LoRA merged), and after every optimiser
   step the method marks it stale: the next sampling first pushes the current weights into it, in
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.generation import Samples, SamplingParams, decode_kept, ends, sample
+from lit_align.sampling.generate import Samples, SamplingParams, decode_kept, ends, sample
 
 log = logging.getLogger(__name__)
 

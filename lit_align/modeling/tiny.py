@@ -10,7 +10,7 @@ doubled-BOS bugs appear with real models.
 ``Qwen2ForCausalLM`` with Qwen2.5-0.5B's layout (tied head, grouped-query attention, biases on
 q/k/v, the padded 151,936-row vocabulary) around the real Qwen tokenizer (151,665 tokens, where id 0
 is the ordinary token "!"). ``build_tiny_qwen2`` writes one as a Hugging Face folder from the
-tokenizer files; ``lit_align.models`` fetches those files and caches the folder.
+tokenizer files; ``lit_align.modeling.models`` fetches those files and caches the folder.
 
 ``tiny:deberta-v2`` and ``tiny:distilbert`` stand in for the study's reward-model backbones
 (DeBERTa-v3 and DistilBERT): random 2-layer ``DebertaV2ForSequenceClassification`` and

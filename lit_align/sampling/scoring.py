@@ -13,9 +13,9 @@ import torch
 
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
-from lit_align.generation import Samples, SamplingParams
+from lit_align.sampling.generate import Samples, SamplingParams
 from lit_align.rewards.base import Reward, score_samples
-from lit_align.rollout import RolloutEngine
+from lit_align.sampling.engines import RolloutEngine
 
 
 def sample_and_score(

@@ -1,4 +1,4 @@
-"""The vLLM rollout engine (``lit_align.rollout.VLLM``): in sync with the policy after every step, and
+"""The vLLM rollout engine (``lit_align.sampling.engines.VLLM``): in sync with the policy after every step, and
 drawing from softmax(z / T). Runs only where vLLM is installed (``-m vllm``, its own environment)."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import torch
 pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 
-from lit_align import models, tiny  # noqa: E402
+from lit_align.modeling import models, tiny  # noqa: E402
 from lit_align.data.collate import collate_prompts  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.data.formats import prompt_ids  # noqa: E402
-from lit_align.generation import SamplingParams  # noqa: E402
+from lit_align.sampling.generate import SamplingParams  # noqa: E402
 from lit_align.methods.rloo import RLOO  # noqa: E402
-from lit_align.models import LoRA  # noqa: E402
+from lit_align.modeling.models import LoRA  # noqa: E402
 from lit_align.rewards.base import Reward  # noqa: E402
-from lit_align.rollout import VLLM  # noqa: E402
+from lit_align.sampling.engines import VLLM  # noqa: E402
 
 from conftest import CHI2_5_DOF_P001, first_token_chi2  # noqa: E402
 
@@ -99,7 +99,7 @@ def test_sharded_weights_are_copied_inside_the_gather_context(model_dir, monkeyp
     on CPUs, so here a counting context stands in for the gathering.)"""
     import contextlib
 
-    import lit_align.rollout as rollout_module
+    import lit_align.sampling.engines as rollout_module
 
     state = {"inside": False, "entered": 0, "reads_outside": 0}
 
@@ -164,7 +164,7 @@ def test_the_study_chain_runs_with_vllm_rollouts(tmp_path):
     assert len(sampling) >= 10
     for folder in sampling:
         engine = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]["rollout"]
-        assert engine["class_path"] == "lit_align.rollout.VLLM", folder.name
+        assert engine["class_path"] == "lit_align.sampling.engines.VLLM", folder.name
     for name in ("instruction_rloo_rm", "instruction_rloo_checker", "countdown_rloo"):
         rows = list(csv.DictReader(open(next((runs / name).glob("logs/version_*/metrics.csv")))))
         gaps = [float(r["train/engine_logprob_gap"]) for r in rows if r.get("train/engine_logprob_gap")]

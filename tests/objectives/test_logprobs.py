@@ -4,7 +4,8 @@ import math
 
 from oracles import token_entropy, token_logprobs
 
-from lit_align import forward, models, ops, tiny
+from lit_align.objectives import logprobs, ops
+from lit_align.modeling import models, tiny
 from lit_align.data.formats import IGNORE_INDEX
 
 
@@ -26,7 +27,7 @@ def test_chunked_head_logprobs_equal_the_plain_path_with_lora_and_gradients():
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     plain = token_logprobs(logits, labels)
     entropy_plain = token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
-    fused, entropy = forward.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=7, with_entropy=True)
+    fused, entropy = logprobs.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=7, with_entropy=True)
     assert torch.allclose(plain, fused, atol=1e-5) and torch.allclose(entropy, entropy_plain, atol=1e-5)
     grads = []
     for value in (plain, fused):
@@ -76,12 +77,12 @@ def test_unpadded_regrouped_logprobs_equal_full_logits_values_entropies_and_grad
         plain = token_logprobs(logits, labels)
         entropy_plain = token_entropy(logits[:, :-1]) * (labels[:, 1:] != IGNORE_INDEX)
         for overhead in (0, 16, 10_000):  # one row per group, some groups, one group of cut rows
-            fast, entropy = forward.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=5,
+            fast, entropy = logprobs.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=5,
                                                          with_entropy=True, group_overhead=overhead)
             assert (fast == 0).equal(plain == 0)
             assert torch.allclose(plain, fast, atol=1e-5) and torch.allclose(entropy, entropy_plain, atol=1e-5)
             assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_grads(model, plain), _grads(model, fast)))
-        dense, _ = forward.model_token_logprobs(model, ids, mask, labels, pos, unpad=False)
+        dense, _ = logprobs.model_token_logprobs(model, ids, mask, labels, pos, unpad=False)
         assert torch.allclose(plain, dense, atol=1e-5)
 
 
@@ -92,7 +93,7 @@ def test_unpadding_actually_cuts_the_work():
     ids, mask, labels = _ragged()
     seen = []
     handle = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
-    forward.model_token_logprobs(model, ids, mask, labels, group_overhead=0)
+    logprobs.model_token_logprobs(model, ids, mask, labels, group_overhead=0)
     handle.remove()
     assert sum(seen) == int(mask.sum()) < ids.numel()
 
@@ -100,7 +101,7 @@ def test_unpadding_actually_cuts_the_work():
 def test_row_group_plan_is_the_cheapest_partition():
     lengths = [3, 50, 7, 48, 20, 5]
     for overhead in (0, 10, 40, 1000):
-        groups = forward.plan_row_groups(lengths, overhead)
+        groups = logprobs.plan_row_groups(lengths, overhead)
         assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
         cost = sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
         # brute force over the cut points of the sorted rows
@@ -111,7 +112,7 @@ def test_row_group_plan_is_the_cheapest_partition():
             for cuts in __import__("itertools").combinations(range(1, len(order)), n)
         )
         assert cost == best
-    assert forward.plan_row_groups(lengths, 0) == [[i] for i in sorted(range(6), key=lambda i: lengths[i])]
+    assert logprobs.plan_row_groups(lengths, 0) == [[i] for i in sorted(range(6), key=lambda i: lengths[i])]
 
 
 def test_no_labelled_position_still_backpropagates_zero():
@@ -119,7 +120,7 @@ def test_no_labelled_position_still_backpropagates_zero():
     model = tiny.tiny_causal_lm(tok)
     ids, mask, _ = _ragged()
     labels = torch.full_like(ids, IGNORE_INDEX)
-    logps, _ = forward.model_token_logprobs(model, ids, mask, labels)
+    logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels)
     assert logps.abs().sum() == 0
     logps.sum().backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())

@@ -20,7 +20,7 @@ import transformers
 from packaging.version import Version
 from transformers import GenerationConfig
 
-from lit_align import forward, ops
+from lit_align.objectives import logprobs, ops
 from lit_align.data.formats import stop_token_ids
 
 # generate()'s name for a ready KV cache: "cache" from transformers 5.24 on (the old name is deprecated there)
@@ -140,7 +140,7 @@ def sample(
     devices = [device] if device.type == "cuda" else []
     stops = stop_token_ids(tokenizer)
     try:
-        with forward.cast_weights_once(device), own_generation_config(model):
+        with logprobs.cast_weights_once(device), own_generation_config(model):
             # the prompts' states, computed once and shared by their n samples (all but the last token)
             shared = _shared_prompt_cache(model, input_ids, attention_mask, params.n) if share_prompt else None
             input_ids = input_ids.repeat_interleave(params.n, dim=0)

@@ -3,7 +3,7 @@
 ``model_token_logprobs`` cuts each row to its attended span, regroups rows by length, runs the output
 head only where a label is, and casts weights once per call under autocast. Reward scoring and
 sampling reuse the row grouping (``regroup_plan``) and the cast cache (``cast_weights_once``). The
-pure tensor maths the log-probs feed (masks, advantages, KL estimators) lives in ``lit_align.ops``.
+pure tensor maths the log-probs feed (masks, advantages, KL estimators) lives in ``lit_align.objectives.ops``.
 """
 
 from __future__ import annotations

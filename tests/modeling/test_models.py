@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_align import hardware, models
+from lit_align.modeling import hardware, models
 
 
 def test_unreachable_hub_id_gives_a_clear_error(monkeypatch, tmp_path):

@@ -4,11 +4,12 @@ import lightning as L
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lit_align import forward, tiny
+from lit_align.objectives import logprobs
+from lit_align.modeling import tiny
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.data.sources import InMemory
-from lit_align.generation import SamplingParams, sample
+from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods import SFT
 from lit_align.rewards.model import reward_scores
 
@@ -46,7 +47,7 @@ def _logprobs_and_grads(model, cache_enabled: bool):
     model.zero_grad(set_to_none=True)
     counter = CastCounter(model.model.layers[0].self_attn.q_proj.weight)
     with torch.autocast(**(UNCACHED | {"cache_enabled": cache_enabled})), counter:
-        logps, _ = forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+        logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
     logps.sum().backward()
     return counter.casts, logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -54,7 +55,7 @@ def _logprobs_and_grads(model, cache_enabled: bool):
 def test_regrouped_forwards_cast_each_weight_once_and_match_the_cached_autocast():
     model = tiny.tiny_causal_lm(tiny.tiny_tokenizer()).train()
     ids, mask, _ = _ragged_batch()
-    groups = forward.regroup_plan(mask.sum(1).tolist(), ids.size(1), ids.device, 0)
+    groups = logprobs.regroup_plan(mask.sum(1).tolist(), ids.size(1), ids.device, 0)
     assert groups is not None and len(groups) >= 2, "the batch must run as several forwards"
     casts, logps, grads = _logprobs_and_grads(model, cache_enabled=False)
     assert casts == 1, f"q_proj was cast {casts} times for {len(groups)} forwards"
@@ -62,7 +63,7 @@ def test_regrouped_forwards_cast_each_weight_once_and_match_the_cached_autocast(
     assert torch.equal(logps, logps_cached)
     assert all(torch.equal(g, grads_cached[n]) for n, g in grads.items())
     with torch.autocast(**UNCACHED):
-        forward.model_token_logprobs(model, ids, mask, ids, unpad=True, group_overhead=0)
+        logprobs.model_token_logprobs(model, ids, mask, ids, unpad=True, group_overhead=0)
         assert not torch.is_autocast_cache_enabled(), "the caller's cache setting comes back on exit"
 
 
@@ -75,8 +76,8 @@ def test_a_cast_does_not_outlive_its_call():
     counter = CastCounter(model.model.layers[0].self_attn.q_proj.weight)
     with torch.autocast(**UNCACHED), counter:
         with torch.no_grad():
-            forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
-        logps, _ = forward.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+            logprobs.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
+        logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels, unpad=True, group_overhead=0)
     assert counter.casts == 2
     logps.sum().backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from lit_align import models
+from lit_align.modeling import models
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import chat_example, prompt_ids, stop_token_ids
-from lit_align.generation import SamplingParams, sample
+from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods.rloo import RLOO
 from lit_align.rewards.base import Reward
 from transformers import GenerationConfig
