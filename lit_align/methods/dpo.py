@@ -8,7 +8,7 @@ With sequence log-probabilities log pi(y|x) of the policy and log pi_ref(y|x) of
     IPO  : L =  E (h - 1 / (2 beta))^2                                        (Azar et al., 2023)
 
 plus an optional NLL term on the chosen response (``nll_weight`` times its per-token mean).
-Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.DPOLoss``)
+Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.PreferenceResult``)
 and are logged as ``rewards/chosen`` etc.
 
 Chosen and rejected responses go through the policy in one concatenated forward pass. The
@@ -46,13 +46,14 @@ log = logging.getLogger(__name__)
 
 
 class PreferenceLoss:
-    """A DPO-family objective: ``loss(pc, pr, rc, rr, nc, nr) -> losses.DPOLoss`` (loss and implicit rewards).
+    """A DPO-family objective: ``loss(logps) -> losses.PreferenceResult`` (the loss and implicit rewards).
 
-    ``pc, pr, rc, rr``: (B,) summed log-probs of the chosen / rejected responses under the policy and
-    the reference; ``nc, nr``: (B,) their token counts, for objectives that read per-token means.
+    ``logps`` (``losses.PreferenceLogps``) holds each pair's summed log-probs of the chosen and rejected
+    responses under the policy and the reference, and their token counts, for objectives that read
+    per-token means.
     """
 
-    def __call__(self, pc, pr, rc, rr, nc, nr) -> losses.DPOLoss:
+    def __call__(self, logps: losses.PreferenceLogps) -> losses.PreferenceResult:
         raise NotImplementedError
 
 
@@ -64,8 +65,8 @@ class SigmoidDPO(PreferenceLoss):
         """
         self.beta = beta
 
-    def __call__(self, pc, pr, rc, rr, nc, nr):
-        return losses.dpo_loss(pc, pr, rc, rr, self.beta)
+    def __call__(self, logps: losses.PreferenceLogps) -> losses.PreferenceResult:
+        return losses.dpo_loss(logps, self.beta)
 
 
 class ConservativeDPO(PreferenceLoss):
@@ -77,8 +78,8 @@ class ConservativeDPO(PreferenceLoss):
         """
         self.beta, self.label_smoothing = beta, label_smoothing
 
-    def __call__(self, pc, pr, rc, rr, nc, nr):
-        return losses.cdpo_loss(pc, pr, rc, rr, self.beta, self.label_smoothing)
+    def __call__(self, logps: losses.PreferenceLogps) -> losses.PreferenceResult:
+        return losses.cdpo_loss(logps, self.beta, self.label_smoothing)
 
 
 class IPO(PreferenceLoss):
@@ -93,10 +94,8 @@ class IPO(PreferenceLoss):
             raise ValueError(f"IPO normalization must be 'token_mean' or 'sum', got {normalization!r}")
         self.beta, self.normalization = beta, normalization
 
-    def __call__(self, pc, pr, rc, rr, nc, nr):
-        if self.normalization == "token_mean":  # every sum divided by its response's length
-            pc, pr, rc, rr = pc / nc, pr / nr, rc / nc, rr / nr
-        return losses.ipo_loss(pc, pr, rc, rr, self.beta)
+    def __call__(self, logps: losses.PreferenceLogps) -> losses.PreferenceResult:
+        return losses.ipo_loss(logps.per_token() if self.normalization == "token_mean" else logps, self.beta)
 
 
 class DPO(PolicyModule):
@@ -152,10 +151,11 @@ class DPO(PolicyModule):
 
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
         token_logps, _ = logprobs.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
-        pc, pr = token_logps.sum(-1).split(batch.num_pairs)
-        rc, rr = self._reference(batch, stage)
-        nc, nr = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
-        out = self.loss_fn(pc, pr, rc, rr, nc, nr)
+        policy_chosen, policy_rejected = token_logps.sum(-1).split(batch.num_pairs)
+        reference_chosen, reference_rejected = self._reference(batch, stage)
+        chosen_tokens, rejected_tokens = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
+        out = self.loss_fn(losses.PreferenceLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
+                                                  chosen_tokens, rejected_tokens))
         loss, reward_c, reward_r = out.loss, out.chosen_rewards, out.rejected_rewards
         if self.nll_weight:
             mask = ops.loss_mask(batch.labels)[: batch.num_pairs]

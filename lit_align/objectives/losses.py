@@ -42,51 +42,87 @@ def reward_regression_loss(
     return F.mse_loss(torch.cat([r_chosen, r_rejected]), torch.cat([s_chosen, s_rejected]))
 
 
-def _log_ratio_margin(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor) -> torch.Tensor:
-    """h = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r)), shape (B,)."""
-    return (pc - rc) - (pr - rr)
+@dataclass
+class PreferenceLogps:
+    """What a DPO-family loss reads about a batch of B preference pairs; every field has shape (B,).
+
+    The four log-probs are summed over each response's tokens; the token counts are for objectives that
+    average per token instead (``per_token``).
+    """
+
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    reference_chosen: torch.Tensor
+    reference_rejected: torch.Tensor
+    chosen_tokens: torch.Tensor | None = None
+    rejected_tokens: torch.Tensor | None = None
+
+    @property
+    def chosen_log_ratio(self) -> torch.Tensor:
+        """log pi(y_c) - log ref(y_c)."""
+        return self.policy_chosen - self.reference_chosen
+
+    @property
+    def rejected_log_ratio(self) -> torch.Tensor:
+        """log pi(y_r) - log ref(y_r)."""
+        return self.policy_rejected - self.reference_rejected
+
+    def margin(self) -> torch.Tensor:
+        """h = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r))."""
+        return self.chosen_log_ratio - self.rejected_log_ratio
+
+    def per_token(self) -> PreferenceLogps:
+        """Each log-prob divided by its response's token count: per-token means instead of sums."""
+        if self.chosen_tokens is None or self.rejected_tokens is None:
+            raise ValueError("per-token log-probs need chosen_tokens and rejected_tokens")
+        c, r = self.chosen_tokens, self.rejected_tokens
+        return PreferenceLogps(self.policy_chosen / c, self.policy_rejected / r, self.reference_chosen / c,
+                               self.reference_rejected / r, c, r)
 
 
 @dataclass
-class DPOLoss:
-    """A DPO-family objective and the implicit rewards the method logs beside it (as torchtune's DPO does)."""
+class PreferenceResult:
+    """What a DPO-family loss returns: the loss and the implicit rewards the method logs beside it (as
+    torchtune's DPO does)."""
 
     loss: torch.Tensor  # scalar
     chosen_rewards: torch.Tensor  # (B,) beta * (log pi(y_c) - log ref(y_c)), detached
     rejected_rewards: torch.Tensor  # (B,) beta * (log pi(y_r) - log ref(y_r)), detached
 
 
-def _with_rewards(loss: torch.Tensor, pc, pr, rc, rr, beta: float) -> DPOLoss:
-    return DPOLoss(loss, beta * (pc - rc).detach(), beta * (pr - rr).detach())
+def _with_rewards(loss: torch.Tensor, logps: PreferenceLogps, beta: float) -> PreferenceResult:
+    return PreferenceResult(loss, beta * logps.chosen_log_ratio.detach(), beta * logps.rejected_log_ratio.detach())
 
 
-def dpo_loss(pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float) -> DPOLoss:
+def dpo_loss(logps: PreferenceLogps, beta: float) -> PreferenceResult:
     """Sigmoid DPO (Rafailov et al., 2023): ``mean(-log sigmoid(beta * h))``.
 
     Args:
-        pc, pr: (B,) policy sequence log-probs of the chosen / rejected responses.
-        rc, rr: (B,) reference sequence log-probs of the same responses.
+        logps: the pairs' policy and reference sequence log-probs, (B,) each.
         beta: strength of the implicit KL constraint.
 
     Returns:
-        ``DPOLoss``: the scalar loss and the (B,) implicit rewards ``beta * (policy - reference)``.
+        ``PreferenceResult``: the scalar loss and the (B,) implicit rewards ``beta * (policy - reference)``.
     """
-    return _with_rewards(-F.logsigmoid(beta * _log_ratio_margin(pc, pr, rc, rr)).mean(), pc, pr, rc, rr, beta)
+    return _with_rewards(-F.logsigmoid(beta * logps.margin()).mean(), logps, beta)
 
 
-def cdpo_loss(pc, pr, rc, rr, beta: float, label_smoothing: float) -> DPOLoss:
+def cdpo_loss(logps: PreferenceLogps, beta: float, label_smoothing: float) -> PreferenceResult:
     """Conservative (label-smoothed) DPO: the preference label is flipped with probability ``label_smoothing``.
 
-    ``mean(-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h))``; shapes and result as in ``dpo_loss``.
+    ``mean(-(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h))``; input and result as in ``dpo_loss``.
     """
-    logits = beta * _log_ratio_margin(pc, pr, rc, rr)
+    logits = beta * logps.margin()
     loss = (-(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)).mean()
-    return _with_rewards(loss, pc, pr, rc, rr, beta)
+    return _with_rewards(loss, logps, beta)
 
 
-def ipo_loss(pc, pr, rc, rr, beta: float) -> DPOLoss:
-    """IPO (Azar et al., 2023): ``mean((h - 1 / (2 beta))^2)`` on sequence log-ratios; shapes and result as in ``dpo_loss``."""
-    return _with_rewards(((_log_ratio_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean(), pc, pr, rc, rr, beta)
+def ipo_loss(logps: PreferenceLogps, beta: float) -> PreferenceResult:
+    """IPO (Azar et al., 2023): ``mean((h - 1 / (2 beta))^2)``; input and result as in ``dpo_loss``.
+
+    h is taken from the log-probs as given: pass ``logps.per_token()`` for per-token means.
+    """
+    return _with_rewards(((logps.margin() - 1 / (2 * beta)) ** 2).mean(), logps, beta)
 
 
 # --- RLOO -------------------------------------------------------------------------------------------

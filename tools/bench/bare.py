@@ -80,7 +80,7 @@ def _dpo(spec: Spec) -> dict:
         with torch.no_grad():
             ref = logprobs.model_token_logprobs(reference, b.input_ids, b.attention_mask, b.labels, **_plain(spec))[0].sum(-1)
         (pc, pr), (rc, rr) = logps.split(b.num_pairs), ref.split(b.num_pairs)
-        return losses.dpo_loss(pc, pr, rc, rr, beta=0.1).loss
+        return losses.dpo_loss(losses.PreferenceLogps(pc, pr, rc, rr), beta=0.1).loss
 
     return _loop(spec, model, collated, loss_fn, lambda b: int(b.attention_mask.sum()))
 
