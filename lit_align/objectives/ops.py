@@ -40,14 +40,3 @@ def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
     groups = rewards.view(-1, k)
     baseline = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
     return (groups - baseline).reshape(-1)
-
-
-def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate ``log pi - log ref`` (unbiased, can be negative)."""
-    return logps - ref_logps
-
-
-def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(pi || ref) estimate ``r - log r - 1`` with ``r = ref / pi`` (unbiased, never negative)."""
-    log_ratio = ref_logps - logps
-    return log_ratio.exp() - log_ratio - 1
