@@ -136,19 +136,3 @@ class HubDataset:
             ) from None
         for i, record in enumerate(ds):
             yield f"{self.name}[{self.split}]:row {i}", dict(record)
-
-
-class InMemory:
-    """Records held in a Python list (for the Python API and tests)."""
-
-    def __init__(self, records: list[dict], name: str = "memory"):
-        """
-        Args:
-            records: the records, in order.
-            name: shown in error messages as ``name:record i``.
-        """
-        self._records, self.name = records, name
-
-    def records(self) -> Iterator[tuple[str, dict]]:
-        for i, record in enumerate(self._records):
-            yield f"{self.name}:record {i}", record

@@ -7,8 +7,9 @@ from lit_align.data.collate import PreferenceBatch, PromptBatch, SFTBatch
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX, prompt_ids, prompt_text_ids
 from lit_align.data.kinds import PreferenceKind, PromptKind, RewardKind, SFTKind
-from lit_align.data.sources import InMemory
 from lit_align.rewards.base import Reward, score_samples
+
+from in_memory import InMemory
 
 
 def _connected(records, tokenizer, kind, **kw):

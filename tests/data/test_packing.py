@@ -6,9 +6,9 @@ from lit_align.data.collate import collate_sft, collate_sft_packed, pack_rows
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX, Example
 from lit_align.data.kinds import SFTKind
-from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
 
+from in_memory import InMemory
 from conftest import trainer
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "hello", "world", "good", "bad", "yes", "no"]

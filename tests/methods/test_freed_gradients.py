@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.sources import InMemory
 from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, RLOO, SFT, RewardModel
 from lit_align.rewards.base import Reward
+
+from in_memory import InMemory
 
 
 class Length(Reward):

@@ -5,10 +5,10 @@ import torch
 
 from lit_align.data.collate import collate_preference
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.sources import InMemory
 from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
 from lit_align.rewards.model import RewardModelScorer, reward_scores
 
+from in_memory import InMemory
 from conftest import trainer
 
 FILLER = "the quick brown fox jumps over lazy dog hello world".split()

@@ -5,10 +5,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.sources import InMemory
 from lit_align.methods import SFT
 from lit_align.modeling.models import LoRA
 
+from in_memory import InMemory
 from conftest import trainer
 
 WORDS = "the quick brown fox jumps over the lazy dog hello world good bad yes no".split()

@@ -8,10 +8,11 @@ from lit_align.objectives import logprobs
 from lit_align.modeling import tiny
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.data.sources import InMemory
 from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods import SFT
 from lit_align.rewards.model import reward_scores
+
+from in_memory import InMemory
 
 UNCACHED = {"device_type": "cpu", "dtype": torch.bfloat16, "cache_enabled": False}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_align.data.sources import DataError, InMemory, LocalFile, Source
+from lit_align.data.sources import DataError, LocalFile, Source
 from lit_align.tasks.arithmetic import MAX_DEPTH
 from lit_align.tasks.countdown import (
     CountdownSource,
@@ -25,6 +25,8 @@ from lit_align.tasks.countdown import (
     to_prompt_record,
     to_sft_record,
 )
+
+from in_memory import InMemory
 
 RECORD = {"target": 56, "nums": [25, 3, 2]}
 
