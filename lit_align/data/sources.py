@@ -7,6 +7,7 @@ that validation errors can point at the exact record.
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +41,79 @@ class Source(Protocol):
     def records(self) -> Iterator[tuple[str, dict]]: ...
 
 
+def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """``(origin, record)`` from a ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file: the one
+    reader of record files (``LocalFile``, an evaluation's earlier responses). Text files may start with a
+    UTF-8 byte-order mark, as some editors save them; any other fault is a ``DataError`` naming the file
+    and line (or record)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet}
+    if suffix not in readers:
+        raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+    count = 0
+    for count, item in enumerate(readers[suffix](path), start=1):
+        yield item
+    if count == 0:
+        raise DataError(f"{path}: holds no records (the file is empty)")
+
+
+def _without_bom(raw: bytes) -> bytes:
+    # Editors on Windows save UTF-8 with a leading byte-order mark; JSON itself must not start with one.
+    return raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            origin = f"{path}:line {lineno}"
+            raw = _without_bom(raw) if lineno == 1 else raw
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(path, raw, e, first_line=lineno) from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{origin}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+            yield origin, record
+
+
+def _json(path: Path) -> Iterator[tuple[str, dict]]:
+    raw = _without_bom(path.read_bytes())
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, raw, e) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    for i, record in enumerate(data):
+        origin = f"{path}:record {i}"
+        if not isinstance(record, dict):
+            raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
+        yield origin, record
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for i, record in enumerate(table.to_pylist()):
+        yield f"{path}:row {i}", record
+
+
 class LocalFile:
-    """Records from a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file."""
+    """Records from a local ``.jsonl``, ``.json`` (a list of objects) or ``.parquet`` file (``read_records``)."""
 
     def __init__(self, path: str):
         """
@@ -51,64 +123,7 @@ class LocalFile:
         self.path = path
 
     def records(self) -> Iterator[tuple[str, dict]]:
-        path = Path(self.path).expanduser()
-        if not path.is_file():
-            raise DataError(f"{path}: no such file")
-        suffix = path.suffix.lower()
-        readers = {".jsonl": self._jsonl, ".json": self._json, ".parquet": self._parquet}
-        if suffix not in readers:
-            raise DataError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
-        count = 0
-        for count, item in enumerate(readers[suffix](path), start=1):
-            yield item
-        if count == 0:
-            raise DataError(f"{path}: holds no records (the file is empty)")
-
-    @staticmethod
-    def _jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                origin = f"{path}:line {lineno}"
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise _not_utf8(path, raw, e, first_line=lineno) from None
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{origin}: malformed JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
-                yield origin, record
-
-    @staticmethod
-    def _json(path: Path) -> Iterator[tuple[str, dict]]:
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _not_utf8(path, raw, e) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
-        for i, record in enumerate(data):
-            origin = f"{path}:record {i}"
-            if not isinstance(record, dict):
-                raise DataError(f"{origin}: expected a JSON object, got {type(record).__name__}")
-            yield origin, record
-
-    @staticmethod
-    def _parquet(path: Path) -> Iterator[tuple[str, dict]]:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        for i, record in enumerate(table.to_pylist()):
-            yield f"{path}:row {i}", record
+        return read_records(self.path)
 
 
 class HubDataset:

@@ -36,7 +36,7 @@ from lit_align.modeling import models
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
 from lit_align.data.formats import prompt_of
-from lit_align.data.sources import DataError
+from lit_align.data.sources import DataError, read_records
 from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
 from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods.base import PolicyModule
@@ -71,20 +71,13 @@ def _add_interval(metrics: dict, intervals: dict, key: str, estimate: Estimate) 
 
 def read_responses(path: str) -> list[dict]:
     """The ``responses.jsonl`` of an earlier evaluation run (fields ``prompt`` and ``response``)."""
-    file = Path(path)
-    if not file.is_file():
+    if not Path(path).is_file():
         raise DataError(f"{path}: no such file (reference_responses must be a responses.jsonl of an earlier run)")
     rows = []
-    for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:line {lineno}: malformed JSON ({e.msg})") from None
+    for origin, row in read_records(path):
         for field in ("prompt", "response"):
             if field not in row:
-                raise DataError(f"{path}:line {lineno}: missing field {field!r}")
+                raise DataError(f"{origin}: missing field {field!r}")
         rows.append(row)
     return rows
 
