@@ -22,21 +22,3 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     [[0, 0, 0, 1, 2], [0, 1, 2, 3, 3]]
     """
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """Leave-one-out advantages: each sample's reward minus the mean of the other k-1 in its group.
-
-    Args:
-        rewards: (B*k,) with the k samples of each prompt adjacent.
-    Returns:
-        (B*k,) advantages; each group of k sums to zero.
-
-    >>> rloo_advantages(torch.tensor([1.0, 0.0, 2.0, 5.0]), k=2).tolist()
-    [1.0, -1.0, -3.0, 3.0]
-    """
-    if k < 2:
-        raise ValueError(f"RLOO needs at least 2 samples per prompt, got k={k}")
-    groups = rewards.view(-1, k)
-    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
-    return (groups - baseline).reshape(-1)

@@ -54,6 +54,43 @@ class Samples:
     temperature: float = 1.0  # what the completions were sampled at (0: greedy)
     engine_logps: torch.Tensor | None = None  # (B*n, C) the engine's log-probs of its tokens at T (vLLM only)
 
+    def __len__(self) -> int:
+        return self.completion_ids.size(0)
+
+    def select(self, rows: torch.Tensor | list[int] | slice) -> Samples:
+        """The samples of ``rows`` (indices or a slice), as a ``Samples`` of their own."""
+        if not isinstance(rows, slice):
+            rows = torch.as_tensor(rows, dtype=torch.long)
+        pick = (lambda t: None if t is None else t[rows])
+        texts = self.texts[rows] if isinstance(rows, slice) else [self.texts[i] for i in rows.tolist()]
+        return Samples(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
+                       self.completion_mask[rows], texts, pick(self.truncated), self.temperature,
+                       pick(self.engine_logps))
+
+
+def concat_samples(parts: list[Samples], pad_id: int) -> Samples:
+    """Samples drawn separately (e.g. the kept groups of several draws) as one batch: prompts left-padded
+    and completions right-padded to the widest, masks 0 on the padding."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    if len({p.temperature for p in parts}) > 1:
+        raise ValueError("samples drawn at different temperatures cannot form one batch")
+    prompt_width = max(p.prompt_ids.size(1) for p in parts)
+    width = max(p.completion_ids.size(1) for p in parts)
+
+    def left(t, value):
+        return torch.nn.functional.pad(t, (prompt_width - t.size(1), 0), value=value)
+
+    def right(t, value):
+        return torch.nn.functional.pad(t, (0, width - t.size(1)), value=value)
+
+    engine = None if any(p.engine_logps is None for p in parts) else torch.cat([right(p.engine_logps, 0.0) for p in parts])
+    return Samples(
+        torch.cat([left(p.prompt_ids, pad_id) for p in parts]), torch.cat([left(p.prompt_mask, 0) for p in parts]),
+        torch.cat([right(p.completion_ids, pad_id) for p in parts]), torch.cat([right(p.completion_mask, 0) for p in parts]),
+        [t for p in parts for t in p.texts], torch.cat([p.truncated for p in parts]), parts[0].temperature, engine,
+    )
+
 
 def completion_mask(completion_ids: torch.Tensor, stop_ids: int | list[int]) -> torch.Tensor:
     """1 on every token up to and including the first stop token of each row.

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lit_align.objectives import ops
+from lit_align.objectives import ops, policy_gradient
 from lit_align.data.collate import collate_prompts
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import prompt_ids
@@ -17,11 +17,11 @@ def test_rloo_advantages_by_hand_for_two_groups_of_three():
     rewards = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
     # group 1: 1 - (2+6)/2 = -3, 2 - (1+6)/2 = -1.5, 6 - (1+2)/2 = 4.5; group 2: -1.5, -1.5, 3
     expected = torch.tensor([-3.0, -1.5, 4.5, -1.5, -1.5, 3.0])
-    got = ops.rloo_advantages(rewards, k=3)
+    got = policy_gradient.rloo_advantages(rewards, k=3)
     assert torch.allclose(got, expected)
     assert torch.allclose(got.view(2, 3).sum(1), torch.zeros(2))
     with pytest.raises(ValueError):
-        ops.rloo_advantages(rewards, k=1)
+        policy_gradient.rloo_advantages(rewards, k=1)
 
 
 def test_training_forward_scores_exactly_what_was_sampled(tokenizer, tiny_lm):
@@ -75,7 +75,7 @@ def test_rloo_raises_a_trivially_learnable_reward_and_counts_match():
     assert after > before + 0.05, (before, after)
     metrics = t.callback_metrics
     assert metrics["train/prompts_seen"] == 8 * 25 and metrics["train/completions_seen"] == 8 * 25 * 4
-    assert t.global_step == 25 and metrics["train/optimizer_steps"] == 24  # logged before the 25th step
+    assert t.global_step == 25 and metrics["train/optimizer_steps"] == 25  # logged after the step
 
 
 def test_adapter_off_reference_starts_at_zero_kl_and_drifts():
@@ -98,9 +98,16 @@ class Length(Reward):
         return torch.tensor([float(len(c)) for c in completions])
 
 
-def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
-    """Two micro-batches of one accumulation window, the same prompt and the same weights: their
-    samples differ only if each micro-batch draws its own random stream."""
+class Constant(Reward):
+    """Every completion scores the same: every group is without signal."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.ones(len(completions))
+
+
+def test_draws_of_one_generation_batch_draw_different_samples(monkeypatch):
+    """Dynamic sampling draws a second prompt batch for the same step, on the same weights and the
+    same prompt: its samples differ only if each draw has a random stream of its own."""
     import lit_align.sampling.engines as rollout_module
 
     drawn = []
@@ -111,9 +118,12 @@ def test_micro_batches_of_one_window_draw_different_samples(monkeypatch):
         return out
 
     monkeypatch.setattr(rollout_module, "sample", recording)
-    module = RLOO(model="tiny:causal-lm", reward=Length(), rloo_k=2, generation=SamplingParams(max_new_tokens=8))
-    trainer(max_steps=1, accumulate_grad_batches=2, limit_val_batches=0).fit(module, AlignDataModule(Prompts(2), batch_size=1).connect(module.tokenizer, module.batch_kind))
+    module = RLOO(model="tiny:causal-lm", reward=Constant(), rloo_k=2, generation=SamplingParams(max_new_tokens=8),
+                  dynamic_sampling=True, max_draws=2)
+    t = trainer(max_steps=1, limit_val_batches=0)
+    t.fit(module, AlignDataModule(Prompts(2), batch_size=1).connect(module.tokenizer, module.batch_kind))
     assert len(drawn) == 2 and not torch.equal(drawn[0], drawn[1])
+    assert t.global_step == 1, "the draw cap fills the batch with zero-signal groups and steps"
 
 
 def test_truncated_completions_carry_no_loss_when_masked():
@@ -146,21 +156,28 @@ class CharSum(Reward):
         return torch.tensor([float(sum(map(ord, c)) % 7) for c in completions])
 
 
-@pytest.mark.parametrize("settings", [
+SETTINGS = [
     dict(),
     dict(normalization="token"),
     dict(kl_estimator="k3", kl_in_reward=False, entropy_coef=0.1),
     dict(kl_estimator="k2", kl_in_reward=False, mask_truncated_completions=True),
-], ids=["default", "token", "k3-loss-entropy", "k2-loss-masked"])
-def test_training_step_is_rloo_loss_of_its_samples_with_its_settings(monkeypatch, tokenizer, settings):
-    """The method passes what it sampled, scored and set to ``losses.rloo_loss`` unchanged: with the
-    samples, rewards and reference log-probs pinned, its loss is the pure function's."""
-    from lit_align.objectives import losses
+]
+SETTING_IDS = ["default", "token", "k3-loss-entropy", "k2-loss-masked"]
+
+
+def _pinned_update(monkeypatch, tokenizer, settings, **loop):
+    """One optimiser step of plain SGD (lr 1) on pinned samples, rewards and reference log-probs:
+    the weights' change is minus the gradient. Returns it with what the one-batch ``rloo_loss``
+    gives on the same inputs from the same start."""
+    from lit_align.objectives import policy_gradient
 
     torch.manual_seed(0)
     module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,
-                  generation=SamplingParams(max_new_tokens=5, temperature=0.7), **settings)
+                  generation=SamplingParams(max_new_tokens=5, temperature=0.7),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=1.0), scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0),
+                  **settings, **loop)
     module.configure_model()
+    start = {n: t.detach().clone() for n, t in module.policy.state_dict().items()}
     records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}]
     batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
     pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=4)
@@ -168,18 +185,49 @@ def test_training_step_is_rloo_loss_of_its_samples_with_its_settings(monkeypatch
     ref = -torch.rand(4, pinned.completion_ids.size(1))
     monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
     monkeypatch.setattr(module, "_reference_logps", lambda samples: ref)
-    module.log_dict = lambda *a, **k: None
-    module._trainer = None
-    monkeypatch.setattr(RLOO, "global_step", property(lambda self: 0))
-    monkeypatch.setattr(RLOO, "global_rank", property(lambda self: 0))
-    monkeypatch.setattr(RLOO, "_sharded", lambda self: False)
-    loss = module.training_step(batch, 0)
-    logps, entropy = module._logps(module.policy, pinned, with_entropy=True)
-    mask = pinned.completion_mask.float()
+
+    class Once:
+        def records(self):
+            yield from (("m", r) for r in records)
+
+    trainer(max_steps=1, limit_val_batches=0).fit(
+        module, AlignDataModule(Once(), batch_size=2).connect(module.tokenizer, module.batch_kind))
+    update = {n: start[n] - p.detach() for n, p in module.policy.named_parameters()}
+
+    fresh = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,
+                 generation=SamplingParams(max_new_tokens=5, temperature=0.7), **settings)
+    fresh.configure_model()
+    fresh.policy.load_state_dict(start)
+    logps, entropy = fresh._logps(fresh.policy, pinned, with_entropy=True)
     rewards = CharSum()(None, pinned.texts, None)
     keep = ~pinned.truncated if settings.get("mask_truncated_completions") else None
-    expected = losses.rloo_loss(logps, ref, mask, rewards, 2, 0.2, settings.get("kl_estimator", "k1"),
-                                settings.get("kl_in_reward", True), settings.get("normalization", "sequence"),
-                                entropy, settings.get("entropy_coef", 0.0), keep)
-    assert loss.item() == pytest.approx(expected.loss.item(), rel=1e-5, abs=1e-6)
+    expected = policy_gradient.rloo_loss(logps, ref, pinned.completion_mask.float(), rewards, 2, 0.2,
+                                         settings.get("kl_estimator", "k1"), settings.get("kl_in_reward", True),
+                                         settings.get("normalization", "sequence"), entropy,
+                                         settings.get("entropy_coef", 0.0), keep)
+    expected.loss.backward()
     assert rewards.std() > 0, "rewards must vary for the check to mean something"
+    return update, {n: p.grad for n, p in fresh.policy.named_parameters()}
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=SETTING_IDS)
+def test_one_step_over_one_pass_is_the_update_of_rloo_loss(monkeypatch, tokenizer, settings):
+    """The method hands what it sampled, scored and set to the objective unchanged: with the samples,
+    rewards and reference log-probs pinned, its SGD update is the one-batch ``rloo_loss`` gradient."""
+    update, grads = _pinned_update(monkeypatch, tokenizer, settings)
+    assert any(g.abs().max() > 1e-4 for g in grads.values())
+    assert _largest_difference(update, grads) <= 1e-6  # float32 rounding of a different summation order
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=SETTING_IDS)
+def test_micro_batches_add_up_to_the_one_batch_update(monkeypatch, tokenizer, settings):
+    """Four sequences learnt one at a time (and over two passes' worth of steps' normalisers) give the
+    one-batch gradient: every normaliser is the optimiser step's, not the micro-batch's."""
+    update, grads = _pinned_update(monkeypatch, tokenizer, settings, micro_batch_size=1)
+    assert _largest_difference(update, grads) <= 1e-5
+
+
+def _largest_difference(update: dict, grads: dict) -> float:
+    """Largest |update - gradient| over every weight, relative to the largest gradient entry (at least 1)."""
+    scale = max(1.0, max(float(g.abs().max()) for g in grads.values()))
+    return max(float((update[n] - g).abs().max()) for n, g in grads.items()) / scale

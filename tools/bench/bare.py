@@ -14,7 +14,7 @@ from data import ordered_batches
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lit import word_variety
 
-from lit_align.objectives import logprobs, losses, ops
+from lit_align.objectives import logprobs, losses, ops, policy_gradient
 from lit_align.modeling import models
 from lit_align.data.collate import (
     collate_preference,
@@ -124,7 +124,7 @@ def _rloo(spec: Spec) -> dict:
         logps = _completion_logps(model, samples, **_plain(spec))
         with torch.no_grad():
             kl = ((logps - _completion_logps(reference, samples, **_plain(spec))) * mask).sum(-1)
-        advantages = ops.rloo_advantages(rewards - s.kl_coef * kl, s.rloo_k)
+        advantages = policy_gradient.rloo_advantages(rewards - s.kl_coef * kl, s.rloo_k)
         return -(advantages[:, None] * logps * mask).sum(-1).mean()
 
     return _loop(spec, model, prompt_batches, loss_fn, lambda b: generated[-1])

@@ -1,0 +1,318 @@
+"""Policy-gradient objectives for online RL (RLOO, GRPO, Dr. GRPO, DAPO's pieces) as pure functions.
+
+For a generation batch of prompts x k completions y_i (tokens y_it, mask m_it) sampled from pi_old:
+
+    R_i   = r_i - beta * KL_k1(y_i)                         (KL in the reward; else R_i = r_i)
+    A_i   = advantages(R, k)                                rloo: R_i - mean_{j != i} R_j
+                                                            grpo: (R_i - mean_group R) / (std + 1e-4)
+                                                            dr_grpo: R_i - mean_group R
+    on the sampling weights (pi == pi_old):  l_it = -A_i log pi(y_it)                  (REINFORCE)
+    off them (later passes or steps):         l_it = -min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps_high) A_i),
+                                              rho_it = pi(y_it) / pi_old(y_it)
+    L     = sum_i c_i [ sum_t w_it l_it m_it + beta * KL_i ]  - entropy_coef * (token mean of the entropy)
+                                                            (beta * KL_i only with the KL in the loss)
+
+``w_it`` are truncated importance weights min(pi_old / pi_engine, cap) when an engine sampled in another
+precision than the trainer (TIS), else 1. ``c_i`` is the aggregation, always over the whole optimiser
+step so that micro-batches add up to the one-batch gradient exactly:
+
+    sequence      c_i = 1 / N                        (the unbiased REINFORCE estimator of grad E[R])
+    sequence_mean c_i = 1 / (N |y_i|)                (GRPO's paper: each completion's token mean)
+    token         c_i = 1 / sum_j |y_j|              (DAPO: token mean over the whole step's tokens)
+    dr_grpo       c_i = 1 / (N * max_new_tokens)     (Dr. GRPO's constant normaliser)
+
+On the sampling weights rho = 1 and the clipped form has the same gradient as REINFORCE; the REINFORCE
+form is used there so that one pass of one step is today's RLOO update, value and gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Estimator = Literal["rloo", "grpo", "dr_grpo"]
+ScaleRewards = Literal["group", "batch", "none"]
+Aggregation = Literal["sequence", "sequence_mean", "token", "dr_grpo"]
+AGGREGATIONS = ("sequence", "sequence_mean", "token", "dr_grpo")
+GRPO_STD_EPS = 1e-4  # added to the std before dividing (TRL uses the same constant)
+
+# Which KL estimator may go where. The policy gradient of E[r - beta * KL] needs, per sequence,
+# either the log-ratio as a (detached) reward term or a loss term whose expected gradient is the KL's:
+#   k1 in the reward:  E[(r - beta * L) grad log pi] = grad E[r] - beta * grad KL(pi || ref), exactly.
+#   k2 in the loss:    beta * L^2 / 2 (L the sequence log-ratio); E[L grad log pi] = grad KL(pi || ref), exactly.
+#   k3 in the loss:    per-token r - log r - 1 (r = ref / pi), as GRPO uses it; its expected gradient is
+#                      sum_t E_prefix[grad KL(ref_t || pi_t)], the reverse KL per token (the same as the
+#                      forward one to first order near the reference).
+# Refused: k1 in the loss (its expected gradient is zero: pure noise) and k2/k3 in the reward (their
+# score-function gradients do not point along grad KL; k3's measured cosine was -0.31 near the reference).
+KL_SETTINGS = {("k1", True): "k1 in the reward", ("k2", False): "k2 in the loss", ("k3", False): "k3 in the loss"}
+
+
+def check_kl_setting(estimator: str, in_reward: bool) -> None:
+    """Refuse a KL estimator / placement whose gradient is not the KL's, naming the valid ones."""
+    if (estimator, in_reward) not in KL_SETTINGS:
+        where = "in the reward (kl_in_reward: true)" if in_reward else "in the loss (kl_in_reward: false)"
+        valid = "; ".join(f"{name} (kl_estimator: {e}, kl_in_reward: {str(r).lower()})" for (e, r), name in KL_SETTINGS.items())
+        raise ValueError(f"kl_estimator {estimator!r} {where} does not give the gradient of the KL penalty; use one of: {valid}")
+
+
+def sequence_kl(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-sequence KL(pi || ref) estimate over the masked tokens, shape (N,).
+
+    Args:
+        logps, ref_logps: (N, C) log-probs of the sampled tokens under the policy and the reference.
+        mask: (N, C) 1 on completion tokens.
+        estimator: "k1" (sum of log-ratios L), "k2" (L^2 / 2) or "k3" (sum of per-token r - log r - 1,
+            r = ref / pi).
+    """
+    log_ratio = (logps - ref_logps) * mask
+    if estimator == "k1":
+        return log_ratio.sum(-1)
+    if estimator == "k2":
+        return 0.5 * log_ratio.sum(-1) ** 2
+    if estimator == "k3":
+        return ((torch.exp(-log_ratio) + log_ratio - 1) * mask).sum(-1)
+    raise ValueError(f"unknown kl_estimator {estimator!r}: choose from k1, k2, k3")
+
+
+def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """Leave-one-out advantages: each sample's reward minus the mean of the other k-1 in its group.
+
+    Args:
+        rewards: (B*k,) with the k samples of each prompt adjacent.
+    Returns:
+        (B*k,) advantages; each group of k sums to zero.
+
+    >>> rloo_advantages(torch.tensor([1.0, 0.0, 2.0, 5.0]), k=2).tolist()
+    [1.0, -1.0, -3.0, 3.0]
+    """
+    if k < 2:
+        raise ValueError(f"RLOO needs at least 2 samples per prompt, got k={k}")
+    groups = rewards.view(-1, k)
+    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).reshape(-1)
+
+
+def group_advantages(rewards: torch.Tensor, k: int, estimator: Estimator = "rloo",
+                     scale_rewards: ScaleRewards = "group") -> torch.Tensor:
+    """Advantages of ``rewards`` (B*k,), the k samples of each prompt adjacent.
+
+    - ``rloo``: leave-one-out baseline; expected gradient exactly grad E[R]. ``scale_rewards`` is ignored.
+    - ``grpo``: group mean as baseline, divided by the group's std (``scale_rewards="group"``), the
+      whole batch's std (``"batch"``) or nothing (``"none"``); unbiased stds, plus 1e-4.
+    - ``dr_grpo``: group mean as baseline, no scaling; expected gradient (k-1)/k grad E[R].
+
+    >>> group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), 2, "dr_grpo").tolist()
+    [-1.0, 1.0, 0.0, 0.0]
+    """
+    if estimator == "rloo":
+        return rloo_advantages(rewards, k)
+    if estimator not in ("grpo", "dr_grpo"):
+        raise ValueError(f"unknown advantage estimator {estimator!r}: choose rloo, grpo or dr_grpo")
+    if k < 2:
+        raise ValueError(f"{estimator} needs at least 2 samples per prompt, got k={k}")
+    groups = rewards.view(-1, k)
+    centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
+    if estimator == "dr_grpo" or scale_rewards == "none":
+        return centred
+    if scale_rewards == "group":
+        std = groups.std(dim=1, keepdim=True).expand_as(groups).reshape(-1)
+    elif scale_rewards == "batch":
+        std = rewards.std().expand_as(centred)
+    else:
+        raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
+    return centred / (std + GRPO_STD_EPS)
+
+
+def uniform_groups(rewards: torch.Tensor, k: int) -> torch.Tensor:
+    """(B,) True where all k rewards of a group are equal: such a group has zero advantages (no signal).
+
+    >>> uniform_groups(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2).tolist()
+    [True, False]
+    """
+    groups = rewards.view(-1, k)
+    return (groups == groups[:, :1]).all(dim=1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, factor: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment, a reward term from completion lengths (N,) in tokens.
+
+    0 up to ``max_new_tokens - buffer`` tokens, then falling linearly to ``-factor`` at ``max_new_tokens``.
+
+    >>> overlong_penalty(torch.tensor([10, 16, 20]), max_new_tokens=20, buffer=8).tolist()
+    [0.0, -0.5, -1.0]
+    """
+    if not 0 < buffer <= max_new_tokens:
+        raise ValueError(f"overlong buffer must be in 1..max_new_tokens ({max_new_tokens}), got {buffer}")
+    start = max_new_tokens - buffer
+    return -factor * ((lengths.float() - start).clamp(min=0) / buffer).clamp(max=1.0)
+
+
+def tis_weights(old_logps: torch.Tensor, engine_logps: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(pi_old / pi_engine, cap) per token, (N, C), without gradient.
+
+    The engine drew the tokens from its own numerics (e.g. bf16 vLLM) while the trainer's pi_old is
+    the float32 policy: the weights correct the expectation back to pi_old, truncated for variance.
+
+    >>> tis_weights(torch.tensor([[0.0, -1.0]]), torch.tensor([[-1.0, 0.0]]), cap=2.0).tolist()[0][1]
+    0.3678794503211975
+    """
+    return (old_logps - engine_logps).exp().clamp(max=cap).detach()
+
+
+def aggregation_weights(mask: torch.Tensor, how: Aggregation, num_sequences: int, num_tokens: float,
+                        max_new_tokens: int) -> torch.Tensor:
+    """(N,) weights c_i of each sequence's summed token terms (the table in the module docstring).
+
+    Args:
+        mask: (N, C) loss mask of this micro-batch's rows (rows kept out are all zero).
+        how: "sequence", "sequence_mean", "token" or "dr_grpo".
+        num_sequences: sequences in the whole optimiser step (N of the table).
+        num_tokens: loss tokens in the whole optimiser step.
+        max_new_tokens: the sampling limit, Dr. GRPO's constant.
+    """
+    rows = mask.new_ones(mask.size(0))
+    if how == "sequence":
+        return rows / num_sequences
+    if how == "sequence_mean":
+        return rows / (num_sequences * mask.sum(-1).clamp(min=1))
+    if how == "token":
+        return rows / max(float(num_tokens), 1.0)
+    if how == "dr_grpo":
+        return rows / (num_sequences * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation {how!r}: choose from {', '.join(AGGREGATIONS)}")
+
+
+@dataclass
+class PolicyGradientResult:
+    """A policy-gradient loss and what a method logs beside it."""
+
+    loss: torch.Tensor  # scalar: policy term + KL term (in the loss) - entropy bonus
+    policy_loss: torch.Tensor  # scalar, detached
+    kl_loss: torch.Tensor  # scalar, detached; 0 when the KL is in the reward
+    clipped: torch.Tensor  # scalar: loss tokens whose ratio sits outside the clip range and is clipped
+    advantages: torch.Tensor | None = None  # (N,), filled by rloo_loss
+    shaped_rewards: torch.Tensor | None = None  # (N,) rewards minus beta * KL_k1 when the KL is in the reward
+    kl: torch.Tensor | None = None  # (N,) k1 sequence KL estimate (detached)
+
+
+def clipped_token_loss(logps, old_logps, advantages, epsilon: float, epsilon_high: float):
+    """PPO's clipped surrogate per token, ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)``, and
+    where the clip is active (the gradient there is zero). Shapes: (N, C), (N, C), (N,) -> (N, C), (N, C)."""
+    ratio = (logps - old_logps).exp()
+    adv = advantages[:, None]
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon_high) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
+
+
+def policy_gradient_loss(
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    old_logps: torch.Tensor | None = None,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    is_weights: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+    kl_estimator: str = "k1",
+    kl_in_reward: bool = True,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    entropy_tokens: float | None = None,
+) -> PolicyGradientResult:
+    """The objective of the module docstring on one micro-batch.
+
+    Args:
+        logps: (N, C) policy log-probs of the sampled tokens at the sampling temperature (with gradient).
+        mask: (N, C) loss mask: completion tokens of the rows that carry loss.
+        advantages: (N,) advantages, computed over the whole generation batch.
+        weights: (N,) aggregation weights c_i (``aggregation_weights``), 0 for rows kept out.
+        old_logps: (N, C) log-probs under the weights that sampled; None: these are the current
+            weights (REINFORCE form, no ratio).
+        epsilon, epsilon_high: clip range 1 - epsilon .. 1 + epsilon_high (None: epsilon).
+        is_weights: (N, C) truncated importance weights (``tis_weights``) or None.
+        ref_logps: (N, C) reference log-probs, needed for the KL in the loss.
+        kl_coef, kl_estimator, kl_in_reward: the KL penalty (``check_kl_setting``); in the reward it is
+            already inside the advantages and adds nothing here.
+        entropy: (N, C) per-token entropies (needed if entropy_coef).
+        entropy_coef: weight of the entropy bonus.
+        entropy_tokens: loss tokens of the whole step the entropy's mean is taken over (default: this
+            micro-batch's).
+    """
+    check_kl_setting(kl_estimator, kl_in_reward)
+    if old_logps is None:
+        per_token, clipped = -advantages[:, None] * logps, torch.zeros_like(mask, dtype=torch.bool)
+    else:
+        per_token, clipped = clipped_token_loss(logps, old_logps, advantages, epsilon,
+                                                epsilon if epsilon_high is None else epsilon_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    policy_loss = (weights * (per_token * mask).sum(-1)).sum()
+    kl_loss = policy_loss.new_zeros(())
+    if not kl_in_reward and kl_coef:
+        if ref_logps is None:
+            raise ValueError("a KL in the loss needs the reference log-probs")
+        kl_loss = kl_coef * (weights * sequence_kl(logps, ref_logps, mask, kl_estimator)).sum()
+    loss = policy_loss + kl_loss
+    if entropy_coef:
+        if entropy is None:
+            raise ValueError("entropy_coef needs the per-token entropies")
+        tokens = mask.sum() if entropy_tokens is None else mask.new_tensor(float(entropy_tokens))
+        loss = loss - entropy_coef * (entropy * mask).sum() / tokens.clamp(min=1)
+    return PolicyGradientResult(loss, policy_loss.detach(), kl_loss.detach(), (clipped & mask.bool()).sum())
+
+
+def rloo_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    k: int,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+    kl_in_reward: bool = True,
+    normalization: str = "sequence",
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
+    keep: torch.Tensor | None = None,
+) -> PolicyGradientResult:
+    """On-policy RLOO on one whole batch: REINFORCE with a leave-one-out baseline on k samples per prompt.
+
+    The reference the micro-batched loop is checked against: with one pass of one optimiser step
+    the methods' update equals this function's gradient.
+
+    Args:
+        logps: (N, C) policy log-probs of the sampled tokens at the sampling temperature (with gradient).
+        ref_logps: (N, C) reference log-probs of the same tokens at the same temperature.
+        mask: (N, C) 1 on completion tokens (up to and including the stop token).
+        rewards: (N,) reward of each completion.
+        k: samples per prompt (N = B * k).
+        kl_coef: beta, the weight of the KL penalty.
+        kl_estimator, kl_in_reward: where the KL goes (``check_kl_setting`` lists the valid pairs).
+        normalization: "sequence": the summed token terms are averaged over the N sequences (the
+            unbiased estimator of grad E[R]); "token": divided by the number of loss tokens.
+        entropy: (N, C) per-token entropies at the sampling temperature (needed if entropy_coef).
+        entropy_coef: weight of a bonus on the mean token entropy (0: off).
+        keep: (N,) bool, rows that carry loss (False: e.g. truncated completions masked out). They
+            still count in their group's baselines.
+
+    Returns:
+        ``PolicyGradientResult`` with the advantages, shaped rewards and k1 KL filled in.
+    """
+    check_kl_setting(kl_estimator, kl_in_reward)
+    if normalization not in ("sequence", "token"):
+        raise ValueError(f"normalization must be 'sequence' or 'token', got {normalization!r}")
+    kl = sequence_kl(logps.detach(), ref_logps, mask, "k1")
+    shaped = rewards - kl_coef * kl if kl_in_reward else rewards
+    advantages = rloo_advantages(shaped, k)
+    loss_mask = mask if keep is None else mask * keep[:, None].to(mask.dtype)
+    weights = aggregation_weights(loss_mask, normalization, mask.size(0), float(loss_mask.sum()), 1)
+    out = policy_gradient_loss(logps, loss_mask, advantages, weights, ref_logps=ref_logps, kl_coef=kl_coef,
+                               kl_estimator=kl_estimator, kl_in_reward=kl_in_reward, entropy=entropy,
+                               entropy_coef=entropy_coef)
+    out.advantages, out.shaped_rewards, out.kl = advantages, shaped, kl
+    return out
