@@ -203,8 +203,9 @@ class VLLM(RolloutEngine):
 
     def sync(self, model) -> None:
         """Push the policy's current weights into the engine, in place; drop cached prefixes."""
+        dtype = self._runner().model_config.dtype  # pushed in the engine's dtype: it casts nothing, logs nothing
         with self._full_weights():  # FSDP: the full weights exist only inside this block
-            weights = ((k, v.detach()) for k, v in merged_weights(model))
+            weights = ((k, v.detach().to(dtype) if v.is_floating_point() else v.detach()) for k, v in merged_weights(model))
             self._runner().reload_weights(weights_iterator=weights)
         self.llm.reset_prefix_cache()
         self.stale = False

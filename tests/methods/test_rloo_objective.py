@@ -144,3 +144,26 @@ def test_k3_in_the_loss_is_not_the_forward_kl_gradient():
     """Documented, not hidden: k3 in the loss differs from grad KL(pi || ref) away from the reference."""
     got, forward = _expected_rloo_gradient("k3", False), _exact_gradient("forward")
     assert max((g - f).abs().max() for g, f in zip(got, forward)) > 1e-3
+
+
+# --- Dr. GRPO on the enumerable toy policy --------------------------------------------------------
+def test_dr_grpo_expected_gradient_is_k_minus_one_over_k_of_the_objective_gradient():
+    """The group mean includes the sample itself, so E[(R_i - mean R) grad log pi(y_i)] = (k-1)/k grad E[R]:
+    with the k1 KL in the reward, Dr. GRPO's expected gradient is that share of grad(E[r] - beta KL)."""
+    z1, z2, r1, r2 = _toy()
+    pl1, pl2, rl1, rl2 = _distributions(z1, z2, r1, r2)
+    logps, mask = _token_logps(pl1, pl2)
+    ref, _ = _token_logps(rl1, rl2)
+    seq_prob = (logps * mask).sum(-1).exp().detach()
+    k, total = K, 0.0
+    for tup in itertools.product(range(len(SEQUENCES)), repeat=k):
+        idx = torch.tensor(tup)
+        shaped = SEQ_REWARDS[idx] - BETA * policy_gradient.sequence_kl(logps[idx].detach(), ref[idx], mask[idx])
+        advantages = policy_gradient.group_advantages(shaped, k, "dr_grpo")
+        out = policy_gradient.policy_gradient_loss(logps[idx], mask[idx], advantages, torch.full((k,), 1 / k))
+        total = total + seq_prob[idx].prod() * out.loss
+    total.backward()
+    exact = _exact_gradient("forward")
+    for got, e in zip((z1.grad, z2.grad), exact):
+        assert torch.allclose(got, (k - 1) / k * e, atol=1e-6), (got - (k - 1) / k * e).abs().max()
+    assert exact[0].abs().max() > 1e-2
