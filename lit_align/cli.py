@@ -1,8 +1,8 @@
 """``python -m lit_align {fit,validate,test,predict} --config FILE.yaml``.
 
 ``model.class_path`` picks the method (``lit_align.methods.SFT``, ...); ``data`` is always an
-``AlignDataModule``, connected to the method's tokenizer and batch kind once both exist. Trainer
-flags (accelerator, devices, strategy, precision, num_nodes) pick the hardware.
+``AlignDataModule``, connected to the method once both exist (``connect``). Trainer flags
+(accelerator, devices, strategy, precision, num_nodes) pick the hardware.
 
 From the command line, a mistake in the user's config or data (a malformed or undecodable record, an
 empty or missing file, a model or dataset that cannot be loaded, a refused setting) prints one
@@ -20,7 +20,7 @@ import sys
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
-from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.datamodule import AlignDataModule, UsesData
 from lit_align.modeling.models import ModelLoadError
 
 TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
@@ -41,17 +41,29 @@ def plain_errors(program: str = "lit_align"):
         raise SystemExit(1) from None
 
 
-class AlignCLI(LightningCLI):
-    """LightningCLI that hands the data module what the method needs, once both are built.
+def connect(data: AlignDataModule, method: L.LightningModule) -> AlignDataModule:
+    """The handshake between the data and the method, made once before any run; returns ``data``.
 
-    The method declares its ``tokenizer`` and ``batch_kind``; ``AlignDataModule.connect`` is told
-    them here, before any subcommand runs, so the data never looks into the trainer or the method.
+    The data is told the method's ``tokenizer`` and ``batch_kind``; a method that declares it uses its
+    data (``UsesData``: DPO's precomputed reference, the reward model's exported length) is handed the
+    data's ``view()``. Each value goes one way, here: the data never looks into the trainer or the
+    method, and the method never reads ``trainer.datamodule``. From Python:
+    ``trainer.fit(method, connect(data, method))``.
     """
+    data.connect(method.tokenizer, method.batch_kind)
+    if isinstance(method, UsesData):
+        method.use_data(data.view())
+    return data
+
+
+class AlignCLI(LightningCLI):
+    """LightningCLI that connects the data and the method (``connect``) once both are built, before
+    any subcommand runs."""
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         if self.datamodule is not None:
-            self.datamodule.connect(self.model.tokenizer, self.model.batch_kind)
+            connect(self.datamodule, self.model)
 
 
 def main(args: list[str] | None = None) -> AlignCLI:

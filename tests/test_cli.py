@@ -12,12 +12,25 @@ TINY = ["--config", str(QUICKSTART), "--model.init_args.model", "tiny:causal-lm"
         "--data.limit", "8", "--data.val.init_args.num_problems", "4"]
 
 
+# the test split: held-out problems of another seed than the quickstart's train and val problems
+TEST_SPLIT = ["--data.test", "lit_align.tasks.countdown.CountdownSource", "--data.test.num_problems", "3",
+              "--data.test.seed", "7"]
+
+
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
 def test_validate_and_test_report_loss(subcommand, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main([subcommand, *TINY, "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"])
+    cli = main([subcommand, *TINY, *TEST_SPLIT, "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1"])
     key = "val/loss" if subcommand == "validate" else "test/loss"
     assert cli.trainer.callback_metrics[key] > 0
+    if subcommand == "test":
+        assert len(cli.datamodule.test_items) == 3 and cli.datamodule.val_items == []  # its own split, nothing else
+
+
+def test_test_without_a_test_split_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no test split: set data.test"):
+        main(["test", *TINY])
 
 
 def test_predict_writes_completions(tmp_path, monkeypatch):

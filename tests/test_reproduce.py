@@ -71,7 +71,7 @@ def test_smoke_stages_chain_their_inputs_and_outputs(smoke):
     for t in PROFILES["smoke"].bon_temperatures:
         val = config(f"countdown_best_of_n_val_t{t:g}")
         assert val["model"]["init_args"]["generation"]["temperature"] == t
-        assert val["data"]["val"]["init_args"]["seed"] != test["data"]["val"]["init_args"]["seed"]
+        assert val["data"]["test"]["init_args"]["seed"] != test["data"]["test"]["init_args"]["seed"]
     from study.plan import choose_temperature
 
     chosen, _ = choose_temperature({t: runs / f"countdown_best_of_n_val_t{t:g}" for t in PROFILES["smoke"].bon_temperatures})
@@ -213,11 +213,13 @@ def test_embedded_profile_sizes_reach_every_config(tmp_path):
     samples = config("instruction_samples")
     assert samples["limit"] == samples["source"]["init_args"]["num_prompts"] == sizes.if_prompts >= 128
     for name in ("base", "sft", "dpo", "rloo_rm", "rloo_checker"):
-        assert config(f"instruction_eval_{name}")["data"]["val"]["init_args"]["num_prompts"] == sizes.if_eval_prompts >= 128
+        assert config(f"instruction_eval_{name}")["data"]["test"]["init_args"]["num_prompts"] == sizes.if_eval_prompts >= 128
     for name in ("countdown_sft", "countdown_sft_more", "countdown_sft_most", "countdown_sft_full", "countdown_rloo"):
         callback = next(c for c in config(name)["trainer"]["callbacks"] if c["class_path"].endswith("VerifierEval"))
         args = callback["init_args"]
         assert args["num_prompts"] == args["source"]["init_args"]["num_problems"] == sizes.cd_eval_problems >= 128, name
         assert args["source"]["init_args"]["seed"] == 1234
-    test = config("countdown_best_of_n")["data"]["val"]["init_args"]
+    test = config("countdown_best_of_n")["data"]["test"]["init_args"]
     assert (test["num_problems"], test["seed"]) == (sizes.cd_eval_problems, 1234)
+    for name in ("countdown_best_of_n", "countdown_best_of_n_val_t0.7", "instruction_eval_base"):
+        assert "val" not in config(name)["data"], f"{name}: an evaluation reads its test split only"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -59,20 +61,43 @@ class _Indexed(Dataset):
         return self.items[key], None
 
 
+@dataclass(frozen=True)
+class DataView:
+    """What a method may use of the data it is fed besides its batches, handed to it once before any
+    run (``lit_align.cli.connect``): values flow from the data to the method, never looked up later."""
+
+    max_length: int  # tokens every record is cut to
+    # every item of a split ("train", "val" or "test") once, in order; callable once the data is set up
+    ordered_batches: Callable[[str], Iterator]
+
+
+@runtime_checkable
+class UsesData(Protocol):
+    """A method that reads something of its data beyond its batches declares it by taking a ``DataView``
+    (DPO's reference pass over each split, the reward model's exported length)."""
+
+    def use_data(self, data: DataView) -> None: ...
+
+
 class AlignDataModule(L.LightningDataModule):
     """Reads, validates and tokenizes records for whichever method is being trained.
 
     The data module is told, never asks: before Lightning sets it up, ``connect`` hands it the
     tokenizer of the model it feeds and the batch kind the method trains on (``lit_align.data.kinds``:
-    SFT, preference, reward or prompt batches). ``AlignCLI`` makes that call for every subcommand; from
-    Python, call ``data.connect(method.tokenizer, method.batch_kind)`` before ``trainer.fit``. It never
-    looks into the trainer's module, so it builds any kind of batch without a method (tests do).
+    SFT, preference, reward or prompt batches); in return, ``view`` is what the method may know of it.
+    ``lit_align.cli.connect(data, method)`` makes both calls, and the command line makes it for every
+    subcommand. It never looks into the trainer's module, so it builds any kind of batch without a
+    method (tests do).
+
+    Splits: ``train`` and ``val`` feed ``fit`` and ``validate``; ``test`` feeds ``test`` only, and a
+    test run without one is refused rather than given another split.
     """
 
     def __init__(
         self,
         train: Source | None = None,
         val: Source | None = None,
+        test: Source | None = None,
         val_fraction: float = 0.0,
         limit: int | None = None,
         max_length: int = 1024,
@@ -87,12 +112,13 @@ class AlignDataModule(L.LightningDataModule):
         Args:
             train: where training records come from (LocalFile, HubDataset, CountdownSource, ...); None for test-only runs.
             val: where validation records come from; when None, ``val_fraction`` of train is held out.
+            test: where test records come from (``lit_align test`` reads these and nothing else).
             val_fraction: share of train records held out for validation when ``val`` is None.
             limit: read at most this many records from each source (quick runs).
             max_length: longest sequence in tokens, prompt included.
             truncation: over-long records: "truncate" cuts the completion's end, "drop" skips the record.
             batch_size: examples per micro-batch on each device.
-            val_batch_size: examples per validation batch (default: batch_size).
+            val_batch_size: examples per validation or test batch (default: batch_size).
             num_workers: DataLoader worker processes.
             seed: seed for the train/val split and the shuffling order.
             packing: SFT: concatenate each micro-batch's examples into rows of up to max_length tokens
@@ -103,7 +129,7 @@ class AlignDataModule(L.LightningDataModule):
             raise ValueError(f"truncation must be 'truncate' or 'drop', got {truncation!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        self.train_source, self.val_source = train, val
+        self.train_source, self.val_source, self.test_source = train, val, test
         self.val_fraction, self.limit, self.seed = val_fraction, limit, seed
         self.max_length, self.truncation = max_length, truncation
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
@@ -113,6 +139,7 @@ class AlignDataModule(L.LightningDataModule):
         self._kind: BatchKind | None = None  # what this stage's batches are: batch_kind, or prompts for predict
         self.train_items: list = []
         self.val_items: list = []
+        self.test_items: list = []
         self.stats: dict[str, int] = {}  # over-length and dropped record counts per split
         self._position = (0, 0)  # (epoch, training micro-batches consumed in it), saved in checkpoints
         self._resume_position: tuple[int, int] | None = None
@@ -138,14 +165,25 @@ class AlignDataModule(L.LightningDataModule):
         self.tokenizer, self.batch_kind = tokenizer, batch_kind
         return self
 
+    def view(self) -> DataView:
+        """What the method may use of this data (``DataView``); its batches exist once ``setup`` has run."""
+        return DataView(self.max_length, self.ordered_batches)
+
     def setup(self, stage: str | None = None) -> None:
         # predict samples from prompts whatever the method trains on
         self._kind = PromptKind() if stage == "predict" else self.batch_kind
         if self.tokenizer is None or self._kind is None:
             raise RuntimeError(
-                "AlignDataModule was not connected: call data.connect(method.tokenizer, method.batch_kind) "
-                "before trainer.fit/validate/test (the command line does it for you)"
+                "AlignDataModule was not connected: call lit_align.cli.connect(data, method) (or "
+                "data.connect(method.tokenizer, method.batch_kind)) before trainer.fit/validate/test; the "
+                "command line does it for you"
             )
+        if stage in ("test", None) and self.test_source is not None:
+            self.test_items = self._prepare(self._read(self.test_source), "test")
+        if stage == "test":
+            if self.test_source is None:
+                raise self._no_test_split()
+            return  # a test run reads its own split and nothing else
         train = self._read(self.train_source) if self.train_source is not None else []
         if self.val_source is not None:
             val = self._read(self.val_source)
@@ -177,19 +215,14 @@ class AlignDataModule(L.LightningDataModule):
         return self._batch([item for item, _ in keyed], normalizer)
 
     def ordered_batches(self, split: str) -> Iterator:
-        """Every item of ``split`` ("train" or "val") once, in order, in batches of ``val_batch_size``.
+        """Every item of ``split`` ("train", "val" or "test") once, in order, in batches of ``val_batch_size``.
 
         For passes that must see each example of a split exactly once before training, such as DPO's
         precomputed reference log-probs; preference batches carry each pair's position in its split.
         """
-        items = {"train": self.train_items, "val": self.val_items}[split]
+        items = {"train": self.train_items, "val": self.val_items, "test": self.test_items}[split]
         for start in range(0, len(items), self.val_batch_size):
             yield self._batch(items[start : start + self.val_batch_size])
-
-    def max_input_length(self) -> int:
-        """The length, in tokens, that training and validation records are cut to (``max_length``); a
-        reward model records it in its export, so that scoring cuts text where training did."""
-        return self.max_length
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_items:
@@ -234,13 +267,20 @@ class AlignDataModule(L.LightningDataModule):
             self._resume_position = self._position
         self._resume_rng = state_dict.get("rng")
 
+    def _in_order(self, items: list) -> DataLoader:
+        return DataLoader(_Indexed(items), batch_size=self.val_batch_size, collate_fn=self._collate, num_workers=self.num_workers)
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _Indexed(self.val_items), batch_size=self.val_batch_size, collate_fn=self._collate, num_workers=self.num_workers
-        )
+        return self._in_order(self.val_items)
+
+    def _no_test_split(self) -> DataError:
+        return DataError("no test split: set data.test to the records to test on (a LocalFile, HubDataset or "
+                         "task source); a test run does not fall back on the validation split")
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        if self.test_source is None:
+            raise self._no_test_split()
+        return self._in_order(self.test_items)
 
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()

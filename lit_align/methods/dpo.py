@@ -13,8 +13,10 @@ and are logged as ``rewards/chosen`` etc.
 
 Chosen and rejected responses go through the policy in one concatenated forward pass. The
 reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
-``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs are
-computed once before training, over the data module's ``ordered_batches``, and cached on disk.
+``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs for the
+train and val splits are computed once before training and cached on disk. The pairs for that pass
+are handed to the method before the run (``use_data``), never looked up in the trainer; a test split
+is scored against the live reference.
 
 IPO's log-probs are per-token averages by default (``IPO(normalization="token_mean")``): h is then a
 difference of mean token log-ratios, as in the IPO authors' experiments and TRL, so a beta tuned there
@@ -39,6 +41,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from lit_align.objectives import logprobs, losses, ops
 from lit_align.data.collate import PreferenceBatch
+from lit_align.data.datamodule import DataView
 from lit_align.data.kinds import PreferenceKind
 from lit_align.methods.base import PolicyModule
 
@@ -99,7 +102,12 @@ class IPO(PreferenceLoss):
 
 
 class DPO(PolicyModule):
-    """Preference optimisation of a causal LM against a fixed reference model."""
+    """Preference optimisation of a causal LM against a fixed reference model.
+
+    With ``precompute_reference``, the reference pass reads every pair of the data once before
+    training: the command line hands the data over; from Python, connect both before fitting,
+    ``trainer.fit(dpo, lit_align.cli.connect(data, dpo))`` (or ``dpo.use_data(data.view())``).
+    """
 
     batch_kind = PreferenceKind()
 
@@ -129,10 +137,16 @@ class DPO(PolicyModule):
         self.loss_fn, self.nll_weight = loss, nll_weight
         self.precompute_reference, self.reference_cache_dir = precompute_reference, reference_cache_dir
         self.reference_logps: dict[str, torch.Tensor] = {}
+        self.data_view: DataView | None = None  # handed over by use_data, for the reference pass
+
+    def use_data(self, data: DataView) -> None:
+        """Take the data's ordered pass over each split (for ``precompute_reference``), before the run."""
+        self.data_view = data
 
     def configure_model(self) -> None:
         super().configure_model()
-        if not self.reference_logps:  # once log-probs are cached, the copy is not needed again
+        # Once train and val log-probs are cached, only a test run (its split is not cached) needs the copy.
+        if not self.reference_logps or (self._trainer is not None and self.trainer.testing):
             self.load_reference_copy()
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
@@ -143,7 +157,6 @@ class DPO(PolicyModule):
         return self.with_reference(lambda model: self.sequence_logps(model, batch))
 
     def _reference(self, batch: PreferenceBatch, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        stage = "val" if stage == "test" else stage  # test reads the validation split
         if stage in self.reference_logps:
             cached = self.reference_logps[stage][batch.index.cpu()].to(batch.input_ids.device)
             return cached[:, 0], cached[:, 1]
@@ -186,11 +199,13 @@ class DPO(PolicyModule):
         super().on_fit_start()
         if not self.precompute_reference:
             return
-        data = self.trainer.datamodule
-        if data is None:
-            raise ValueError("precompute_reference needs an AlignDataModule (trainer.fit(model, datamodule=...))")
+        if self.data_view is None:
+            raise ValueError(
+                "precompute_reference needs the pairs before training: connect the data to the method first, "
+                "trainer.fit(dpo, lit_align.cli.connect(data, dpo)) (the command line does it)"
+            )
         for stage in ("train", "val"):
-            logps = self._cached_reference_logps(partial(data.ordered_batches, stage))
+            logps = self._cached_reference_logps(partial(self.data_view.ordered_batches, stage))
             if logps is not None:
                 self.reference_logps[stage] = logps
         self.reference_model = None  # no longer needed: every step reads the cache

@@ -25,6 +25,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lit_align.modeling import hardware, models
 from lit_align.objectives import losses
 from lit_align.data.collate import PreferenceBatch
+from lit_align.data.datamodule import DataView
 from lit_align.data.kinds import RewardKind
 from lit_align.methods.base import FreesAppliedGradients, optimizer_config
 from lit_align.rewards.model import METADATA, reward_scores
@@ -63,7 +64,12 @@ class ScoreRegression(RewardLoss):
 
 
 class RewardModel(FreesAppliedGradients):
-    """A scalar reward head on a sequence classifier, trained on chosen/rejected pairs."""
+    """A scalar reward head on a sequence classifier, trained on chosen/rejected pairs.
+
+    The export records the length its training text was cut to, handed over from the data before the
+    run (``use_data``): the command line does it; from Python, ``trainer.fit(rm, lit_align.cli.connect(data, rm))``
+    (or ``rm.use_data(data.view())``).
+    """
 
     batch_kind = RewardKind()  # prompt and response as this model's own tokenizer reads them
 
@@ -96,7 +102,7 @@ class RewardModel(FreesAppliedGradients):
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.tokenizer = models.load_tokenizer(model, trust_remote_code)
         self.model = None
-        self.max_length = 512
+        self.max_length: int | None = None  # tokens the training text is cut to, from use_data
         self.val_accuracy = torchmetrics.MeanMetric()
 
     def configure_model(self) -> None:
@@ -105,10 +111,9 @@ class RewardModel(FreesAppliedGradients):
             model = models.load_sequence_classifier(self.model_name, self.dtype_name, self.trust_remote_code)
             self.model = model.train()  # from_pretrained returns eval mode, which would switch dropout off
 
-    def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None:
-            self.max_length = datamodule.max_input_length()  # exported with the model, so scoring matches training
+    def use_data(self, data: DataView) -> None:
+        """Take the length the data cuts text to: it is exported with the model, so scoring cuts where training did."""
+        self.max_length = data.max_length
 
     def forward(self, batch: PreferenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         rewards = reward_scores(self.model, batch.input_ids, batch.attention_mask)
@@ -147,6 +152,9 @@ class RewardModel(FreesAppliedGradients):
 
     def export(self, directory: str | Path) -> Path:
         """Save model, tokenizer and the input length in Hugging Face format (``RewardModelScorer`` loads it)."""
+        if self.max_length is None:
+            raise ValueError("RewardModel.export needs the input length its data cut text to: connect the data to "
+                             "the model before training, lit_align.cli.connect(data, rm) (the command line does it)")
         directory = Path(directory)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

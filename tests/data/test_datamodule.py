@@ -82,3 +82,46 @@ def test_empty_train_set_is_a_clear_error(tmp_path, tokenizer):
     dm = _dm(tokenizer, LocalFile(str(_file(tmp_path, 3, long_every=1))), max_length=10, truncation="drop")
     with pytest.raises(DataError, match="no training records"):
         dm.train_dataloader()
+
+
+class _Counted:
+    """A source that counts how often it is read."""
+
+    def __init__(self, source):
+        self.source, self.reads = source, 0
+
+    def records(self):
+        self.reads += 1
+        return self.source.records()
+
+
+def test_a_test_run_reads_the_test_split_and_nothing_else(tmp_path, tokenizer):
+    (tmp_path / "held_out").mkdir()
+    train, val = _Counted(LocalFile(str(_file(tmp_path, 6)))), _Counted(LocalFile(str(_file(tmp_path, 6))))
+    held_out = LocalFile(str(_file(tmp_path / "held_out", 3)))
+    dm = AlignDataModule(train, val=val, test=held_out, val_batch_size=2).connect(tokenizer, SFTKind())
+    dm.setup("test")
+    assert (train.reads, val.reads) == (0, 0)
+    assert [e.origin for e in dm.test_items] == [f"{held_out.path}:line {i}" for i in (1, 2, 3)]
+    assert [b.input_ids.size(0) for b in dm.test_dataloader()] == [2, 1]
+    assert sum(b.input_ids.size(0) for b in dm.view().ordered_batches("test")) == 3
+    dm.setup("fit")
+    assert (train.reads, val.reads) == (1, 1) and len(dm.test_items) == 3
+
+
+def test_a_test_run_without_a_test_split_is_refused_not_given_another(tmp_path, tokenizer):
+    src = LocalFile(str(_file(tmp_path, 4)))
+    dm = AlignDataModule(src, val=src).connect(tokenizer, SFTKind())
+    with pytest.raises(DataError, match="no test split: set data.test.*does not fall back on the validation split"):
+        dm.setup("test")
+    with pytest.raises(DataError, match="no test split"):
+        dm.test_dataloader()
+
+
+def test_the_view_a_method_is_handed_carries_the_length_and_each_split_in_order(tmp_path, tokenizer):
+    dm = AlignDataModule(LocalFile(str(_file(tmp_path, 5))), max_length=33, val_batch_size=2).connect(tokenizer, SFTKind())
+    view = dm.view()
+    assert view.max_length == 33
+    dm.setup("fit")
+    assert [b.input_ids.size(0) for b in view.ordered_batches("train")] == [2, 2, 1]
+    assert list(view.ordered_batches("val")) == []

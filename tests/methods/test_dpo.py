@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lit_align.cli import connect
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.sources import LocalFile
+from lit_align.data.sources import DataError, LocalFile
 from lit_align.methods.dpo import DPO, IPO, ConservativeDPO, SigmoidDPO
 from lit_align.modeling.models import LoRA
 
@@ -14,9 +15,9 @@ from conftest import trainer
 FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "ultrafeedback_binarized_sample.jsonl")
 
 
-def data(module, batch_size=4):
-    dm = AlignDataModule(LocalFile(FIXTURE), val=LocalFile(FIXTURE), batch_size=batch_size, max_length=128)
-    return dm.connect(module.tokenizer, module.batch_kind)
+def data(module, batch_size=4, test=None):
+    dm = AlignDataModule(LocalFile(FIXTURE), val=LocalFile(FIXTURE), test=test, batch_size=batch_size, max_length=128)
+    return connect(dm, module)
 
 
 @pytest.mark.parametrize("reference, lora", [("copy", None), ("adapter_off", LoRA(r=4, alpha=8, dropout=0.0))])
@@ -32,25 +33,51 @@ def test_adapter_off_reference_needs_lora():
         DPO(model="tiny:causal-lm", reference="adapter_off")
 
 
-def fit_weights(tmp_path, precompute, steps=4):
+def fit_weights(tmp_path, precompute, steps=4, test=None):
     torch.manual_seed(0)
     module = DPO(model="tiny:causal-lm", precompute_reference=precompute, reference_cache_dir=str(tmp_path / "cache"),
                  optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    trainer(max_steps=steps, limit_val_batches=0).fit(module, data(module))
-    return module
+    dm = data(module, test=test)
+    trainer(max_steps=steps, limit_val_batches=0).fit(module, dm)
+    return module, dm
 
 
 def test_precomputed_reference_matches_on_the_fly(tmp_path):
-    live = fit_weights(tmp_path, precompute=False)
-    cached = fit_weights(tmp_path, precompute=True)
+    live, _ = fit_weights(tmp_path, precompute=False)
+    cached, _ = fit_weights(tmp_path, precompute=True)
     assert cached.reference_model is None, "the frozen copy is freed once its log-probs are cached"
     files = list((tmp_path / "cache").glob("*.pt"))
     assert len(files) == 1  # keyed by content: the train and val splits here hold the same pairs
     for key, value in live.policy.state_dict().items():
         assert torch.allclose(value, cached.policy.state_dict()[key], atol=1e-5), key
-    again = fit_weights(tmp_path, precompute=True)  # second run reads the cache
+    again, _ = fit_weights(tmp_path, precompute=True)  # second run reads the cache
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
     assert all(torch.allclose(v, again.policy.state_dict()[k], atol=1e-5) for k, v in cached.policy.state_dict().items())
+
+
+def test_precompute_without_the_data_handed_over_is_a_clear_error(tmp_path):
+    module = DPO(model="tiny:causal-lm", precompute_reference=True, reference_cache_dir=str(tmp_path))
+    dm = AlignDataModule(LocalFile(FIXTURE), batch_size=4, max_length=128).connect(module.tokenizer, module.batch_kind)
+    with pytest.raises(ValueError, match=r"precompute_reference needs the pairs.*connect\(data, dpo\)"):
+        trainer(max_steps=1, limit_val_batches=0).fit(module, dm)
+
+
+def test_test_split_is_its_own_after_a_cached_fit(tmp_path):
+    """The test split's pairs, scored against the live reference even when train and val were cached."""
+    lines = Path(FIXTURE).read_text().splitlines()
+    held_out = tmp_path / "test.jsonl"
+    # the last pairs, in reverse: their positions name other pairs in the cached val split
+    held_out.write_text("\n".join(lines[::-1][:5]) + "\n")
+    results = {}
+    for precompute in (False, True):
+        module, dm = fit_weights(tmp_path, precompute, test=LocalFile(str(held_out)))
+        results[precompute] = trainer().test(module, dm, verbose=False)[0]
+    assert results[True]["test/loss"] == pytest.approx(results[False]["test/loss"], abs=1e-5)
+    assert results[True]["test/rewards/margin"] == pytest.approx(results[False]["test/rewards/margin"], abs=1e-5)
+    assert results[False]["test/rewards/margin"] != pytest.approx(0.0, abs=1e-4), "weights moved off the reference"
+    unconnected = DPO(model="tiny:causal-lm")
+    with pytest.raises(DataError, match="no test split: set data.test"):
+        trainer().test(unconnected, data(unconnected), verbose=False)
 
 
 @pytest.mark.parametrize("loss", [SigmoidDPO(beta=0.1), IPO(beta=0.1), ConservativeDPO(beta=0.1, label_smoothing=0.1)])

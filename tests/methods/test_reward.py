@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from lit_align.cli import connect
 from lit_align.data.collate import collate_preference
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.methods.reward import BradleyTerry, RewardModel, ScoreRegression
@@ -29,7 +30,7 @@ def test_reward_model_learns_held_out_preferences_and_exports(backbone, tmp_path
     torch.manual_seed(0)
     rm = RewardModel(model=backbone, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     data = AlignDataModule(InMemory(good_bad_pairs(64, 0)), val=InMemory(good_bad_pairs(32, 1)), batch_size=8, max_length=64)
-    data.connect(rm.tokenizer, rm.batch_kind)
+    connect(data, rm)  # the data is told the RM's tokenizer; the RM is handed the length it exports
     before = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
     trainer(max_steps=40, limit_val_batches=0).fit(rm, data)
     after = trainer().validate(rm, data, verbose=False)[0]["val/accuracy"]
@@ -84,3 +85,15 @@ def test_unpadded_reward_scores_equal_the_padded_batch_with_gradients(backbone):
         fast = reward_scores(rm.model, ids, mask, group_overhead=overhead)
         assert torch.allclose(dense, fast, atol=1e-5)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, torch.autograd.grad(fast.sum(), params)))
+
+
+def test_exported_length_is_handed_over_by_connect_and_required(tmp_path):
+    rm = RewardModel(model="tiny:classifier")
+    rm.configure_model()
+    with pytest.raises(ValueError, match=r"connect\(data, rm\)"):
+        rm.export(tmp_path / "unconnected")  # no length to record: refused, not a silent default
+    data = AlignDataModule(InMemory(good_bad_pairs(4, 0)), max_length=40)
+    data.connect(rm.tokenizer, rm.batch_kind)
+    assert rm.max_length is None, "the data's own connect tells the data only"
+    assert connect(data, rm) is data and rm.max_length == 40
+    assert RewardModelScorer(str(rm.export(tmp_path / "rm"))).max_length == 40

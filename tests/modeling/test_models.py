@@ -107,6 +107,7 @@ def test_encoder_stand_in_reads_a_text_pair_and_scores_a_padded_batch(name):
 def test_reward_model_trains_a_step_on_an_encoder_stand_in_and_its_export_loads_back(name, tmp_path):
     import lightning as L
 
+    from lit_align.cli import connect
     from lit_align.data.datamodule import AlignDataModule
     from lit_align.data.sources import LocalFile
     from lit_align.methods.reward import RewardModel
@@ -116,7 +117,7 @@ def test_reward_model_trains_a_step_on_an_encoder_stand_in_and_its_export_loads_
     rm = RewardModel(model=name, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     rm.configure_model()
     before = {k: v.clone() for k, v in rm.model.state_dict().items()}
-    data = AlignDataModule(LocalFile(str(ULTRAFEEDBACK_SAMPLE)), batch_size=4, max_length=64).connect(rm.tokenizer, rm.batch_kind)
+    data = connect(AlignDataModule(LocalFile(str(ULTRAFEEDBACK_SAMPLE)), batch_size=4, max_length=64), rm)  # hands the RM its length
     L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
               enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(rm, data)
     assert rm.trainer.global_step == 1

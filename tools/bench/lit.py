@@ -9,6 +9,7 @@ import torch
 from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
 from data import datamodule
 
+from lit_align.cli import connect
 from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, RLOO, SFT, RewardModel
 from lit_align.rewards.base import Reward
@@ -70,7 +71,7 @@ def run(spec: Spec) -> dict:
     torch.manual_seed(s.seed)
     module = _module(spec)
     data = datamodule(spec, packing=spec.contender.endswith("+packing"))
-    data.connect(module.tokenizer, module.batch_kind)  # the method's own tokenizer, as in a CLI run
+    connect(data, module)  # the method's own tokenizer, as in a CLI run
     clock = StepClock()
     rows = s.rloo_batch * s.rloo_k if spec.method == "rloo" else 0
     trainer = L.Trainer(accelerator=s.device, devices=1, precision=s.precision, max_steps=s.steps_total(), logger=False,

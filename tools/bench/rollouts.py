@@ -192,7 +192,7 @@ def best_of_n(problems: int, kv_gib: int, folder: Path) -> list[dict]:
         cli_main(["test", "--config", str(CONFIGS / "eval" / "countdown_best_of_n.yaml"), *extra,
                   "--model.init_args.model", POLICY, "--model.init_args.output_dir", str(folder / f"bon_{kind}"),
                   "--trainer.default_root_dir", str(folder / f"bon_{kind}"),
-                  "--data.val.init_args.num_problems", str(problems)])
+                  "--data.test.init_args.num_problems", str(problems)])
         rows.append({"part": "best_of_n", "engine": kind, "problems": problems, "wall_s": time.perf_counter() - start})
     return rows
 

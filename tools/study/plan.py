@@ -168,7 +168,7 @@ def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
     bon = lambda temperature, problems, seed: {
         "model": {"init_args": {"model": sft, "n_values": s.bon_n,
                                 "generation": {"max_new_tokens": s.cd_new_tokens, "temperature": temperature}}},
-        "data": {"val": {"init_args": {"num_problems": problems, "seed": seed}}, "val_batch_size": s.bon_batch}}
+        "data": {"test": {"init_args": {"num_problems": problems, "seed": seed}}, "val_batch_size": s.bon_batch}}
     val_folders = {}
     for temperature in s.bon_temperatures:
         name = f"countdown_best_of_n_val_t{temperature:g}"
@@ -187,7 +187,7 @@ def _instruction_eval(s: Sizes, out: str, name: str, label: str, model: str | No
     init |= {"model": model} if model else {}
     init |= {} if base_eval else {"reference_responses": f"{out}/instruction_eval_base/responses.jsonl"}
     init |= {} if paper else {"generation": {"max_new_tokens": s.if_new_tokens}}
-    data = {} if paper else {"val": {"init_args": {"num_prompts": s.if_eval_prompts}}, "val_batch_size": s.if_batch_size}
+    data = {} if paper else {"test": {"init_args": {"num_prompts": s.if_eval_prompts}}, "val_batch_size": s.if_batch_size}
     return Stage(name, "test", config, label, {"model": {"init_args": init}, "data": data})
 
 
@@ -261,9 +261,9 @@ _FIT = {"trainer": {"max_steps": 2, "accumulate_grad_batches": 1, "val_check_int
         "model": {"init_args": {"warmup_steps": 0}}, "data": {"batch_size": 2, "val_batch_size": 2, "num_workers": 0}}
 _ROLLOUTS = {"model": {"init_args": {"generation": {"max_new_tokens": 12}}}}
 _HELD_OUT = {"callbacks": {"VerifierEval": {"num_prompts": 2, "max_new_tokens": 12, "source": {"init_args": {"num_problems": 2}}}}}
-_EVAL = {"data": {"val": {"init_args": {"num_prompts": 4}}, "val_batch_size": 4}} | _ROLLOUTS
+_EVAL = {"data": {"test": {"init_args": {"num_prompts": 4}}, "val_batch_size": 4}} | _ROLLOUTS
 _BEST_OF_N = merge(_ROLLOUTS, {"model": {"init_args": {"n_values": [1, 2]}},
-                               "data": {"val": {"init_args": {"num_problems": 4}}, "val_batch_size": 4}})
+                               "data": {"test": {"init_args": {"num_problems": 4}}, "val_batch_size": 4}})
 # paper-smoke's sizes per paper config (besides the CPU trainer): a couple of steps, a few short samples.
 SMOKE_SIZES = {
     "sft_qwen2.5-0.5b_smoltalk": _FIT,
