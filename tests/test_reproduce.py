@@ -223,3 +223,19 @@ def test_embedded_profile_sizes_reach_every_config(tmp_path):
     assert (test["num_problems"], test["seed"]) == (sizes.cd_eval_problems, 1234)
     for name in ("countdown_best_of_n", "countdown_best_of_n_val_t0.7", "instruction_eval_base"):
         assert "val" not in config(name)["data"], f"{name}: an evaluation reads its test split only"
+
+
+def test_provenance_is_looked_up_once_per_run_and_recorded_by_every_stage(tmp_path, monkeypatch):
+    import study.runner as runner
+    from study.plan import Stage
+
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("".join(f'{{"prompt": "{i}"}}\n' for i in range(4)))
+    split = lambda name: Stage(name, "split", str(source), name, {"parts": ["a.jsonl", "b.jsonl"]})  # noqa: E731
+    monkeypatch.setattr(runner, "plan", lambda profile, out: [split("one"), split("two")])
+    calls = []
+    monkeypatch.setattr(runner, "provenance", lambda: calls.append(1) or {"commit": "abc", "dirty": False, "machine": "m"})
+    run("smoke", str(tmp_path / "runs"), None)
+    assert len(calls) == 1
+    for name in ("one", "two"):
+        assert json.loads((tmp_path / "runs" / name / "done.json").read_text())["commit"] == "abc"

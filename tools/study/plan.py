@@ -93,7 +93,6 @@ PROFILES = {
         cd_more_steps=2, cd_most_steps=2, cd_rloo_steps=2, cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2],
         bon_val_problems=4, sft_min_score=0.0, trainer={"log_every_n_steps": 1},
     ),
-    "paper": Sizes(policy=None, rm_backbone=None),
 }
 
 
@@ -129,18 +128,9 @@ def choose_temperature(val_folders: dict[float, Path]) -> tuple[float, dict]:
     return best, figures
 
 
-def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
-    sft_config = "configs/paper/sft_qwen2.5-0.5b_countdown_warmstart.yaml" if paper else "configs/quickstart.yaml"
-    rloo_config = "configs/paper/rloo_qwen2.5-0.5b_countdown.yaml" if paper else "configs/rloo/countdown_embedded.yaml"
-    bon_config = "configs/paper/eval_qwen2.5-0.5b_countdown_best_of_n.yaml" if paper else "configs/eval/countdown_best_of_n.yaml"
-    if paper:
-        warm = f"{out}/countdown_sft/export"
-        return [
-            Stage("countdown_sft", "fit", sft_config, "SFT on synthetic traces"),
-            Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from SFT)", {"model": {"init_args": {"model": warm}}}),
-            Stage("countdown_best_of_n", "test", bon_config, "best-of-N with the verifier (SFT model)",
-                  {"model": {"init_args": {"model": warm}}}),
-        ]
+def _countdown(s: Sizes, out: str) -> list[Stage]:
+    sft_config, rloo_config = "configs/quickstart.yaml", "configs/rloo/countdown_embedded.yaml"
+    bon_config = "configs/eval/countdown_best_of_n.yaml"
     policy = {"model": s.policy} if s.policy else {}
     traces = lambda steps: steps * 4  # the quickstart's batch size: 4 fresh synthetic traces per step
     sizes = (s.cd_sft_steps, s.cd_sft_steps + s.cd_more_steps, s.cd_sft_steps + s.cd_more_steps + s.cd_most_steps)
@@ -181,64 +171,60 @@ def _countdown(s: Sizes, out: str, paper: bool) -> list[Stage]:
     return stages
 
 
-def _instruction_eval(s: Sizes, out: str, name: str, label: str, model: str | None, paper: bool, base_eval: bool) -> Stage:
-    config = "configs/paper/eval_qwen2.5-0.5b_instruction.yaml" if paper else "configs/eval/instruction_embedded.yaml"
+def _instruction_eval(s: Sizes, out: str, name: str, label: str, model: str | None, base_eval: bool) -> Stage:
     init = {"judge": {"init_args": {"model": f"{out}/instruction_judge/export"}}}
     init |= {"model": model} if model else {}
     init |= {} if base_eval else {"reference_responses": f"{out}/instruction_eval_base/responses.jsonl"}
-    init |= {} if paper else {"generation": {"max_new_tokens": s.if_new_tokens}}
-    data = {} if paper else {"test": {"init_args": {"num_prompts": s.if_eval_prompts}}, "val_batch_size": s.if_batch_size}
-    return Stage(name, "test", config, label, {"model": {"init_args": init}, "data": data})
+    init |= {"generation": {"max_new_tokens": s.if_new_tokens}}
+    data = {"test": {"init_args": {"num_prompts": s.if_eval_prompts}}, "val_batch_size": s.if_batch_size}
+    return Stage(name, "test", "configs/eval/instruction_embedded.yaml", label, {"model": {"init_args": init}, "data": data})
 
 
-def _instruction(s: Sizes, out: str, paper: bool) -> list[Stage]:
+def _instruction(s: Sizes, out: str) -> list[Stage]:
     cfg = {
-        "sft": "configs/paper/sft_qwen2.5-0.5b_smoltalk_lora.yaml" if paper else "configs/sft/instruction_embedded.yaml",
-        "rm": "configs/paper/rm_deberta_ultrafeedback.yaml" if paper else "configs/rm/instruction_embedded.yaml",
-        "dpo": "configs/paper/dpo_qwen2.5-0.5b_ultrafeedback_lora.yaml" if paper else "configs/dpo/instruction_embedded.yaml",
-        "rloo_rm": "configs/paper/rloo_qwen2.5-0.5b_deberta.yaml" if paper else "configs/rloo/instruction_rm_embedded.yaml",
-        "rloo_checker": "configs/paper/rloo_qwen2.5-0.5b_constraints.yaml" if paper else "configs/rloo/instruction_checker_embedded.yaml",
+        "sft": "configs/sft/instruction_embedded.yaml",
+        "rm": "configs/rm/instruction_embedded.yaml",
+        "dpo": "configs/dpo/instruction_embedded.yaml",
+        "rloo_rm": "configs/rloo/instruction_rm_embedded.yaml",
+        "rloo_checker": "configs/rloo/instruction_checker_embedded.yaml",
     }
-    sized, sft = not paper, f"{out}/instruction_sft/export"
+    sft = f"{out}/instruction_sft/export"
     samples = f"{out}/instruction_samples"
     pairs, verified = f"{out}/instruction_pairs/rm.jsonl", f"{samples}/sft.jsonl"
     policy = {"model": s.policy} if s.policy else {}
     stages = []
-    if not paper:  # the paper's SFT and RM data are public datasets, not the base model's own samples
-        stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
-                            "base samples → verified SFT data and pairs",
-                            policy | {"limit": s.if_prompts, "source": {"init_args": {"num_prompts": s.if_prompts}},
-                                      "max_new_tokens": s.if_new_tokens,
-                                      "sft_min_score": s.sft_min_score, "batch_size": max(1, s.if_batch_size // 4)}))  # 4 samples a prompt
-        # the win-rate judge must be a reward model no policy was trained against: it learns from the
-        # other half of the prompts' pairs than the RM that rewards RLOO (and whose pairs DPO learns from)
-        stages.append(Stage("instruction_pairs", "split", f"{samples}/pairs.jsonl",
-                            "pairs split by prompt: RM / judge", {"parts": ["rm.jsonl", "judge.jsonl"]}))
-    data = (lambda path: {"train": {"init_args": {"path": path}}}) if sized else (lambda path: {})
-    rm = lambda path: {"trainer": {"max_steps": s.rm_steps} if sized else {},
+    stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
+                        "base samples → verified SFT data and pairs",
+                        policy | {"limit": s.if_prompts, "source": {"init_args": {"num_prompts": s.if_prompts}},
+                                  "max_new_tokens": s.if_new_tokens,
+                                  "sft_min_score": s.sft_min_score, "batch_size": max(1, s.if_batch_size // 4)}))  # 4 samples a prompt
+    # the win-rate judge must be a reward model no policy was trained against: it learns from the
+    # other half of the prompts' pairs than the RM that rewards RLOO (and whose pairs DPO learns from)
+    stages.append(Stage("instruction_pairs", "split", f"{samples}/pairs.jsonl",
+                        "pairs split by prompt: RM / judge", {"parts": ["rm.jsonl", "judge.jsonl"]}))
+    data = lambda path: {"train": {"init_args": {"path": path}}}
+    rm = lambda path: {"trainer": {"max_steps": s.rm_steps},
                        "model": {"init_args": {"model": s.rm_backbone} if s.rm_backbone else {}}, "data": data(path)}
     stages += [
         Stage("instruction_sft", "fit", cfg["sft"], "SFT", {
-            "trainer": {"max_steps": s.sft_steps} if sized else {},
+            "trainer": {"max_steps": s.sft_steps},
             "model": {"init_args": policy}, "data": data(verified)}),
         Stage("instruction_rm", "fit", cfg["rm"], "reward model (RLOO's reward)", rm(pairs)),
     ]
-    if not paper:
-        stages.append(Stage("instruction_judge", "fit", cfg["rm"], "judge reward model (other prompts' pairs)",
-                            rm(f"{out}/instruction_pairs/judge.jsonl")))
+    stages.append(Stage("instruction_judge", "fit", cfg["rm"], "judge reward model (other prompts' pairs)",
+                        rm(f"{out}/instruction_pairs/judge.jsonl")))
     stages.append(Stage("instruction_dpo", "fit", cfg["dpo"], "DPO (from SFT)", {
-        "trainer": {"max_epochs": s.dpo_epochs} if sized else {},
+        "trainer": {"max_epochs": s.dpo_epochs},
         "model": {"init_args": {"model": sft}}, "data": data(pairs)}))
     for key, label, reward in (("rloo_rm", "RLOO, RM reward (from SFT)", {"init_args": {"model": f"{out}/instruction_rm/export"}}),
                                ("rloo_checker", "RLOO, checker reward (from SFT)", {})):
-        init = {"model": sft, "reward": reward} | ({"generation": {"max_new_tokens": s.if_new_tokens}} if sized else {})
+        init = {"model": sft, "reward": reward, "generation": {"max_new_tokens": s.if_new_tokens}}
         steps = s.rloo_steps if key == "rloo_rm" else s.rloo_checker_steps
         stages.append(Stage(f"instruction_{key}", "fit", cfg[key], label, {
-            "trainer": {"max_steps": steps} if sized else {}, "model": {"init_args": init}}))
-    base = s.policy or ("Qwen/Qwen2.5-0.5B" if paper else None)
-    stages.append(_instruction_eval(s, out, "instruction_eval_base", "base model", base, paper, base_eval=True))
+            "trainer": {"max_steps": steps}, "model": {"init_args": init}}))
+    stages.append(_instruction_eval(s, out, "instruction_eval_base", "base model", s.policy, base_eval=True))
     for key, label in (("sft", "SFT"), ("dpo", "DPO"), ("rloo_rm", "RLOO (RM reward)"), ("rloo_checker", "RLOO (checker reward)")):
-        stages.append(_instruction_eval(s, out, f"instruction_eval_{key}", label, f"{out}/instruction_{key}/export", paper, False))
+        stages.append(_instruction_eval(s, out, f"instruction_eval_{key}", label, f"{out}/instruction_{key}/export", False))
     return stages
 
 
@@ -331,7 +317,7 @@ def _paper_smoke(out: str) -> list[Stage]:
     return stages
 
 
-PROFILE_NAMES = sorted([*PROFILES, "paper-smoke"])
+PROFILE_NAMES = sorted([*PROFILES, "paper", "paper-smoke"])
 
 
 def plan(profile: str, out: str) -> list[Stage]:
@@ -342,8 +328,8 @@ def plan(profile: str, out: str) -> list[Stage]:
         return _paper_smoke(out)
     if profile == "paper":  # the study itself: every paper config, the chain paper-smoke runs on stand-ins
         return _study(out)
-    sizes, paper = PROFILES[profile], profile == "paper"
-    stages = _instruction(sizes, out, paper) + _countdown(sizes, out, paper)
+    sizes = PROFILES[profile]
+    stages = _instruction(sizes, out) + _countdown(sizes, out)
     for stage in stages:  # trainer settings of the profile (e.g. none on CPU) apply to every run
         if sizes.trainer and stage.command != "pairs":
             stage.overrides.setdefault("trainer", {}).update(sizes.trainer)

@@ -323,12 +323,13 @@ def _curves(stages: list[Stage], out: Path, image: Path) -> bool:
 
 def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     """The markdown of one profile's results section; plots are written next to ``results``."""
-    seconds = {s.name: _json(out / s.name / "done.json").get("seconds") for s in stages}
+    done = {s.name: _json(out / s.name / "done.json") for s in stages}  # each read once: wall time and provenance
+    seconds = {name: d.get("seconds") for name, d in done.items()}
     total = sum(v for v in seconds.values() if v)
     samples = _json(out / "instruction_samples" / "pairs.counts.json")
     lines = [f"<!-- reproduce:{profile}:begin -->", f"### Profile `{profile}` (written by `python tools/reproduce.py --profile {profile}`)", "",
              f"Outputs: `{out}`. Total wall time of the stages: {total / 60:.1f} min.", ""]
-    ran = [_json(out / s.name / "done.json") for s in stages]
+    ran = [d for d in done.values() if d]
     commits = sorted({(r.get("commit") or "unknown") + (" (with uncommitted changes)" if r.get("dirty") else "") for r in ran if r})
     machines = sorted({r["machine"] for r in ran if r.get("machine")})
     if commits:

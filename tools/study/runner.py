@@ -102,8 +102,8 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
 
 
 def provenance() -> dict:
-    """Where a stage ran: the repository's commit (and whether the tree had uncommitted changes) and
-    the machine (CPU model, cores, memory, bf16 units), for the results page."""
+    """Where a run's stages ran: the repository's commit (and whether the tree had uncommitted changes)
+    and the machine (CPU model, cores, memory, bf16 units), for the results page."""
     import os
     import subprocess
 
@@ -165,8 +165,9 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout
     return with_rollout(config, stage.command, rollout)
 
 
-def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: dict | None = None) -> float:
-    """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds."""
+def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 20, rollout: dict | None = None) -> float:
+    """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds. ``where``
+    (``provenance()``) is recorded in its ``done.json``."""
     done = folder / "done.json"
     if done.is_file():
         seconds = json.loads(done.read_text())["seconds"]
@@ -199,7 +200,7 @@ def run_stage(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout: d
             sys.argv = argv
     gc.collect()
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds} | provenance(), indent=2) + "\n")
+    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds} | where, indent=2) + "\n")
     return seconds
 
 
@@ -214,6 +215,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
     if rollout_config:
         rollout = yaml.safe_load(Path(rollout_config).read_text())["model"]["init_args"]["rollout"]
     stages = plan(profile, str(out_dir))
+    where = None if dry_run else provenance()  # the commit and machine: looked up once per run, not per stage
     for stage in stages:
         if only and stage.name not in only:
             continue
@@ -223,7 +225,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             config = stage_config(stage, folder, checkpoint_every, rollout, resolve=False)
             (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             continue
-        run_stage(stage, out_dir / stage.name, checkpoint_every, rollout)
+        run_stage(stage, out_dir / stage.name, where, checkpoint_every, rollout)
     if results and not dry_run:
         from study.report import write_results
 
