@@ -74,7 +74,7 @@ def test_qlora_loads_nf4_base_and_trains_adapters_on_cpu(tmp_path, tokenizer, ti
 
 
 ENCODER_STAND_INS = {"tiny:deberta-v2": "DebertaV2ForSequenceClassification", "tiny:distilbert": "DistilBertForSequenceClassification"}
-ULTRAFEEDBACK_SAMPLE = Path(__file__).parent / "fixtures" / "ultrafeedback_binarized_sample.jsonl"
+ULTRAFEEDBACK_SAMPLE = Path(__file__).parents[1] / "fixtures" / "ultrafeedback_binarized_sample.jsonl"
 
 
 @pytest.mark.parametrize("name", sorted(ENCODER_STAND_INS))
