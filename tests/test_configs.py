@@ -84,6 +84,8 @@ def _data_overrides(config: Path) -> list[str]:
         assert method.endswith(("DPO", "RewardModel", "SFT")), "add a fixture for this kind of data"
         fixture = "smol_smoltalk_sample.jsonl" if method.endswith("SFT") else "ultrafeedback_binarized_sample.jsonl"
         overrides += ["--data.train.init_args.path", str(FIXTURES / fixture)]
+    if parsed["model"].get("init_args", {}).get("dynamic_sampling"):  # one draw: a tiny model's groups rarely vary
+        overrides += ["--model.init_args.max_draws", "1"]
     return overrides
 
 
@@ -106,7 +108,8 @@ def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
 def _samples(config: Path) -> bool:
     """The run samples from its policy: RLOO, an evaluation, or a VerifierEval callback."""
     text = config.read_text()
-    return any(name in text for name in ("lit_align.methods.RLOO", "lit_align.evaluation.", "VerifierEval"))
+    return any(name in text for name in ("lit_align.methods.RLOO", "lit_align.methods.GRPO", "lit_align.evaluation.",
+                                         "VerifierEval"))
 
 
 SAMPLING_CONFIGS = [p for p in METHOD_CONFIGS if _samples(p)]
@@ -120,5 +123,5 @@ def test_every_sampling_config_takes_the_vllm_override(config, capsys):
 
 def test_sampling_configs_cover_rloo_evaluation_and_verifier_callbacks():
     names = {str(p.relative_to(CONFIGS)) for p in SAMPLING_CONFIGS}
-    assert {"rloo/countdown_embedded.yaml", "eval/countdown_best_of_n.yaml", "eval/instruction_embedded.yaml",
+    assert {"rloo/countdown_embedded.yaml", "grpo/countdown_embedded.yaml", "eval/countdown_best_of_n.yaml", "eval/instruction_embedded.yaml",
             "quickstart.yaml", "paper/rloo_qwen2.5-0.5b_deberta.yaml"} <= names

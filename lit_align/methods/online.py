@@ -166,7 +166,8 @@ class OnlineRL(PolicyModule):
         pg.group_advantages(torch.zeros(k), k, estimator, scale_rewards)  # refuses bad settings now, not at step 1
         if loss_aggregation not in pg.AGGREGATIONS:
             raise ValueError(f"unknown loss aggregation {loss_aggregation!r}: choose from {', '.join(pg.AGGREGATIONS)}")
-        for name, value in (("micro_batch_size", micro_batch_size or 1), ("steps_per_generation", steps_per_generation),
+        for name, value in (("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size),
+                            ("steps_per_generation", steps_per_generation),
                             ("num_iterations", num_iterations), ("max_draws", max_draws)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
