@@ -2,7 +2,7 @@
 
     python -m lit_align.pairs --config configs/pairs/countdown_embedded.yaml
 
-For each prompt the policy samples ``num_samples`` completions; a reward source scores them; the
+For each prompt the policy samples ``generation.n`` completions; a reward source scores them; the
 highest- and lowest-scoring completions become ``chosen`` and ``rejected`` when their scores
 differ (prompts whose samples all score the same are skipped and counted). The output is a jsonl
 of preference records that ``AlignDataModule`` reads (``lit_align.data.sources.LocalFile``).
@@ -31,6 +31,8 @@ from lit_align.sampling.engines import HFGenerate, RolloutEngine
 from lit_align.rewards.base import Reward
 
 log = logging.getLogger(__name__)
+# the pairs tool's default; a config that sets some of its fields keeps the others
+FOUR_SAMPLES = SamplingParams(max_new_tokens=160, temperature=1.0, n=4)
 
 
 def _pair(record: dict, texts: list[str], scores: torch.Tensor) -> dict | None:
@@ -64,10 +66,7 @@ def make_preference_pairs(
     reward: Reward,
     model: str = "embedded:smollm2-135m-instruct",
     output: str = "outputs/pairs/pairs.jsonl",
-    num_samples: int = 4,
-    max_new_tokens: int = 160,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
+    generation: SamplingParams = FOUR_SAMPLES,
     batch_size: int = 8,
     limit: int | None = None,
     seed: int = 0,
@@ -83,10 +82,7 @@ def make_preference_pairs(
         reward: reward source scoring each completion (CountdownVerifier, RewardModelScorer, ...).
         model: the policy that samples: embedded:NAME, a folder (e.g. an SFT export), .gguf or hub id.
         output: jsonl file to write.
-        num_samples: completions sampled per prompt.
-        max_new_tokens: longest completion.
-        temperature: sampling temperature (> 0, so samples differ).
-        top_p: nucleus sampling mass.
+        generation: sampling settings: n completions per prompt, at a temperature above 0 so that they differ.
         batch_size: prompts per generation batch.
         limit: use at most this many prompts.
         seed: sampling seed.
@@ -98,7 +94,6 @@ def make_preference_pairs(
     engine = rollout or HFGenerate()
     tokenizer = models.load_tokenizer(model)
     policy = models.load_causal_lm(model, dtype).to("cuda" if torch.cuda.is_available() else "cpu")
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=num_samples)
     records = list(itertools.islice(source.records(), limit))  # (origin, record) pairs
     counts = {"prompts": len(records), "completions": 0, "pairs": 0, "skipped_equal_scores": 0}
     if sft_output:
@@ -106,11 +101,11 @@ def make_preference_pairs(
         Path(sft_output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as out, open(sft_output or os.devnull, "w", encoding="utf-8") as sft_out:
-        batches = sample_and_score(engine, policy, tokenizer, records, reward, params, batch_size, seed)
+        batches = sample_and_score(engine, policy, tokenizer, records, reward, generation, batch_size, seed)
         for chunk, samples, scores in batches:
             counts["completions"] += len(samples.texts)
             for i, record in enumerate(chunk):
-                rows = slice(i * num_samples, (i + 1) * num_samples)
+                rows = slice(i * generation.n, (i + 1) * generation.n)
                 if sft_output:
                     sft = _sft_record(record, samples.texts[rows], scores[rows], sft_min_score)
                     counts["sft_records" if sft else "sft_below_min_score"] += 1

@@ -7,6 +7,7 @@ import yaml
 
 from lit_align.pairs import main, make_preference_pairs
 from lit_align.rewards.base import Reward, RewardError, checked_rewards
+from lit_align.sampling.generate import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,8 @@ class LengthReward(Reward):
 
 def test_pairs_keep_best_and_worst_and_count_everything(tmp_path):
     out = tmp_path / "pairs.jsonl"
-    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), num_samples=4, max_new_tokens=8, batch_size=2)
+    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out),
+                                   SamplingParams(max_new_tokens=8, n=4), batch_size=2)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert counts["prompts"] == 5 and counts["completions"] == 20
     assert counts["pairs"] + counts["skipped_equal_scores"] == 5 and counts["pairs"] == len(rows) > 0
@@ -39,19 +41,32 @@ def test_pairs_keep_best_and_worst_and_count_everything(tmp_path):
 def test_pairs_cli_reads_a_config(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     counts = main(["--config", str(config), "--model", "tiny:causal-lm",
-                   "--limit", "4", "--max_new_tokens", "6", "--num_samples", "2"])
+                   "--limit", "4", "--generation.max_new_tokens", "6", "--generation.n", "2"])
     settings = yaml.safe_load(config.read_text())
-    assert counts["prompts"] == 4 and (tmp_path / settings["output"]).is_file()
+    assert counts["prompts"] == 4 and counts["completions"] == 4 * 2 and (tmp_path / settings["output"]).is_file()
     assert json.loads((tmp_path / settings["output"]).with_suffix(".counts.json").read_text()) == counts
     if settings.get("sft_output"):
         lines = (tmp_path / settings["sft_output"]).read_text().splitlines()
         assert counts["sft_records"] == len(lines) and counts["sft_records"] + counts["sft_below_min_score"] == 4
 
 
+def test_sampling_settings_a_config_leaves_out_keep_the_tools_defaults(tmp_path, capsys):
+    config = tmp_path / "pairs.yaml"
+    config.write_text("source: {class_path: lit_align.tasks.countdown.CountdownSource}\n"
+                      "reward: {class_path: lit_align.tasks.countdown.CountdownVerifier}\n"
+                      "generation: {max_new_tokens: 12}\n")
+    with pytest.raises(SystemExit):
+        main(["--config", str(config), "--print_config"])
+    # still four samples a prompt at temperature 1: SamplingParams()'s own defaults would give one
+    assert yaml.safe_load(capsys.readouterr().out)["generation"] == {"max_new_tokens": 12, "temperature": 1.0,
+                                                                     "top_p": 1.0, "n": 4}
+
+
 def test_sft_output_keeps_each_prompts_best_sample_at_or_above_the_minimum(tmp_path):
     out, sft = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl"
-    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), num_samples=3, max_new_tokens=8,
-                                   batch_size=5, sft_output=str(sft), sft_min_score=20.0)
+    three = SamplingParams(max_new_tokens=8, n=3)
+    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), three, batch_size=5,
+                                   sft_output=str(sft), sft_min_score=20.0)
     rows = [json.loads(line) for line in sft.read_text().splitlines()]
     assert counts["sft_records"] == len(rows) and counts["sft_records"] + counts["sft_below_min_score"] == 5
     for row in rows:
@@ -59,8 +74,8 @@ def test_sft_output_keeps_each_prompts_best_sample_at_or_above_the_minimum(tmp_p
         assert row["completion"][0]["role"] == "assistant" and row["score"] == len(text) >= 20.0
         assert row["prompt"][0]["role"] == "user" and "target" in row
     # With no minimum every prompt gives one record: its longest sample.
-    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), num_samples=3, max_new_tokens=8,
-                                   batch_size=5, sft_output=str(sft), sft_min_score=float("-inf"))
+    counts = make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(out), three, batch_size=5,
+                                   sft_output=str(sft), sft_min_score=float("-inf"))
     assert counts["sft_records"] == 5 == len(sft.read_text().splitlines())
 
 

@@ -128,7 +128,8 @@ def test_countdown_warmstart_runs_one_step_offline(tmp_path, monkeypatch):
     config = _load(WARMSTART)
     # Fewer and shorter held-out generations: the check is that the before/after evaluation runs.
     evaluation = _verifier_eval(config)
-    evaluation |= {"num_prompts": 2, "max_new_tokens": 8}
+    evaluation["num_prompts"] = 2
+    evaluation["generation"]["max_new_tokens"] = 8
     evaluation["source"]["init_args"]["num_problems"] = 2
     small = tmp_path / WARMSTART.name
     small.write_text(yaml.safe_dump(config))

@@ -9,8 +9,9 @@ For each held-out prompt the policy samples ``max(n_values)`` completions once; 
 
 "Correct" means a verifier score of at least ``correct_threshold`` (1.0 for Countdown). The selector
 is the verifier itself (an oracle, as in the study's external-verifier setup) or any other reward
-source such as a reward model. Majority vote compares the text inside the last <answer> tag with
-whitespace removed; completions without one do not vote.
+source such as a reward model. Majority vote compares the answers the verifier reads from the
+completions (``Reward.answer``; the Countdown verifier's: the last <answer> with whitespace removed);
+completions without one do not vote, and a verifier that reads no answers gives majority@N 0.
 
 Each figure is an average over prompts and is reported with a 95 % interval over prompts: Wilson for
 best-of-N and majority@N (a 0/1 outcome per prompt), the percentile bootstrap for pass@N (a value in
@@ -25,7 +26,6 @@ import csv
 import dataclasses
 import logging
 import math
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -33,12 +33,11 @@ import torch
 
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
-from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
-from lit_align.methods.base import PolicyModule
+from lit_align.evaluation.stats import mean_estimate, proportion_estimate, with_interval
+from lit_align.policy import PolicyBase
 from lit_align.rewards.base import Reward, score_samples
 
 log = logging.getLogger(__name__)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # best_of_n.csv: one row per N, each figure followed by the ends of its 95 % interval over prompts
 CSV_COLUMNS = ("n", "best_of_n", "best_of_n_low", "best_of_n_high", "pass_at_n", "pass_at_n_low", "pass_at_n_high",
                "majority_at_n", "majority_at_n_low", "majority_at_n_high")
@@ -58,30 +57,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def best_of_n_hits(correct: torch.Tensor, selector: torch.Tensor, n: int) -> torch.Tensor:
     """Per prompt, whether the selector-best completion among the first n is correct. Shapes (P, N) -> (P,).
 
-    >>> best_of_n_hits(torch.tensor([[0, 1], [1, 0]]).bool(), torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 1).tolist()
-    [False, True]
+    >>> correct, selector = torch.tensor([[0, 1], [1, 0]]).bool(), torch.tensor([[0.1, 0.9], [0.5, 0.5]])
+    >>> best_of_n_hits(correct, selector, 1).tolist(), best_of_n_hits(correct, selector, 2).tolist()
+    ([False, True], [True, True])
     """
     pick = selector[:, :n].argmax(dim=1)  # argmax returns the first maximum, so ties go to the earliest
     return correct[torch.arange(correct.size(0)), pick]
 
 
-def best_of_n(correct: torch.Tensor, selector: torch.Tensor, n: int) -> float:
-    """Share of prompts whose selector-best completion among the first n is correct. Shapes (P, N).
-
-    >>> best_of_n(torch.tensor([[0, 1], [1, 0]]).bool(), torch.tensor([[0.1, 0.9], [0.5, 0.5]]), 2)
-    1.0
-    """
-    return best_of_n_hits(correct, selector, n).float().mean().item()
-
-
-def answer_key(completion: str) -> str | None:
-    found = _ANSWER.findall(completion)
-    return re.sub(r"\s+", "", found[-1]) if found else None
-
-
 def majority_hits(keys: list[list[str | None]], correct: torch.Tensor, n: int) -> list[int]:
     """Per prompt, 1 if the most frequent answer among the first n samples is correct, else 0
-    (0 also when none of them has an answer)."""
+    (0 also when none of them has an answer). Ties go to the answer seen first.
+
+    >>> correct = torch.tensor([[False, True, True], [True, False, False]])
+    >>> majority_hits([["a", "b", "b"], ["x", None, "y"]], correct, 3)  # b wins; x and y tie, x came first
+    [1, 1]
+    >>> majority_hits([["a", "b", "b"], [None, None, None]], correct, 2)  # a and b tie, a came first; no votes
+    [0, 0]
+    """
     hits = []
     for p, row in enumerate(keys):
         votes = Counter(k for k in row[:n] if k is not None)
@@ -94,16 +87,7 @@ def majority_hits(keys: list[list[str | None]], correct: torch.Tensor, n: int) -
     return hits
 
 
-def majority_at_n(keys: list[list[str | None]], correct: torch.Tensor, n: int) -> float:
-    """Share of prompts whose most frequent answer among the first n samples is correct."""
-    return sum(majority_hits(keys, correct, n)) / max(1, len(keys))
-
-
-def _with_interval(row: dict, key: str, estimate: Estimate) -> None:
-    row[f"{key}_low"], row[f"{key}_high"] = estimate.low, estimate.high
-
-
-class BestOfN(PolicyModule):
+class BestOfN(PolicyBase):
     """Evaluate a policy by best-of-N, pass@k and majority vote (``python -m lit_align test``)."""
 
     batch_kind = PromptKind()
@@ -135,11 +119,11 @@ class BestOfN(PolicyModule):
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
         n = self.sampling.n
-        out = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
-                                  seed=batch_idx)
-        scores = score_samples(self.verifier, batch.records, out.texts, n, batch.prompts)[0]
-        picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n, batch.prompts)[0]
-        keys = [answer_key(t) for t in out.texts]
+        out = self.sample(batch.input_ids, batch.attention_mask, self.sampling, seed=batch_idx)
+        scores = score_samples(self.verifier, batch.records, out.texts, n, batch.prompts)
+        picks = scores if self.selector is None else score_samples(self.selector, batch.records, out.texts, n,
+                                                                   batch.prompts)
+        keys = [self.verifier.answer(t) for t in out.texts]
         self._rows.append(((scores >= self.correct_threshold).view(-1, n), picks.view(-1, n), [keys[i : i + n] for i in range(0, len(keys), n)]))
 
     def on_test_epoch_end(self) -> None:
@@ -158,16 +142,11 @@ class BestOfN(PolicyModule):
             best_hits = [int(h) for h in best_of_n_hits(correct, selector, n).tolist()]
             majority = majority_hits(keys, correct, n)
             passes = [pass_at_k(n_max, int(c), n) for c in counts]
-            row = {
-                "n": n,
-                "best_of_n": best_of_n(correct, selector, n),
-                "pass_at_n": sum(passes) / len(counts),
-                "majority_at_n": majority_at_n(keys, correct, n),
-            }
-            # 95 % intervals over prompts; the figures above are computed exactly as before
-            _with_interval(row, "best_of_n", proportion_estimate(sum(best_hits), num_prompts))
-            _with_interval(row, "pass_at_n", mean_estimate(passes))
-            _with_interval(row, "majority_at_n", proportion_estimate(sum(majority), num_prompts))
+            row = {"n": n}  # each figure is the mean of its per-prompt vector, with a 95 % interval over prompts
+            for key, estimate in (("best_of_n", proportion_estimate(sum(best_hits), num_prompts)),
+                                  ("pass_at_n", mean_estimate(passes)),
+                                  ("majority_at_n", proportion_estimate(sum(majority), num_prompts))):
+                row |= {key: estimate.value, **estimate.bounds(key)}
             table.append(row)
             per_problem[n] = (best_hits, majority, passes)
             self.log_dict({f"test/{k}@{n}": float(v) for k, v in row.items() if k != "n"})
@@ -190,14 +169,11 @@ class BestOfN(PolicyModule):
             writer.writeheader()
             writer.writerows(self.per_problem)
 
-        def cell(r: dict, key: str) -> str:
-            return f"{r[key]:.3f} [{r[key + '_low']:.3f}, {r[key + '_high']:.3f}]"
-
         lines = [f"Best-of-N on {num_prompts} prompts ({self.sampling.n} samples each); 95 % intervals over prompts "
                  "in brackets (Wilson for best-of-N and majority@N, percentile bootstrap for pass@N)", "",
                  "| N | best-of-N accuracy | pass@N | majority@N |", "|---|---|---|---|"]
-        lines += [f"| {r['n']} | {cell(r, 'best_of_n')} | {cell(r, 'pass_at_n')} | {cell(r, 'majority_at_n')} |"
-                  for r in table]
+        lines += [f"| {r['n']} | {with_interval(r, 'best_of_n')} | {with_interval(r, 'pass_at_n')} "
+                  f"| {with_interval(r, 'majority_at_n')} |" for r in table]
         (out / "best_of_n.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         try:

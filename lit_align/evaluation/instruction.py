@@ -6,9 +6,10 @@ For each held-out prompt the policy answers once (greedy by default). Reported, 
 - **win rate** against a reference policy's answer to the same prompt, judged by a reward model
   (``judge``): a win counts 1, a tie (equal scores) 1/2, a loss 0. The study judged with a 70B reward
   model; here any ``Reward`` judges, e.g. a ``RewardModelScorer`` of a hub RM or of one trained with
-  lit_align. The reference answers come from ``reference_model`` (generated here with the same
-  settings) or from ``reference_responses``, the ``responses.jsonl`` of an earlier run of this
-  evaluation (so a base model is sampled once and compared against many times);
+  lit_align. The reference answers come from ``reference_model`` (sampled here with the same
+  settings, through a Hugging Face ``generate`` engine of its own) or from ``reference_responses``, the
+  ``responses.jsonl`` of an earlier run of this evaluation (so a base model is sampled once and
+  compared against many times);
 - mean judge reward of the policy and of the reference, and mean response length (tokens and words);
 - **adherence** when records carry verifiable ``constraints`` (``lit_align.tasks.constraints``):
   prompt level (every constraint of a prompt met) and instruction level (share of constraints met).
@@ -32,41 +33,27 @@ from pathlib import Path
 
 import torch
 
-from lit_align.modeling import models
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
-from lit_align.data.formats import prompt_of
 from lit_align.data.sources import DataError, read_records
 from lit_align.evaluation.stats import Estimate, mean_estimate, proportion_estimate
-from lit_align.sampling.generate import SamplingParams, sample
-from lit_align.methods.base import PolicyModule
+from lit_align.modeling import models
+from lit_align.policy import PolicyBase
 from lit_align.rewards.base import Reward, checked_rewards
+from lit_align.sampling.engines import HFGenerate
+from lit_align.sampling.generate import Samples, SamplingParams
 
 
 def win_outcomes(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> torch.Tensor:
     """Per prompt: 1 where the policy's score beats the reference's, 1/2 on a tie, 0 on a loss (float64).
 
-    >>> win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])).tolist()
-    [1.0, 0.5, 0.0, 1.0]
+    >>> wins = win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0]))
+    >>> wins.tolist(), float(wins.mean())  # the win rate: ties count half
+    ([1.0, 0.5, 0.0, 1.0], 0.625)
     """
     if policy_scores.shape != reference_scores.shape or policy_scores.numel() == 0:
         raise ValueError(f"win_rate needs two equal, non-empty shapes: {tuple(policy_scores.shape)} vs {tuple(reference_scores.shape)}")
     return (policy_scores > reference_scores).double() + 0.5 * (policy_scores == reference_scores).double()
-
-
-def win_rate(policy_scores: torch.Tensor, reference_scores: torch.Tensor) -> float:
-    """Share of prompts where the policy's score beats the reference's; ties count half.
-
-    >>> win_rate(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0]))
-    0.625
-    """
-    return float(win_outcomes(policy_scores, reference_scores).mean())
-
-
-def _add_interval(metrics: dict, intervals: dict, key: str, estimate: Estimate) -> None:
-    """``key_low``/``key_high`` into ``metrics``; the estimate (printed later) into ``intervals``."""
-    metrics[f"{key}_low"], metrics[f"{key}_high"] = estimate.low, estimate.high
-    intervals[key] = estimate
 
 
 def read_responses(path: str) -> list[dict]:
@@ -82,7 +69,7 @@ def read_responses(path: str) -> list[dict]:
     return rows
 
 
-class InstructionEval(PolicyModule):
+class InstructionEval(PolicyBase):
     """Win rate against a reference (RM-judged), mean reward, length and adherence (``lit_align test``)."""
 
     batch_kind = PromptKind()
@@ -110,6 +97,8 @@ class InstructionEval(PolicyModule):
         self.judge, self.reference_name, self.output_dir = judge, reference_model, output_dir
         self.reference_rows = read_responses(reference_responses) if reference_responses else None
         self.reference_policy = None
+        # the policy's engine holds the policy's weights, so the reference samples through one of its own
+        self.reference_engine = HFGenerate()
         self._rows: list[dict] = []
 
     def configure_model(self) -> None:
@@ -118,19 +107,19 @@ class InstructionEval(PolicyModule):
             ref = models.load_causal_lm(self.reference_name, self.dtype_name, self.trust_remote_code)
             self.reference_policy = ref.eval().requires_grad_(False)
 
-    def _answer(self, model, batch: PromptBatch, batch_idx: int):
-        # the rollout engine holds the policy's weights; a separate reference model samples through generate
-        draw = self.rollout.sample if model is self.policy else sample
-        out = draw(model, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation, seed=batch_idx)
-        return out.texts[:: self.generation.n], out.completion_mask.sum(dim=1)[:: self.generation.n].tolist()
+    def _first_answers(self, samples: Samples) -> tuple[list[str], list[int]]:
+        """Each prompt's first completion and its length in tokens."""
+        n = self.generation.n
+        return samples.texts[::n], samples.completion_mask.sum(dim=1)[::n].tolist()
 
     def test_step(self, batch: PromptBatch, batch_idx: int) -> None:
-        texts, lengths = self._answer(self.policy, batch, batch_idx)
+        texts, lengths = self._first_answers(self.sample(batch.input_ids, batch.attention_mask, seed=batch_idx))
         refs = [None] * len(texts)
         if self.reference_policy is not None:
-            refs = self._answer(self.reference_policy.to(self.device), batch, batch_idx)[0]
-        prompts = batch.prompts or [prompt_of(record) for record in batch.records]  # as the data module read them
-        for record, prompt, text, length, ref in zip(batch.records, prompts, texts, lengths, refs):
+            drawn = self.reference_engine.sample(self.reference_policy.to(self.device), self.tokenizer, batch.input_ids,
+                                                 batch.attention_mask, self.generation, seed=batch_idx)
+            refs = self._first_answers(drawn)[0]
+        for record, prompt, text, length, ref in zip(batch.records, batch.prompts, texts, lengths, refs):
             self._rows.append({"prompt": prompt, "response": text, "tokens": int(length), "reference": ref, "record": record})
 
     def _attach_reference_rows(self) -> None:
@@ -165,28 +154,28 @@ class InstructionEval(PolicyModule):
             for r in rows:
                 r["checks"] = check_record(r["response"], r["record"])
                 r["prompt_ok"] = all(r["checks"])
-            _add_interval(metrics, intervals, "adherence_prompt_level",
-                          proportion_estimate(sum(r["prompt_ok"] for r in rows), len(rows)))
+            intervals["adherence_prompt_level"] = proportion_estimate(sum(r["prompt_ok"] for r in rows), len(rows))
             # constraints met / constraints, resampling prompts: each prompt's share weighted by its size
-            _add_interval(metrics, intervals, "adherence_instruction_level",
-                          mean_estimate([sum(r["checks"]) / len(r["checks"]) for r in rows],
-                                        weights=[len(r["checks"]) for r in rows]))
+            intervals["adherence_instruction_level"] = mean_estimate(
+                [sum(r["checks"]) / len(r["checks"]) for r in rows], weights=[len(r["checks"]) for r in rows])
         if self.judge is not None:
             scores = self._judge([r["response"] for r in rows])
             metrics["reward_mean"] = float(scores.mean())
             if rows:  # no interval (and no error) for an empty held-out set
-                _add_interval(metrics, intervals, "reward_mean", mean_estimate(scores))
+                intervals["reward_mean"] = mean_estimate(scores)
             for r, s in zip(rows, scores.tolist()):
                 r["reward"] = s
             if all(r["reference"] is not None for r in rows):
                 ref_scores = self._judge([r["reference"] for r in rows])
                 metrics["reference_reward_mean"] = float(ref_scores.mean())
-                _add_interval(metrics, intervals, "reference_reward_mean", mean_estimate(ref_scores))
-                metrics["win_rate"] = win_rate(scores, ref_scores)
+                intervals["reference_reward_mean"] = mean_estimate(ref_scores)
                 wins = win_outcomes(scores, ref_scores)
-                _add_interval(metrics, intervals, "win_rate", mean_estimate(wins))
+                metrics["win_rate"] = float(wins.mean())
+                intervals["win_rate"] = mean_estimate(wins)
                 for r, s, w in zip(rows, ref_scores.tolist(), wins.tolist()):
                     r["reference_reward"], r["win"] = s, w
+        for key, estimate in intervals.items():
+            metrics |= estimate.bounds(key)
         self.log_dict({f"test/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
         self.results = metrics
         self.intervals = intervals

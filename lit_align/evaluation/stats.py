@@ -14,7 +14,10 @@ uncertainty comes from which problems happened to be drawn. This module gives:
   cancels out;
 - :func:`mcnemar_exact`: the exact McNemar test for two stages' 0/1 outcomes on the same problems;
 - :class:`Estimate` and :class:`Comparison`, what the evaluations print and write, built by
-  :func:`proportion_estimate`, :func:`mean_estimate` and :func:`compare`.
+  :func:`proportion_estimate`, :func:`mean_estimate` and :func:`compare`;
+- the one convention for a figure with its interval in a results row (``best_of_n.csv``,
+  ``metrics.json``): columns ``key``, ``key_low`` and ``key_high``, written by :meth:`Estimate.bounds`
+  and shown as ``value [low, high]`` by :func:`with_interval`.
 
 Only the standard library and NumPy are used (no SciPy). The bootstrap is deterministic given its
 ``seed``: the same inputs, seed and number of resamples give the same interval on the same NumPy.
@@ -276,6 +279,32 @@ class Estimate:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def bounds(self, key: str) -> dict[str, float]:
+        """The interval as the columns ``key_low`` and ``key_high`` of a results row (read by :func:`with_interval`).
+
+        >>> Estimate(0.5, 0.25, 0.75, 8, "Wilson").bounds("accuracy")
+        {'accuracy_low': 0.25, 'accuracy_high': 0.75}
+        """
+        return {f"{key}_low": self.low, f"{key}_high": self.high}
+
+
+def with_interval(row: dict, key: str) -> str:
+    """The figure ``key`` of a results row as ``value [low, high]`` (from its ``key_low``/``key_high``
+    columns, numbers or the strings a CSV holds); the value alone where the row has no interval, ``–``
+    where it has no such figure.
+
+    >>> with_interval({"win_rate": 0.6, "win_rate_low": "0.35", "win_rate_high": 0.81}, "win_rate")
+    '0.600 [0.350, 0.810]'
+    >>> with_interval({"mean_tokens": 12.0}, "mean_tokens"), with_interval({}, "win_rate")
+    ('12.000', '–')
+    """
+    value, low, high = row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high")
+    if value is None:
+        return "–"
+    if low is None or high is None:
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{float(value):.3f} [{float(low):.3f}, {float(high):.3f}]"
 
 
 def proportion_estimate(successes: float, n: int, confidence: float = 0.95) -> Estimate:

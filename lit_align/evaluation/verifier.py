@@ -9,11 +9,12 @@ import lightning as L
 import torch
 
 from lit_align.data.sources import Source
-from lit_align.sampling.scoring import sample_and_score
 from lit_align.evaluation.stats import Comparison, Estimate, compare, mean_estimate, proportion_estimate
-from lit_align.sampling.generate import SamplingParams
-from lit_align.sampling.engines import HFGenerate, RolloutEngine
+from lit_align.policy import PolicyBase
 from lit_align.rewards.base import Reward
+from lit_align.sampling.engines import HFGenerate, RolloutEngine
+from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.scoring import sample_and_score
 
 
 def evaluate_with_verifier(
@@ -78,16 +79,23 @@ def compare_results(before: dict, after: dict) -> tuple[Comparison, Comparison]:
             compare(before["problem_correct"], after["problem_correct"], label="exact accuracy, after - before"))
 
 
+# VerifierEval's default; a config that sets some of its fields keeps the others (greedy stays greedy)
+GREEDY = SamplingParams(max_new_tokens=160, temperature=0.0)
+
+
 class VerifierEval(L.Callback):
-    """Evaluate held-out prompts with a verifier at the start and end of ``fit``; print and log both."""
+    """Evaluate held-out prompts with a verifier at the start and end of ``fit``; print and log both.
+
+    It evaluates the module's policy (``lit_align.policy.PolicyBase``: SFT, DPO, RLOO), sampled
+    through the module's rollout engine; any other module is refused when fit starts.
+    """
 
     def __init__(
         self,
         source: Source,
         verifier: Reward,
         num_prompts: int = 32,
-        max_new_tokens: int = 160,
-        temperature: float = 0.0,
+        generation: SamplingParams = GREEDY,
         batch_size: int = 16,
         output: str | None = None,
         before: bool = True,
@@ -97,8 +105,7 @@ class VerifierEval(L.Callback):
             source: held-out prompt records (e.g. CountdownSource with with_traces false and another seed).
             verifier: reward source (prompts, completions, records) -> (N,) scores in [0, 1].
             num_prompts: how many held-out prompts to score.
-            max_new_tokens: longest completion.
-            temperature: 0 for greedy decoding.
+            generation: sampling settings; those not set keep these defaults (greedy, 160 new tokens, one per prompt).
             batch_size: prompts per generation batch.
             output: JSON file for the before/after figures (None: not written).
             before: also evaluate at the start of fit; false where the starting model was evaluated
@@ -106,20 +113,23 @@ class VerifierEval(L.Callback):
                 measured and written.
         """
         self.source, self.verifier, self.num_prompts = source, verifier, num_prompts
-        self.params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+        self.params = generation
         self.batch_size, self.output, self.before = batch_size, output, before
         self.results: dict[str, dict] = {}
 
-    def _run(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and not isinstance(pl_module, PolicyBase):  # the figures are taken in fit only
+            raise TypeError(f"VerifierEval evaluates a policy: it needs a module built on lit_align.policy.PolicyBase "
+                            f"(SFT, DPO, RLOO), not {type(pl_module).__name__}")
+
+    def _run(self, trainer: L.Trainer, pl_module: PolicyBase, stage: str) -> None:
         records = []
         for origin, record in self.source.records():
             if len(records) >= self.num_prompts:
                 break
             records.append((origin, record))
-        result = evaluate_with_verifier(
-            pl_module.policy, pl_module.tokenizer, records, self.verifier, self.params, self.batch_size,
-            getattr(pl_module, "rollout", None),
-        )
+        result = evaluate_with_verifier(pl_module.policy, pl_module.tokenizer, records, self.verifier, self.params,
+                                        self.batch_size, pl_module.rollout)
         self.results[stage] = result
         score, accuracy = describe(result)
         lines = [f"[lit_align] {stage} training: mean verifier score {score}, exact accuracy {accuracy} "
@@ -149,9 +159,9 @@ class VerifierEval(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.results = dict(state_dict.get("results", {}))
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: PolicyBase) -> None:
         if self.before and "before" not in self.results:
             self._run(trainer, pl_module, "before")
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: PolicyBase) -> None:
         self._run(trainer, pl_module, "after")

@@ -1,4 +1,8 @@
-"""Callbacks every method can use: Hugging Face export after fit, predictions to jsonl, requeue on a signal."""
+"""Callbacks every method can use: Hugging Face export after fit, predictions to jsonl, requeue on a signal.
+
+A callback that needs something of the module declares it (``Exportable``) and refuses a module
+without it at setup, naming the module's class; none probes the module with ``getattr``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -18,8 +23,16 @@ from lightning.pytorch.strategies import FSDPStrategy
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class Exportable(Protocol):
+    """A module that writes its trained model in Hugging Face format (the policy methods, ``RewardModel``)."""
+
+    def export(self, directory: str | Path) -> Path:
+        """Write the model and its tokenizer to ``directory``; return the folder."""
+
+
 class HFExport(L.Callback):
-    """After ``fit``, save the trained model (LoRA merged) and tokenizer in Hugging Face format."""
+    """After ``fit``, save the trained model (LoRA merged) and tokenizer in Hugging Face format (``Exportable``)."""
 
     def __init__(self, dirpath: str = "outputs/export"):
         """
@@ -28,7 +41,12 @@ class HFExport(L.Callback):
         """
         self.dirpath = dirpath
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and not isinstance(pl_module, Exportable):  # refused before training, not after it
+            raise TypeError(f"HFExport needs a module with export(directory) (an Exportable); "
+                            f"{type(pl_module).__name__} has none")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Exportable) -> None:
         with full_parameters(trainer):  # every rank takes part in gathering; rank 0 writes
             if trainer.is_global_zero:
                 path = pl_module.export(Path(self.dirpath))

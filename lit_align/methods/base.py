@@ -1,21 +1,19 @@
-"""What every method shares: the policy, its tokenizer, optimiser and schedule, generation, export."""
+"""What every training method shares: the optimiser and its schedule, freed gradients, the reference model.
+
+``PolicyModule`` (SFT, DPO, RLOO) adds these to ``lit_align.policy.PolicyBase`` (the policy, its
+tokenizer, rollout engine, sampling settings and export); ``RewardModel`` uses the optimiser pieces alone.
+"""
 
 from __future__ import annotations
 
 import math
-from functools import partial
-from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy
 
-from lit_align.modeling import hardware, models
-from lit_align.data.collate import PromptBatch
-from lit_align.data.kinds import BatchKind
-from lit_align.sampling.generate import SamplingParams
-from lit_align.sampling.engines import HFGenerate, RolloutEngine
+from lit_align.modeling import models
+from lit_align.policy import PolicyBase
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float):
@@ -56,81 +54,34 @@ class FreesAppliedGradients(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
 
-class PolicyModule(FreesAppliedGradients):
-    """Base of the methods that train a causal LM policy.
-
-    Each method names what its data must be: ``batch_kind`` (a ``lit_align.data.kinds`` object) and
-    ``tokenizer``; ``AlignDataModule.connect`` is handed both (by the CLI, or by the caller in Python).
+class PolicyModule(PolicyBase):
+    """Base of the methods that train a causal LM policy: ``PolicyBase`` (the policy, its tokenizer and
+    rollout engine) plus the optimiser and its schedule, the reference model, and gradients freed
+    as soon as they are applied (see ``FreesAppliedGradients``).
     """
-
-    batch_kind: BatchKind  # set by each method class
 
     def __init__(
         self,
-        model: str = "embedded:smollm2-135m-instruct",
-        dtype: str = "float32",
-        trust_remote_code: bool = False,
-        lora: models.LoRA | None = None,
-        load_in_4bit: bool = False,
-        gradient_checkpointing: bool = False,
+        *args,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
-        generation: SamplingParams | None = None,
-        disable_dropout: bool = False,
-        rollout: RolloutEngine | None = None,
+        **kwargs,
     ):
         """
         Args:
-            model: embedded:NAME, tiny:causal-lm, a local folder, a .gguf file, or a hub id.
-            dtype: weight dtype: float32, bfloat16 or float16 (CPUs: float32).
-            trust_remote_code: allow model code shipped with a hub model to run.
-            lora: train LoRA adapters instead of all weights (None: full fine-tuning).
-            load_in_4bit: load frozen base weights as bitsandbytes NF4 (QLoRA; needs lora).
-            gradient_checkpointing: recompute activations in backward to save memory.
             optimizer: optimiser class and its settings (lr, weight_decay, ...).
             scheduler: learning-rate schedule; None means linear warm-up then cosine decay.
             warmup_steps: warm-up optimiser steps of the default schedule.
             min_lr_ratio: final lr of the default schedule, as a share of the peak.
-            generation: sampling settings for predict (and for methods that generate).
-            disable_dropout: switch every dropout of the policy off (LoRA's and attention's included).
-                DPO and RLOO default to true: dropout makes the policy/reference log-ratio noisy.
-            rollout: where every sampling of this run draws from: HFGenerate (default: Hugging Face
-                generate on the policy) or VLLM (configs/rollout/vllm.yaml; kept in sync after each step).
         """
-        super().__init__()
-        if load_in_4bit and lora is None:
-            raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
+        super().__init__(*args, **kwargs)
         # callables and loss objects are recorded by the CLI config, not as (unpicklable) hparams
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss", "rollout"])
         # hparams may hold plain dicts (LightningCLI records the parsed config); keep the real objects.
-        self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
-        self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
-        self.disable_dropout = disable_dropout
-        self.rollout = rollout or HFGenerate()
-        self.tokenizer = models.load_tokenizer(model, trust_remote_code)
-        self.policy = None
-        self.generation = generation or SamplingParams()
-
-    def configure_model(self) -> None:
-        if self.policy is not None:
-            return
-        hardware.warn_if_slow_bf16(self._trainer)
-        policy = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
-        if self.gradient_checkpointing:
-            # transformers 5 renamed the switch; older releases only have the second name.
-            if hasattr(policy, "activation_checkpointing_enable"):
-                policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # from_pretrained returns eval mode; Lightning keeps module modes as they are, so ask for train mode.
-        policy.train()
-        self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy
-        if self.disable_dropout:
-            models.disable_dropout(self.policy)
 
     def init_reference(self, reference: str) -> None:
         """Record which model is the reference: "adapter_off" (the LoRA policy, adapter disabled) or "copy"."""
@@ -160,35 +111,8 @@ class PolicyModule(FreesAppliedGradients):
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer.zero_grad(set_to_none=True)  # at once, as FreesAppliedGradients explains
         self.rollout.weights_changed()  # the engine samples from the new weights next time
-
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        strategy = self.trainer.strategy
-        if isinstance(strategy, FSDPStrategy):  # an engine copying weights must see them whole, not this rank's shard
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            self.rollout.gather_weights_with(
-                partial(FullyShardedDataParallel.summon_full_params, strategy.model, writeback=False, recurse=True))
-
-    def teardown(self, stage: str) -> None:
-        self.rollout.close()  # an engine's memory must not outlive the run (several runs share a process)
 
     def configure_optimizers(self):
         return optimizer_config(self, self.optimizer_factory, self.scheduler_factory, self.warmup_steps, self.min_lr_ratio)
-
-    def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict]:
-        samples = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.generation,
-                                      seed=batch_idx)
-        n = self.generation.n
-        return [
-            {"record": batch.records[i // n], "completion": text} for i, text in enumerate(samples.texts)
-        ]
-
-    def export(self, directory: str | Path) -> Path:
-        """Write the policy (LoRA merged) and tokenizer in Hugging Face format."""
-        directory = Path(directory)
-        merged = models.merged_copy(self.policy)
-        merged.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
-        return directory

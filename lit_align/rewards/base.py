@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from lit_align.data.formats import prompt_of
-
 
 class Reward:
     """Base of the reward sources (a plain base class, so configs can pick one by class_path)."""
@@ -24,23 +22,24 @@ class Reward:
         """Move any model this source runs to ``device`` (rule-based sources have none)."""
         return self
 
+    def answer(self, completion: str) -> str | None:
+        """The answer ``completion`` commits to, written so that equal answers compare equal (best-of-N's
+        majority vote counts them); None where it gives none. Sources that read no answers (reward models,
+        checkers of instructions) return None for every completion."""
+        return None
+
 
 class RewardError(ValueError):
     """A reward source returned something unusable (wrong shape, NaN or infinite values)."""
 
 
-def score_samples(
-    reward: Reward, records: list[dict], completions: list[str], n: int, prompts: list | None = None
-) -> tuple[torch.Tensor, list[dict]]:
-    """Score ``n`` completions per record (grouped record by record); returns scores and the expanded records.
+def score_samples(reward: Reward, records: list[dict], completions: list[str], n: int, prompts: list) -> torch.Tensor:
+    """The ``(len(records) * n,)`` scores of ``n`` completions per record (grouped record by record).
 
-    ``prompts``: each record's prompt (text or messages) as the data already read it
-    (``PromptBatch.prompts``); when None, they are read from the records again.
+    ``prompts``: each record's prompt (text or messages) as the data already read it (``PromptBatch.prompts``).
     """
-    if prompts is None:
-        prompts = [prompt_of(r) for r in records]
     expanded = [r for r in records for _ in range(n)]
-    return checked_rewards(reward, [p for p in prompts for _ in range(n)], completions, expanded), expanded
+    return checked_rewards(reward, [p for p in prompts for _ in range(n)], completions, expanded)
 
 
 def checked_rewards(reward: Reward, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:

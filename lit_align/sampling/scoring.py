@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from lit_align.data.collate import collate_prompts
-from lit_align.data.formats import prompt_ids
+from lit_align.data.formats import prompt_ids, prompt_of
 from lit_align.sampling.generate import Samples, SamplingParams
 from lit_align.rewards.base import Reward, score_samples
 from lit_align.sampling.engines import RolloutEngine
@@ -31,7 +31,7 @@ def sample_and_score(
     for start in range(0, len(records), batch_size):
         window = records[start : start + batch_size]
         batch = collate_prompts([prompt_ids(r, o, tokenizer) for o, r in window], [r for _, r in window],
-                                tokenizer.pad_token_id)
+                                tokenizer.pad_token_id, [prompt_of(r, o) for o, r in window])
         samples = engine.sample(model, tokenizer, batch.input_ids.to(device), batch.attention_mask.to(device), params,
                                 seed=seed + start)
-        yield batch.records, samples, score_samples(reward, batch.records, samples.texts, params.n)[0]
+        yield batch.records, samples, score_samples(reward, batch.records, samples.texts, params.n, batch.prompts)

@@ -7,19 +7,11 @@ import pytest
 import torch
 
 from lit_align.cli import main
-from lit_align.evaluation.best_of_n import (
-    CSV_COLUMNS,
-    BestOfN,
-    answer_key,
-    best_of_n,
-    best_of_n_hits,
-    majority_at_n,
-    majority_hits,
-    pass_at_k,
-)
+from lit_align.evaluation.best_of_n import CSV_COLUMNS, BestOfN, best_of_n_hits, majority_hits, pass_at_k
 from lit_align.evaluation.stats import bootstrap_interval, wilson_interval
+from lit_align.tasks.countdown import CountdownVerifier
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pass_at_k_by_hand():
@@ -29,17 +21,27 @@ def test_pass_at_k_by_hand():
     assert pass_at_k(5, 0, 5) == 0.0 and pass_at_k(5, 4, 2) == 1.0
 
 
-def test_best_of_n_and_majority_by_hand():
+def test_best_of_n_and_majority_hits_by_hand():
     correct = torch.tensor([[False, True, False, False], [True, False, False, False], [False, False, False, False]])
     selector = torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.2, 0.9, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    assert best_of_n(correct, selector, 1) == pytest.approx(1 / 3)  # only prompt 2's first sample is right
-    assert best_of_n(correct, selector, 2) == pytest.approx(1 / 3)  # prompt 1 gains, prompt 2's selector errs
+    assert best_of_n_hits(correct, selector, 1).tolist() == [False, True, False]  # only prompt 1's first is right
+    assert best_of_n_hits(correct, selector, 2).tolist() == [True, False, False]  # 0 gains, 1's selector errs
     keys = [["a", "b", "b", None], ["x", "y", "y", "y"], [None, None, None, None]]
-    assert majority_at_n(keys, correct, 1) == pytest.approx(1 / 3)
+    assert majority_hits(keys, correct, 1) == [0, 1, 0]
     # n=3: prompt 0 votes b (its first "b", sample 1, is correct); prompt 1 votes y (sample 1, wrong)
-    assert majority_at_n(keys, correct, 3) == pytest.approx(1 / 3)
-    assert majority_at_n(keys, correct, 4) == pytest.approx(1 / 3)
-    assert answer_key("<answer> 1 + 2 </answer> then <answer>(3)*4</answer>") == "(3)*4" and answer_key("none") is None
+    assert majority_hits(keys, correct, 3) == [1, 0, 0]
+    assert majority_hits(keys, correct, 4) == [1, 0, 0]
+
+
+def test_majority_votes_on_the_answers_the_verifier_reads():
+    # the Countdown verifier's answers: "1+2" and "1 + 2" vote together, a completion without a tag does not vote
+    texts = ["<answer>1+2</answer>", "<answer>(4)</answer>", "<answer> 1 + 2 </answer>", "no answer at all"]
+    keys = [[CountdownVerifier().answer(t) for t in texts]]
+    assert keys == [["1+2", "(4)", "1+2", None]]
+    assert majority_hits(keys, torch.tensor([[False, True, False, True]]), 4) == [0]  # "1+2" wins, and it is wrong
+    assert majority_hits(keys, torch.tensor([[True, False, True, False]]), 4) == [1]
+    # a verifier that reads no answers (here the toy one below) gives no votes: majority@N is 0
+    assert HasLetter().answer("<answer>1+2</answer>") is None
 
 
 def test_best_of_n_runs_through_the_cli_and_accuracy_rises_with_n(tmp_path, monkeypatch):
@@ -47,7 +49,7 @@ def test_best_of_n_runs_through_the_cli_and_accuracy_rises_with_n(tmp_path, monk
     cli = main([
         "test", "--config", str(ROOT / "configs/eval/countdown_best_of_n.yaml"),
         "--model.init_args.model", "tiny:causal-lm",
-        "--model.init_args.verifier", "tests.test_best_of_n.HasLetter",
+        "--model.init_args.verifier", "test_best_of_n.HasLetter",
         "--model.init_args.generation", '{"max_new_tokens": 4, "temperature": 1.0}',
         "--model.init_args.n_values", "[1, 2, 4, 8]", "--data.limit", "12",
     ])
@@ -135,9 +137,9 @@ def test_epoch_end_reports_intervals_of_the_per_prompt_vectors_and_leaves_the_fi
     assert [r["n"] for r in module.results] == [1, 2, 4]
     for row in module.results:
         n = row["n"]
-        # the figures are what they were before intervals were added
-        assert row["best_of_n"] == best_of_n(CORRECT, SELECTOR, n) == pytest.approx(sum(BEST_HITS[n]) / 5)
-        assert row["majority_at_n"] == majority_at_n(KEYS, CORRECT, n) == pytest.approx(sum(MAJORITY_HITS[n]) / 5)
+        # each figure is the mean of its per-prompt hits
+        assert row["best_of_n"] == pytest.approx(sum(BEST_HITS[n]) / 5)
+        assert row["majority_at_n"] == pytest.approx(sum(MAJORITY_HITS[n]) / 5)
         assert row["pass_at_n"] == pytest.approx(sum(PASSES[n]) / 5)
         # and each interval is that of its own per-prompt vector
         assert (row["best_of_n_low"], row["best_of_n_high"]) == wilson_interval(sum(BEST_HITS[n]), 5)

@@ -10,19 +10,20 @@ import torch
 
 from lit_align.cli import main
 from lit_align.data.sources import DataError
-from lit_align.evaluation.instruction import InstructionEval, read_responses, win_outcomes, win_rate
+from lit_align.evaluation.instruction import InstructionEval, read_responses, win_outcomes
 from lit_align.evaluation.stats import bootstrap_interval, wilson_interval
 from lit_align.rewards.base import Reward
+from lit_align.sampling.generate import SamplingParams
 from lit_align.tasks.constraints import adherence
 
 
-def test_win_rate_counts_ties_as_half():
-    # wins: 1, tie: 0.5, loss: 0, win: 1 -> 2.5 / 4
-    assert win_rate(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])) == 0.625
-    assert win_rate(torch.zeros(3), torch.zeros(3)) == 0.5
-    assert win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0])).tolist() == [1, 0.5, 0, 1]
+def test_win_outcomes_count_ties_as_half():
+    # wins: 1, tie: 0.5, loss: 0, win: 1 -> a win rate of 2.5 / 4
+    wins = win_outcomes(torch.tensor([2.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, 1.0, 5.0, 0.0]))
+    assert wins.tolist() == [1, 0.5, 0, 1] and float(wins.mean()) == 0.625
+    assert win_outcomes(torch.zeros(3), torch.zeros(3)).tolist() == [0.5] * 3
     with pytest.raises(ValueError, match="equal, non-empty"):
-        win_rate(torch.zeros(2), torch.zeros(3))
+        win_outcomes(torch.zeros(2), torch.zeros(3))
 
 
 def test_reference_responses_file_errors_name_file_line_and_field(tmp_path):
@@ -45,8 +46,8 @@ def _evaluate(tmp_path, name: str, *extra: str):
         "--model.model", "tiny:causal-lm", "--model.judge", "lit_align.rewards.model.RewardModelScorer",
         "--model.judge.model", "tiny:classifier", "--model.generation.max_new_tokens", "8",
         "--model.generation.temperature", "0.0", "--model.output_dir", str(tmp_path / name),
-        "--data.val", "lit_align.tasks.constraints.ConstraintSource", "--data.val.num_prompts", "6",
-        "--data.val.seed", "3", "--data.val_batch_size", "4", "--trainer.logger", "false",
+        "--data.test", "lit_align.tasks.constraints.ConstraintSource", "--data.test.num_prompts", "6",
+        "--data.test.seed", "3", "--data.val_batch_size", "4", "--trainer.logger", "false",
         "--trainer.accelerator", "cpu", *extra,
     ])
 
@@ -58,7 +59,7 @@ def test_policy_against_itself_ties_everywhere_and_adherence_matches_the_checker
     assert metrics["num_prompts"] == len(rows) == 6
     assert all(r["response"] == r["reference"] for r in rows)  # same weights, greedy: the same answers
     assert metrics["win_rate"] == 0.5 and metrics["reward_mean"] == pytest.approx(metrics["reference_reward_mean"])
-    records = [r for _, r in cli.datamodule.val_source.records()]
+    records = [r for _, r in cli.datamodule.test_source.records()]
     expected = adherence([r["response"] for r in rows], records)
     assert metrics["adherence_prompt_level"] == expected["prompt_level"]
     assert metrics["adherence_instruction_level"] == expected["instruction_level"]
@@ -79,7 +80,7 @@ def test_reference_responses_are_reused_and_must_answer_the_same_prompts(tmp_pat
     assert again["win_rate"] == 0.5 and again["reference_reward_mean"] == pytest.approx(base["reward_mean"])
     with pytest.raises(DataError, match="answers a different prompt"):
         _evaluate(tmp_path, "other", "--model.reference_responses", str(tmp_path / "base" / "responses.jsonl"),
-                  "--data.val.seed", "4")
+                  "--data.test.seed", "4")
 
 
 class WordCountJudge(Reward):
@@ -113,11 +114,11 @@ def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_fig
     module.on_test_epoch_end()
     metrics = json.loads((tmp_path / "hand" / "metrics.json").read_text())
 
-    # the figures as before: from adherence(), win_rate() and the mean of the judge's scores
+    # the figures: from adherence(), the per-prompt win outcomes and the mean of the judge's scores
     expected = adherence([r for _, r, _ in HAND_MADE], records)
     assert metrics["adherence_prompt_level"] == expected["prompt_level"] == pytest.approx(2 / 5)
     assert metrics["adherence_instruction_level"] == expected["instruction_level"] == pytest.approx(6 / 9)
-    assert metrics["win_rate"] == win_rate(torch.tensor(REWARDS), torch.tensor(REFERENCE_REWARDS)) == pytest.approx(0.6)
+    assert metrics["win_rate"] == sum(WINS) / 5 == pytest.approx(0.6)
     assert metrics["reward_mean"] == pytest.approx(2.4) and metrics["reference_reward_mean"] == pytest.approx(2.2)
     figures = {"num_prompts", "mean_tokens", "mean_words", "reward_mean", "reference_reward_mean", "win_rate",
                *(f"adherence_{k}" for k in expected)}
@@ -144,3 +145,23 @@ def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_fig
     low, high = wilson_interval(2, 5)
     assert f"adherence_prompt_level: 0.400 [{low:.3f}, {high:.3f}] (n=5, Wilson)" in out
     assert "win_rate: 0.600 [" in out and "_low" not in out
+
+
+def test_the_reference_model_samples_through_a_rollout_engine_of_its_own():
+    from test_verifier_eval import Recording
+
+    from lit_align.data.collate import collate_prompts
+    from lit_align.data.formats import prompt_ids
+
+    module = InstructionEval(model="tiny:causal-lm", reference_model="tiny:causal-lm", rollout=Recording(),
+                             generation=SamplingParams(max_new_tokens=4, temperature=0.0))
+    module.configure_model()
+    module.reference_engine = Recording()
+    records = [{"prompt": "Say hi."}, {"prompt": "Say bye."}]
+    ids = [prompt_ids(r, "r", module.tokenizer) for r in records]
+    module.test_step(collate_prompts(ids, records, module.tokenizer.pad_token_id, ["Say hi.", "Say bye."]), 0)
+    assert [model for model, _ in module.rollout.calls] == [module.policy]
+    assert [model for model, _ in module.reference_engine.calls] == [module.reference_policy]
+    assert [r["prompt"] for r in module._rows] == ["Say hi.", "Say bye."]  # the prompts the batch carries
+    # the same weights, greedy: the reference's answers are the policy's
+    assert [r["reference"] for r in module._rows] == [r["response"] for r in module._rows]

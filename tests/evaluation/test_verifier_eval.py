@@ -1,12 +1,23 @@
 """The verifier evaluation's per-problem figures and intervals, on a tiny model with a scripted verifier."""
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
+import yaml
 
+from lit_align.cli import main
 from lit_align.evaluation.stats import wilson_interval
-from lit_align.evaluation.verifier import compare_results, describe, evaluate_with_verifier
-from lit_align.sampling.generate import SamplingParams
+from lit_align.evaluation.verifier import VerifierEval, compare_results, describe, evaluate_with_verifier
+from lit_align.methods import RewardModel
+from lit_align.policy import PolicyBase
 from lit_align.rewards.base import Reward
+from lit_align.sampling.engines import HFGenerate
+from lit_align.sampling.generate import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Scripted(Reward):
@@ -69,18 +80,27 @@ class _Source:
         return iter(_records(self.count))
 
 
+class Recording(HFGenerate):
+    """Hugging Face generate that keeps which model it sampled, with which settings (``calls``)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+        self.calls.append((model, params))
+        return super().sample(model, tokenizer, input_ids, attention_mask, params, seed, synced)
+
+
 @pytest.mark.parametrize("before", [True, False])
-def test_before_false_measures_only_the_end_of_fit(tiny_lm, tokenizer, tmp_path, before):
-    import json
-    from types import SimpleNamespace
-
-    from lit_align.evaluation.verifier import VerifierEval
-
+def test_before_false_measures_only_the_end_of_fit(tmp_path, before):
     verifier = Scripted([0.0, 0.1, 1.0, 1.0])  # before (when measured): 0.0, 0.1; after: 1.0, 1.0
-    callback = VerifierEval(_Source(2), verifier, num_prompts=2, max_new_tokens=3, output=str(tmp_path / "eval.json"),
+    greedy = SamplingParams(max_new_tokens=3, temperature=0.0)
+    callback = VerifierEval(_Source(2), verifier, num_prompts=2, generation=greedy, output=str(tmp_path / "eval.json"),
                             before=before)
     trainer = SimpleNamespace(is_global_zero=True, loggers=[], global_step=0)
-    module = SimpleNamespace(policy=tiny_lm, tokenizer=tokenizer)
+    module = PolicyBase(model="tiny:causal-lm", rollout=Recording())
+    module.configure_model()
+    callback.setup(trainer, module, "fit")
     callback.on_fit_start(trainer, module)
     callback.on_fit_end(trainer, module)
     written = json.loads((tmp_path / "eval.json").read_text())
@@ -88,3 +108,25 @@ def test_before_false_measures_only_the_end_of_fit(tiny_lm, tokenizer, tmp_path,
     # without the start measured, the after-figure takes the first scores the verifier hands out
     assert written["after"]["problem_scores"] == pytest.approx([1.0, 1.0] if before else [0.0, 0.1])
     assert ("against_before" in written["after"]) is before
+    # every completion came from the module's own engine, with the callback's settings
+    assert module.rollout.calls == [(module.policy, greedy)] * (2 if before else 1)
+
+
+def test_a_module_without_a_policy_is_refused_by_name_before_fit():
+    callback = VerifierEval(_Source(2), Scripted([]))
+    with pytest.raises(TypeError, match="PolicyBase.*not RewardModel"):
+        callback.setup(SimpleNamespace(), RewardModel(model="tiny:classifier"), "fit")
+
+
+def test_settings_a_config_leaves_out_keep_the_greedy_default(tmp_path, capsys):
+    # a config naming only max_new_tokens must not turn the evaluation into sampling at temperature 1
+    config = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())
+    callback = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("VerifierEval"))
+    callback["init_args"]["generation"] = {"max_new_tokens": 12}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(path), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    callback = next(c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("VerifierEval"))
+    assert callback["init_args"]["generation"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "n": 1}

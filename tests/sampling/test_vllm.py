@@ -206,7 +206,7 @@ def test_the_pairs_tool_runs_with_the_vllm_override(config, tmp_path):
     configs = Path(__file__).resolve().parents[1] / "configs"
     counts = main(["--config", str(configs / config), "--config", str(configs / "rollout" / "vllm_pairs.yaml"),
                    "--rollout.init_args.cpu_kv_cache_gib", "1", "--model", "tiny:qwen2", "--limit", "2",
-                   "--max_new_tokens", "8", "--output", str(tmp_path / "pairs.jsonl")])
+                   "--generation.max_new_tokens", "8", "--output", str(tmp_path / "pairs.jsonl")])
     assert counts["prompts"] == 2 and counts["completions"] > counts["prompts"]
 
 

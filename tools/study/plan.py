@@ -108,8 +108,8 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def _verifier_eval(s: Sizes, before: bool = True) -> dict:
-    return {"num_prompts": s.cd_eval_problems, "max_new_tokens": s.cd_new_tokens, "batch_size": s.cd_eval_batch,
-            "before": before, "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
+    return {"num_prompts": s.cd_eval_problems, "generation": {"max_new_tokens": s.cd_new_tokens},
+            "batch_size": s.cd_eval_batch, "before": before, "source": {"init_args": {"num_problems": s.cd_eval_problems}}}
 
 
 def choose_temperature(val_folders: dict[float, Path]) -> tuple[float, dict]:
@@ -196,7 +196,7 @@ def _instruction(s: Sizes, out: str) -> list[Stage]:
     stages.append(Stage("instruction_samples", "pairs", "configs/pairs/instruction_embedded.yaml",
                         "base samples → verified SFT data and pairs",
                         policy | {"limit": s.if_prompts, "source": {"init_args": {"num_prompts": s.if_prompts}},
-                                  "max_new_tokens": s.if_new_tokens,
+                                  "generation": {"max_new_tokens": s.if_new_tokens},
                                   "sft_min_score": s.sft_min_score, "batch_size": max(1, s.if_batch_size // 4)}))  # 4 samples a prompt
     # the win-rate judge must be a reward model no policy was trained against: it learns from the
     # other half of the prompts' pairs than the RM that rewards RLOO (and whose pairs DPO learns from)
@@ -246,7 +246,8 @@ CPU = {"accelerator": "cpu", "devices": 1, "precision": "32-true"}  # as configs
 _FIT = {"trainer": {"max_steps": 2, "accumulate_grad_batches": 1, "val_check_interval": 1.0, "log_every_n_steps": 1},
         "model": {"init_args": {"warmup_steps": 0}}, "data": {"batch_size": 2, "val_batch_size": 2, "num_workers": 0}}
 _ROLLOUTS = {"model": {"init_args": {"generation": {"max_new_tokens": 12}}}}
-_HELD_OUT = {"callbacks": {"VerifierEval": {"num_prompts": 2, "max_new_tokens": 12, "source": {"init_args": {"num_problems": 2}}}}}
+_HELD_OUT = {"callbacks": {"VerifierEval": {"num_prompts": 2, "generation": {"max_new_tokens": 12},
+                                            "source": {"init_args": {"num_problems": 2}}}}}
 _EVAL = {"data": {"test": {"init_args": {"num_prompts": 4}}, "val_batch_size": 4}} | _ROLLOUTS
 _BEST_OF_N = merge(_ROLLOUTS, {"model": {"init_args": {"n_values": [1, 2]}},
                                "data": {"test": {"init_args": {"num_problems": 4}}, "val_batch_size": 4}})

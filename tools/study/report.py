@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from lit_align.evaluation.stats import Comparison, compare
+from lit_align.evaluation.stats import Comparison, compare, with_interval
 import yaml
 
 from study.plan import Stage, choose_temperature
@@ -26,14 +26,6 @@ def _json(path: Path) -> dict:
 
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _with_interval(values: dict, key: str) -> str:
-    """``value [low, high]`` when the figure carries its interval (``key_low``/``key_high``), else the value."""
-    value, low, high = values.get(key), values.get(f"{key}_low"), values.get(f"{key}_high")
-    if value is None or low is None or high is None:
-        return _fmt(value)
-    return f"{float(value):.3f} [{float(low):.3f}, {float(high):.3f}]"
 
 
 def verdict(comparison: Comparison, alpha: float = 0.05) -> str:
@@ -72,9 +64,9 @@ def _instruction_table(stages: list[Stage], out: Path) -> list[str]:
             m = _json(out / stage.name / "metrics.json")
             if "win_rate" not in m and stage.name.endswith("_base"):
                 m = {**m, "win_rate": 0.5}  # the base against itself
-            lines.append(f"| {stage.label} | {_with_interval(m, 'adherence_prompt_level')} "
-                         f"| {_with_interval(m, 'adherence_instruction_level')} | {_with_interval(m, 'win_rate')} "
-                         f"| {_with_interval(m, 'reward_mean')} | {_fmt(m.get('mean_tokens'))} |")
+            lines.append(f"| {stage.label} | {with_interval(m, 'adherence_prompt_level')} "
+                         f"| {with_interval(m, 'adherence_instruction_level')} | {with_interval(m, 'win_rate')} "
+                         f"| {with_interval(m, 'reward_mean')} | {_fmt(m.get('mean_tokens'))} |")
     return lines
 
 
@@ -101,7 +93,7 @@ def _countdown_table(stages: list[Stage], out: Path) -> list[str]:
         flat = _eval_with_intervals(r)
         vs_score = _against(base, r, "problem_scores") if i else "–"
         vs_accuracy = _against(base, r, "problem_correct") if i else "–"
-        lines.append(f"| {label} | {_with_interval(flat, 'score')} | {_with_interval(flat, 'accuracy')} "
+        lines.append(f"| {label} | {with_interval(flat, 'score')} | {with_interval(flat, 'accuracy')} "
                      f"| {vs_score} | {vs_accuracy} |")
     return lines
 
@@ -113,8 +105,8 @@ def _best_of_n_table(out: Path) -> list[str]:
     lines = ["| N | best-of-N accuracy | pass@N | majority@N |", "|---|---|---|---|"]
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            lines.append(f"| {r['n']} | {_with_interval(r, 'best_of_n')} | {_with_interval(r, 'pass_at_n')} "
-                         f"| {_with_interval(r, 'majority_at_n')} |")
+            lines.append(f"| {r['n']} | {with_interval(r, 'best_of_n')} | {with_interval(r, 'pass_at_n')} "
+                         f"| {with_interval(r, 'majority_at_n')} |")
     return lines
 
 

@@ -69,6 +69,17 @@ class CountdownVerifier(Reward):
     ``verifier(prompts, completions, records) -> (N,) float tensor``; prompts are not needed.
     """
 
+    def answer(self, completion: str) -> str | None:
+        """The expression of the last answer, whitespace removed, so ``1 + 2`` and ``1+2`` vote together.
+
+        >>> CountdownVerifier().answer("<answer> 1 + 2 </answer> then <answer>(3)*4</answer>")
+        '(3)*4'
+        >>> CountdownVerifier().answer("<answer> 1 + 2 </answer>"), CountdownVerifier().answer("no tag")
+        ('1+2', None)
+        """
+        found = _last_answer(completion)
+        return None if found is None else "".join(found.split())
+
     def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
         if len(completions) != len(records):
             raise ValueError(f"{len(completions)} completions but {len(records)} records")
