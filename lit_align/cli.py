@@ -21,6 +21,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lit_align.data.datamodule import AlignDataModule, UsesData
+from lit_align.methods.online import OnlineRL
 from lit_align.modeling.models import ModelLoadError
 
 TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
@@ -64,6 +65,24 @@ class AlignCLI(LightningCLI):
         super().instantiate_classes()
         if self.datamodule is not None:
             connect(self.datamodule, self.model)
+        if isinstance(self.model, OnlineRL):
+            hand_over_gradient_clipping(self.trainer, self.model)
+
+
+def hand_over_gradient_clipping(trainer: L.Trainer, method: OnlineRL) -> None:
+    """Online RL optimises by hand (several steps per generation batch), which Lightning's automatic
+    clipping refuses: ``trainer.gradient_clip_val`` becomes the method's ``max_grad_norm``."""
+    if not trainer.gradient_clip_val:
+        return
+    if trainer.gradient_clip_algorithm not in (None, "norm"):
+        raise ValueError(f"{type(method).__name__} clips the gradient norm only; trainer.gradient_clip_algorithm "
+                         f"{trainer.gradient_clip_algorithm!r} is not supported (use model.max_grad_norm)")
+    if method.max_grad_norm is not None and method.max_grad_norm != trainer.gradient_clip_val:
+        raise ValueError(f"trainer.gradient_clip_val {trainer.gradient_clip_val} and model.max_grad_norm "
+                         f"{method.max_grad_norm} disagree: set one of them")
+    logging.getLogger(__name__).info("trainer.gradient_clip_val %s is applied by %s as max_grad_norm",
+                                     trainer.gradient_clip_val, type(method).__name__)
+    method.max_grad_norm, trainer.gradient_clip_val = float(trainer.gradient_clip_val), None
 
 
 def main(args: list[str] | None = None) -> AlignCLI:

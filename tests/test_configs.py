@@ -125,3 +125,17 @@ def test_sampling_configs_cover_rloo_evaluation_and_verifier_callbacks():
     names = {str(p.relative_to(CONFIGS)) for p in SAMPLING_CONFIGS}
     assert {"rloo/countdown_embedded.yaml", "grpo/countdown_embedded.yaml", "eval/countdown_best_of_n.yaml", "eval/instruction_embedded.yaml",
             "quickstart.yaml", "paper/rloo_qwen2.5-0.5b_deberta.yaml"} <= names
+
+
+def test_trainer_gradient_clipping_is_applied_by_online_rl(tmp_path, monkeypatch):
+    """Lightning refuses automatic clipping with manual optimisation: the command line hands
+    ``trainer.gradient_clip_val`` to the method, which clips every optimiser step itself."""
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(CONFIGS / "grpo" / "countdown_embedded.yaml"), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+                "--model.init_args.model", "tiny:causal-lm", "--model.init_args.max_grad_norm", "null",
+                "--model.init_args.max_draws", "1", "--trainer.gradient_clip_val", "0.5", "--trainer.fast_dev_run", "1",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]", "--data.limit", "4"])
+    assert cli.model.max_grad_norm == 0.5 and cli.trainer.gradient_clip_val is None and cli.trainer.global_step == 1
+    with pytest.raises(ValueError, match="disagree"):
+        main(["fit", "--config", str(CONFIGS / "grpo" / "countdown_embedded.yaml"), "--model.init_args.model", "tiny:causal-lm",
+              "--trainer.gradient_clip_val", "0.5"])  # the config's max_grad_norm is 1.0

@@ -147,7 +147,7 @@ def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, fa
     if not 0 < buffer <= max_new_tokens:
         raise ValueError(f"overlong buffer must be in 1..max_new_tokens ({max_new_tokens}), got {buffer}")
     start = max_new_tokens - buffer
-    return -factor * ((lengths.float() - start).clamp(min=0) / buffer).clamp(max=1.0)
+    return 0.0 - factor * ((lengths.float() - start).clamp(min=0) / buffer).clamp(max=1.0)  # 0.0, not -0.0
 
 
 def tis_weights(old_logps: torch.Tensor, engine_logps: torch.Tensor, cap: float) -> torch.Tensor:
