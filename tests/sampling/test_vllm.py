@@ -153,7 +153,7 @@ def test_the_study_chain_runs_with_vllm_rollouts(tmp_path):
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "tools/reproduce.py", "--profile", "paper-smoke", "--out", str(tmp_path / "runs"),
            "--results", str(tmp_path / "results.md"), "--rollout-config", "configs/rollout/vllm.yaml"]
     done = subprocess.run(cmd, cwd=root, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
@@ -183,7 +183,7 @@ def test_each_sampling_config_runs_with_the_vllm_override(config, tmp_path, monk
     from lit_align.cli import main
     from test_configs import _data_overrides
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "docs").symlink_to(configs.parent / "docs")
     evaluation = config.startswith("eval/")
@@ -203,7 +203,7 @@ def test_the_pairs_tool_runs_with_the_vllm_override(config, tmp_path):
 
     from lit_align.pairs import main
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     counts = main(["--config", str(configs / config), "--config", str(configs / "rollout" / "vllm_pairs.yaml"),
                    "--rollout.init_args.cpu_kv_cache_gib", "1", "--model", "tiny:qwen2", "--limit", "2",
                    "--generation.max_new_tokens", "8", "--output", str(tmp_path / "pairs.jsonl")])
@@ -218,7 +218,7 @@ def test_under_ddp_each_rank_samples_from_its_own_synced_engine(tmp_path):
     import sys
     from pathlib import Path
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     cmd = [sys.executable, "-m", "lit_align", "fit", "--config", str(configs / "rloo" / "countdown_embedded.yaml"),
            "--config", str(configs / "rollout" / "vllm.yaml"), "--model.init_args.rollout.init_args.cpu_kv_cache_gib", "1",
            "--model.init_args.model", "tiny:qwen2", "--model.init_args.generation.max_new_tokens", "8",
