@@ -24,6 +24,33 @@ class KillAfterStep(L.Callback):
             os.kill(os.getpid(), self.signal)
 
 
+class KillAfterBatch(L.Callback):
+    """Send ``signal_name`` to this process at the end of its ``batch``-th training batch (1-based), whatever
+    the optimiser step: with dynamic sampling a batch may only draw, so this can stop a run between the
+    draws of one generation batch."""
+
+    def __init__(self, batch: int, signal_name: str = "SIGTERM"):
+        self.batch, self.signal, self.seen = batch, getattr(signal, signal_name), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.batch:
+            os.kill(os.getpid(), self.signal)
+
+
+class SaveAtBatch(L.Callback):
+    """Save a checkpoint to ``path`` at the end of this process's ``batch``-th training batch (1-based), as a
+    time-based ``ModelCheckpoint(train_time_interval=...)`` may, whatever the optimiser step."""
+
+    def __init__(self, batch: int, path: str):
+        self.batch, self.path, self.seen = batch, path, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += 1
+        if self.seen == self.batch:
+            trainer.save_checkpoint(self.path)
+
+
 class GlobalLossCurve(L.Callback):
     """Record the global-batch loss after every optimiser step to ``path`` (JSON list), on rank 0.
 
@@ -111,3 +138,15 @@ class DistinctCharacters(Reward):
 
     def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
         return torch.tensor([len(set(text)) / max(1, len(text)) for text in completions])
+
+
+class HalfFlat(Reward):
+    """``DistinctCharacters`` for about half of the prompts and 0.5 for every completion of the others
+    (chosen by a checksum of the record), so dynamic sampling sets groups aside and draws again."""
+
+    def __call__(self, prompts: list, completions: list[str], records: list[dict]) -> torch.Tensor:
+        import zlib
+
+        varied = DistinctCharacters()(prompts, completions, records)
+        flat = torch.tensor([zlib.crc32(json.dumps(r, sort_keys=True).encode()) % 2 == 0 for r in records])
+        return torch.where(flat, torch.full_like(varied, 0.5), varied)

@@ -160,3 +160,75 @@ def test_killed_mid_epoch_and_resumed_run_ends_like_uninterrupted(method, signal
     assert resumed.keys() == whole.keys()
     differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
     assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
+
+
+# --- online RL killed between the draws of one generation batch -------------------------------------
+GRPO_RUN = ({"class_path": "lit_align.methods.GRPO", "init_args": {
+                "model": "tiny:causal-lm", "lora": LORA, "disable_dropout": False, "num_generations": 2,
+                "dynamic_sampling": True, "max_draws": 3, "steps_per_generation": 2, "micro_batch_size": 1,
+                "reward": {"class_path": "fault_injection.HalfFlat"},
+                "generation": {"max_new_tokens": 6, "temperature": 1.0}}},
+            {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
+                       "init_args": {"num_problems": 10, "with_traces": False}}})
+
+
+def test_online_rl_resumes_from_a_checkpoint_between_the_draws_of_one_generation_batch(tmp_path, monkeypatch):
+    """A checkpoint taken at a batch that only drew (mid-epoch, as a time-based checkpoint may be) holds the
+    groups collected so far; a run resumed from it uses them and ends with the uninterrupted run's weights.
+    Resumed with those groups thrown away, it ends elsewhere: the checkpointed buffer is what matters."""
+    monkeypatch.setitem(METHODS, "GRPO", GRPO_RUN)
+    ckpt = tmp_path / "between_draws.ckpt"
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "whole", "whole"))])
+    record, whole = _recorded(tmp_path / "whole", "whole")
+    steps = record["steps"]
+    draw_only = [i + 1 for i in range(1, len(steps)) if steps[i] == steps[i - 1] and (i + 1) % PER_EPOCH]
+    assert draw_only, f"no mid-epoch batch only drew; the test says nothing: {steps}"
+    save = {"class_path": "fault_injection.SaveAtBatch", "init_args": {"batch": draw_only[0], "path": str(ckpt)}}
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "saving", "saving", [save]))])
+    saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # plain containers: loads with weights_only
+    assert saved["online_rl"]["draws"] > 0 and saved["online_rl"]["pending"], "no groups waiting in the checkpoint"
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "resumed", "resumed")), "--ckpt_path", str(ckpt)])
+    resumed_record, resumed = _recorded(tmp_path / "resumed", "resumed")
+    assert resumed_record["start_step"] == saved["global_step"]
+    differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
+    assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
+    saved["online_rl"].update(pending=[], set_aside=[], draws=0)
+    torch.save(saved, tmp_path / "emptied.ckpt")
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "emptied", "emptied")), "--ckpt_path", str(tmp_path / "emptied.ckpt")])
+    _, emptied = _recorded(tmp_path / "emptied", "emptied")
+    assert any(not torch.equal(emptied[name], whole[name]) for name in whole)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_online_rl_killed_between_draws_resumes_like_uninterrupted(signal_name, tmp_path, monkeypatch):
+    """GRPO with dynamic sampling (groups set aside, more prompts drawn) and two optimiser steps per
+    generation batch, killed at a batch that only drew. The last checkpoint is the last optimiser step's
+    (a batch that only drew does not move ``global_step``, so Lightning saves nothing new, SIGTERM
+    included): the resumed run redraws the same prompts with the same seeds and ends with the
+    uninterrupted run's weights bit for bit."""
+    monkeypatch.setitem(METHODS, "GRPO", GRPO_RUN)
+    whole_dir = tmp_path / "whole"
+    main(["fit", "--config", str(_config("GRPO", whole_dir, "whole"))])
+    record, whole = _recorded(whole_dir, "whole")
+    batches = len(record["steps"])
+    draw_only = [i + 1 for i in range(1, batches) if record["steps"][i] == record["steps"][i - 1]]
+    assert draw_only, f"no batch only drew; the test says nothing: {record['steps']}"
+    kill_at = draw_only[len(draw_only) // 2]  # a batch in the middle of the run that only drew
+
+    folder = tmp_path / "killed"
+    kill = {"class_path": "fault_injection.KillAfterBatch", "init_args": {"batch": kill_at, "signal_name": signal_name}}
+    config = _config("GRPO", folder, "killed", [kill])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), OMP_NUM_THREADS="1",
+               HF_HUB_OFFLINE="1")
+    code = "import torch; torch.set_num_threads(1); from lit_align.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "fit", "--config", str(config)], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=folder)
+    assert proc.returncode == (-signal.SIGKILL if signal_name == "SIGKILL" else 0), proc.stderr[-3000:]
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False, map_location="cpu")
+    assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] < kill_at - 1  # not the kill batch
+    main(["fit", "--config", str(_config("GRPO", folder, "resumed")), "--ckpt_path", str(ckpt)])
+    resumed_record, resumed = _recorded(folder, "resumed")
+    assert resumed_record["start_step"] == saved["global_step"]
+    differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
+    assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"

@@ -78,6 +78,17 @@ class Rollouts:
                         [p for p, kept in zip(self.prompts, keep.tolist()) if kept], self.drawn, self.dropped)
 
 
+    def state(self) -> dict:
+        """Plain containers only (tensors, lists, numbers, strings): checkpoints load with weights_only."""
+        samples = {f.name: getattr(self.samples, f.name) for f in dataclasses.fields(Samples)}
+        return {"samples": samples, "rewards": self.rewards, "prompts": self.prompts, "drawn": self.drawn,
+                "dropped": self.dropped}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Rollouts:
+        return cls(Samples(**state["samples"]), state["rewards"], state["prompts"], state["drawn"], state["dropped"])
+
+
 def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
     return Rollouts(concat_samples([p.samples for p in parts], pad_id), torch.cat([p.rewards for p in parts]),
                     [q for p in parts for q in p.prompts])
@@ -396,14 +407,16 @@ class OnlineRL(PolicyModule):
 
     # --- checkpoints: the dynamic-sampling buffer and the counters ride along -----------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["online_rl"] = {"pending": self._pending, "set_aside": self._set_aside, "draws": self._draws,
+        checkpoint["online_rl"] = {"pending": [p.state() for p in self._pending],
+                                   "set_aside": [p.state() for p in self._set_aside], "draws": self._draws,
                                    "prompts_seen": self.prompts_seen, "completions_seen": self.completions_seen}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("online_rl")
         if state is not None:
-            self._pending, self._set_aside, self._draws = state["pending"], state["set_aside"], state["draws"]
-            self.prompts_seen, self.completions_seen = state["prompts_seen"], state["completions_seen"]
+            self._pending = [Rollouts.from_state(p) for p in state["pending"]]
+            self._set_aside = [Rollouts.from_state(p) for p in state["set_aside"]]
+            self._draws, self.prompts_seen, self.completions_seen = state["draws"], state["prompts_seen"], state["completions_seen"]
 
 
 class _Stats:
