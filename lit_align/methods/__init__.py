@@ -1,4 +1,9 @@
-"""Training methods, each a LightningModule."""
+"""Training methods, each a LightningModule: ``SFT``, ``RewardModel``, ``DPO``, and online ``RLOO`` and
+``GRPO`` (one loop, ``online.OnlineRL``). ``base.PolicyModule`` is what the policy methods share.
+
+May import: ``lit_align.policy``, ``lit_align.lightning``, ``lit_align.sampling``, ``lit_align.objectives``,
+``lit_align.rewards``, ``lit_align.modeling``, ``lit_align.data``; never ``lit_align.evaluation``.
+"""
 
 from lit_align.methods.dpo import DPO
 from lit_align.methods.grpo import GRPO

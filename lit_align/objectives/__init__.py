@@ -2,9 +2,11 @@
 
 - ``logprobs``: forwards that turn a model and token ids into per-token log-probs (chunked, grouped by
   length, weights cast once under autocast): the only module here that runs a model.
-- ``ops``: tensor helpers with documented shapes (masks, positions, advantages).
-- ``losses``: the objectives (SFT, reward models, the DPO family, RLOO), each checked against
-  hand-worked values.
+- ``ops``: tensor helpers with documented shapes (loss masks, positions).
+- ``losses``: the offline objectives (SFT, reward models, the DPO family), each checked against
+  hand-worked values;
+- ``policy_gradient``: online RL's pieces (advantage estimators, aggregations, the clipped ratio, TIS,
+  the KL estimators and their placements) and the one-batch ``rloo_loss``.
 
 May import: ``lit_align.data`` (for ``IGNORE_INDEX``) and nothing else of lit_align.
 """

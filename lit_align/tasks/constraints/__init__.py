@@ -14,6 +14,8 @@ in configs, checkpoints and saved config files):
 - ``generator``: prompts with mutually satisfiable constraints;
 - ``source``: ``ConstraintSource``, generated prompts for online RL;
 - ``reward``: ``ConstraintReward`` and IFEval-style ``adherence``.
+
+May import: ``lit_align.rewards``, ``lit_align.data``.
 """
 
 from lit_align.tasks.constraints.checks import (

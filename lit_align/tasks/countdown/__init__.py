@@ -13,6 +13,8 @@ configs, checkpoints and saved config files):
 - ``generator``: solvable random problems;
 - ``traces``: the prompt and a short synthetic reasoning trace for SFT warm-up;
 - ``source``: ``CountdownSource``, problems generated or read, as SFT traces or RL prompts.
+
+May import: ``lit_align.tasks.arithmetic``, ``lit_align.rewards``, ``lit_align.data``.
 """
 
 from lit_align.tasks.arithmetic import parse_expression
