@@ -9,7 +9,7 @@ import torch
 from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
 from data import datamodule
 
-from lit_align.cli import connect
+from lit_align.cli import connect, hand_over_gradient_clipping
 from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, RLOO, SFT, RewardModel
 from lit_align.rewards.base import Reward
@@ -78,5 +78,7 @@ def run(spec: Spec) -> dict:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                         callbacks=[Clock(clock, rows)])
+    if spec.method == "rloo":  # online RL clips inside its own loop, as on the command line
+        hand_over_gradient_clipping(trainer, module)
     trainer.fit(module, data)
     return summary(clock, s.warmup)
