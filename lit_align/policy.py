@@ -78,11 +78,7 @@ class PolicyBase(L.LightningModule):
         hardware.warn_if_slow_bf16(self._trainer)
         policy = models.load_causal_lm(self.model_name, self.dtype_name, self.trust_remote_code, self.load_in_4bit)
         if self.gradient_checkpointing:
-            # transformers 5 renamed the switch; older releases only have the second name.
-            if hasattr(policy, "activation_checkpointing_enable"):
-                policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            models.enable_activation_checkpointing(policy)
         # from_pretrained returns eval mode; Lightning keeps module modes as they are, so ask for train mode.
         policy.train()
         self.policy = models.apply_lora(policy, self.lora) if self.lora is not None else policy

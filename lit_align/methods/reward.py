@@ -83,6 +83,7 @@ class RewardModel(FreesAppliedGradients):
         scheduler: LRSchedulerCallable | None = None,
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
+        gradient_checkpointing: bool = False,
     ):
         """
         Args:
@@ -94,12 +95,14 @@ class RewardModel(FreesAppliedGradients):
             scheduler: learning-rate schedule; None means linear warm-up then cosine decay.
             warmup_steps: warm-up optimiser steps of the default schedule.
             min_lr_ratio: final lr of the default schedule, as a share of the peak.
+            gradient_checkpointing: recompute activations in backward to save memory.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["loss", "optimizer", "scheduler"])
         self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
         self.loss_fn, self.optimizer_factory, self.scheduler_factory = loss, optimizer, scheduler
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
+        self.gradient_checkpointing = gradient_checkpointing
         self.tokenizer = models.load_tokenizer(model, trust_remote_code)
         self.model = None
         self.max_length: int | None = None  # tokens the training text is cut to, from use_data
@@ -109,6 +112,8 @@ class RewardModel(FreesAppliedGradients):
         if self.model is None:
             hardware.warn_if_slow_bf16(self._trainer)
             model = models.load_sequence_classifier(self.model_name, self.dtype_name, self.trust_remote_code)
+            if self.gradient_checkpointing:
+                models.enable_activation_checkpointing(model)
             self.model = model.train()  # from_pretrained returns eval mode, which would switch dropout off
 
     def use_data(self, data: DataView) -> None:

@@ -288,6 +288,15 @@ def _nf4_kwargs(compute_dtype: torch.dtype) -> dict:
     return dict(quantization_config=config, device_map=device_map)
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each block's activations in backward instead of keeping them (non-reentrant)."""
+    # transformers 5 renamed the switch; older releases only have the second name.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def apply_lora(model: PreTrainedModel, lora: LoRA, task_type: str = "CAUSAL_LM") -> PreTrainedModel:
     """Wrap ``model`` with trainable LoRA adapters; everything else is frozen."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

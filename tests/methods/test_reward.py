@@ -97,3 +97,17 @@ def test_exported_length_is_handed_over_by_connect_and_required(tmp_path):
     assert rm.max_length is None, "the data's own connect tells the data only"
     assert connect(data, rm) is data and rm.max_length == 40
     assert RewardModelScorer(str(rm.export(tmp_path / "rm"))).max_length == 40
+
+
+def test_gradient_checkpointing_gives_the_same_reward_model_step():
+    """The switch recomputes activations in backward (the encoder reports it on) and changes no weight update."""
+    weights = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        rm = RewardModel(model="tiny:classifier", gradient_checkpointing=checkpointing,
+                         optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+        data = connect(AlignDataModule(InMemory(good_bad_pairs(8, 0)), batch_size=8, max_length=64), rm)
+        trainer(max_steps=1, limit_val_batches=0).fit(rm, data)
+        assert rm.model.is_gradient_checkpointing == checkpointing
+        weights[checkpointing] = {k: v.detach().clone() for k, v in rm.model.state_dict().items()}
+    assert all(torch.allclose(weights[False][k], weights[True][k], atol=1e-6) for k in weights[False])

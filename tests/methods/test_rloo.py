@@ -231,3 +231,8 @@ def _largest_difference(update: dict, grads: dict) -> float:
     """Largest |update - gradient| over every weight, relative to the largest gradient entry (at least 1)."""
     scale = max(1.0, max(float(g.abs().max()) for g in grads.values()))
     return max(float((update[n] - g).abs().max()) for n, g in grads.items()) / scale
+
+
+def test_gradient_checkpointing_and_micro_batches_give_the_one_batch_update(monkeypatch, tokenizer):
+    update, grads = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2, gradient_checkpointing=True)
+    assert _largest_difference(update, grads) <= 1e-5
