@@ -289,3 +289,23 @@ def test_compare_picks_mcnemar_for_outcomes_and_bootstrap_for_scores():
     assert compare(before, after, test="bootstrap").test == "paired bootstrap"
     with pytest.raises(ValueError, match="0/1 outcomes"):
         compare([0.1, 0.2], [0.3, 0.4], test="mcnemar")
+
+
+def test_slope_estimate_against_least_squares_and_t_tables():
+    import numpy as np
+
+    from lit_align.evaluation.stats import slope_estimate, t_quantile
+
+    # textbook two-sided 95 % t values
+    for df, table in ((3, 3.182), (5, 2.571), (12, 2.179), (20, 2.086), (60, 2.000)):
+        assert t_quantile(df) == pytest.approx(table, abs=4e-3 if df == 3 else 1e-3), df
+    y = np.array([0.20, 0.18, 0.25, 0.22, 0.30, 0.28, 0.33, 0.31])
+    x = np.arange(y.size, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1)
+    residuals = y - (intercept + slope * x)
+    half = 2.447 * np.sqrt((residuals**2).sum() / (y.size - 2) / ((x - x.mean()) ** 2).sum())  # t(0.975, 6)
+    got = slope_estimate(y)
+    assert got.value == pytest.approx(slope) and got.n == 8
+    assert (got.low, got.high) == pytest.approx((slope - half, slope + half), abs=1e-4)
+    with pytest.raises(ValueError, match="at least 5 points"):
+        slope_estimate([0.1, 0.2, 0.3])
