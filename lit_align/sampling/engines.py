@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.sampling.generate import Samples, SamplingParams, decode_kept, ends, sample
+from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, decode_kept, ends, sample
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,25 @@ class RolloutEngine:
 class HFGenerate(RolloutEngine):
     """Hugging Face ``generate`` on the policy itself: always the current weights."""
 
+    def __init__(self, max_batch_rows: int | None = None):
+        """
+        Args:
+            max_batch_rows: most completions decoded at once (prompts x n); a larger call is decoded in
+                chunks of whole prompts, so the KV cache is bounded whatever the generation batch
+                (None: all at once). Chunk c samples with its own seed (from ``seed`` and c).
+        """
+        if max_batch_rows is not None and max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
+        self.max_batch_rows = max_batch_rows
+
     def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
-        return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed, synced=synced)
+        prompts = max(1, (self.max_batch_rows or 0) // params.n) if self.max_batch_rows else input_ids.size(0)
+        if prompts >= input_ids.size(0):
+            return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed, synced=synced)
+        parts = [sample(model, tokenizer, input_ids[i : i + prompts], attention_mask[i : i + prompts], params,
+                        seed=seed * 1_000_003 + c, synced=synced)
+                 for c, i in enumerate(range(0, input_ids.size(0), prompts))]
+        return concat_samples(parts, tokenizer.pad_token_id)
 
 
 def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:

