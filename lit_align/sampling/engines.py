@@ -69,6 +69,8 @@ class RolloutEngine:
 class HFGenerate(RolloutEngine):
     """Hugging Face ``generate`` on the policy itself: always the current weights."""
 
+    max_batch_rows: int | None = None  # also for subclasses that keep an __init__ of their own
+
     def __init__(self, max_batch_rows: int | None = None):
         """
         Args:
