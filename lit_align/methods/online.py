@@ -378,8 +378,14 @@ class OnlineRL(PolicyModule):
             metrics |= {"train/groups_drawn": float(rollouts.drawn * len(rollouts.prompts)),
                         "train/groups_kept": float(len(rollouts.prompts) - int(pg.uniform_groups(rewards, self.k).sum())),
                         "train/groups_dropped": float(rollouts.dropped), "train/draws": float(rollouts.drawn)}
-        self.log_dict({k: torch.as_tensor(v, dtype=torch.float32) for k, v in metrics.items()}, prog_bar=False,
-                      batch_size=len(rollouts.prompts))
+        values = {k: float(v) for k, v in metrics.items()}
+        # callback metrics through Lightning; the loggers get one row per generation batch at its optimiser
+        # step, written here: Lightning would write the last on-step values again at every later batch,
+        # and with dynamic sampling a batch that only draws would repeat the step before it
+        self.log_dict({k: torch.tensor(v) for k, v in values.items()}, logger=False, batch_size=len(rollouts.prompts))
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(values, step=self.global_step)
         every = self.log_completions_every_n_steps
         if every and self.global_step % every == 0:
             self._log_completions(rollouts, advantages)

@@ -4,6 +4,7 @@ settings that would bias the gradient are refused."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -74,12 +75,18 @@ class HalfConstant(Reward):
         return torch.tensor([1.0 if r["kind"] == "same" else float(len(c)) for c, r in zip(completions, records)])
 
 
-def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_its_draws():
+def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_its_draws(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
     module = GRPO(model="tiny:causal-lm", reward=HalfConstant(), num_generations=2, dynamic_sampling=True, max_draws=4,
                   generation=SamplingParams(max_new_tokens=8))
     # every batch of 2 prompts holds one "same" and one "vary" group: two draws fill a batch of 2 groups
-    t = _fit(module, Prompts(2 * 6, kinds=("same", "vary")), steps=3, batch_size=2)
+    logger = CSVLogger(tmp_path, name="logs")
+    t = _fit(module, Prompts(2 * 6, kinds=("same", "vary")), steps=3, batch_size=2, logger=logger)
     metrics = t.callback_metrics
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    # one row per optimiser step, at that step: batches that only drew write nothing
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and [float(r["train/optimizer_steps"]) for r in rows] == [1, 2, 3]
     assert t.global_step == 3
     assert metrics["train/zero_variance_groups"] == 0.0
     assert metrics["train/draws"] == 2 and metrics["train/groups_drawn"] == 4 and metrics["train/groups_dropped"] == 2
