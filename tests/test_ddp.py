@@ -76,3 +76,30 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(method, 
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp(tmp_path):
+    """Each rank samples its own prompts, so their groups with signal differ (``HalfFlat`` makes half of
+    the prompts flat): the ranks must still agree on when a generation batch is full and on its shape,
+    or one waits for the other's all-reduce forever. Two gloo processes, GRPO with dynamic sampling,
+    two optimiser steps per generation batch in micro-batches of one sequence."""
+    config = {
+        "seed_everything": 5,
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 4, "logger": False,
+                    "enable_checkpointing": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "fault_injection.RunRecord", "init_args": {"path": str(tmp_path / "run.json")}}]},
+        "model": {"class_path": "lit_align.methods.GRPO", "init_args": {
+            "model": "tiny:causal-lm", "lora": LORA, "num_generations": 2, "dynamic_sampling": True, "max_draws": 3,
+            "steps_per_generation": 2, "micro_batch_size": 1, "reward": {"class_path": "fault_injection.HalfFlat"},
+            "generation": {"max_new_tokens": 6, "temperature": 1.0}}},
+        "data": {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
+                           "init_args": {"num_problems": 40, "with_traces": False}}, "batch_size": 2},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(tmp_path / "config.yaml")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "run.json").read_text())
+    assert record["steps"][-1] == 4
+    assert any(a == b for a, b in zip(record["steps"], record["steps"][1:])), "no batch only drew: the test says nothing"

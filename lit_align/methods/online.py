@@ -282,14 +282,26 @@ class OnlineRL(PolicyModule):
         self._learn(rollouts)
         return None
 
-    def _prepare(self, rollouts: Rollouts):
-        """Reference and sampling-weight log-probs (no gradient) and the advantages of the whole batch."""
+    def _one_forward(self, samples: Samples) -> bool:
+        """One micro-batch, one step, one pass, no TIS: the training forward itself can give the sampling
+        weights' log-probs (detached) before the loss needs them, so no extra forward is run."""
+        whole = self.micro_batch_size is None or self.micro_batch_size >= len(samples)
+        tis = self.tis_cap is not None and samples.engine_logps is not None
+        return whole and self.num_iterations == 1 and self.steps_per_generation == 1 and not tis
+
+    def _prepare(self, rollouts: Rollouts, first=None):
+        """Reference and sampling-weight log-probs (no gradient) and the advantages of the whole batch;
+        ``first``: the training forward's (log-probs, entropies) when it covers the whole batch."""
         samples = rollouts.samples
         mask = samples.completion_mask.float()
         off_policy = self.num_iterations > 1 or self.steps_per_generation > 1
         tis = self.tis_cap is not None and samples.engine_logps is not None
         kl_in_reward = self.kl_in_reward and self.kl_coef > 0
-        old = self._logps_no_grad(self.policy, samples) if (kl_in_reward or off_policy or tis) else None
+        old = None
+        if first is not None:
+            old = first[0].detach()
+        elif kl_in_reward or off_policy or tis:
+            old = self._logps_no_grad(self.policy, samples)
         ref = self._reference_logps(samples) if self.kl_coef > 0 else None
         shaped = rollouts.rewards - self.kl_coef * pg.sequence_kl(old, ref, mask) if kl_in_reward else rollouts.rewards
         advantages = pg.group_advantages(shaped, self.k, self.estimator, self.scale_rewards)
@@ -311,7 +323,8 @@ class OnlineRL(PolicyModule):
         mask = samples.completion_mask.float()
         keep = (~samples.truncated).to(mask.dtype) if self.mask_truncated_completions else torch.ones_like(mask[:, 0])
         loss_mask = mask * keep[:, None]
-        old, ref, advantages, is_weights = self._prepare(rollouts)
+        first = self._logps(self.policy, samples, with_entropy=True) if self._one_forward(samples) else None
+        old, ref, advantages, is_weights = self._prepare(rollouts, first)
         stats = _Stats()
         rows = range(len(samples))
         size = -(-len(rows) // self.steps_per_generation)
@@ -324,7 +337,11 @@ class OnlineRL(PolicyModule):
                 sequences, tokens = self._step_totals(loss_mask[step_rows.start : step_rows.stop])
                 for mb in self._micro_batches(step_rows):
                     pick = slice(mb.start, mb.stop)
-                    logps, entropy = self._logps(self.policy, samples.select(pick), with_entropy=iteration == 0 or self.entropy_coef > 0)
+                    if first is not None:  # the whole batch, already run forward
+                        (logps, entropy), first = first, None
+                    else:
+                        logps, entropy = self._logps(self.policy, samples.select(pick),
+                                                     with_entropy=iteration == 0 or self.entropy_coef > 0)
                     out = pg.policy_gradient_loss(
                         logps, loss_mask[pick], advantages[pick],
                         pg.aggregation_weights(loss_mask[pick], self.loss_aggregation, sequences, tokens, self.sampling.max_new_tokens),
