@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -54,6 +55,9 @@ from lit_align.rewards.base import Reward, score_samples
 from lit_align.sampling.generate import Samples, concat_samples
 
 log = logging.getLogger(__name__)
+# Lightning warns that a checkpoint under manual optimisation holds the weights after the optimiser step;
+# that is the state a resumed run continues from here (tests/test_resume.py), so the warning says nothing.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def sampling_seed(step: int, batch_idx: int, rank: int) -> int:
