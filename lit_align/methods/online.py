@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -54,7 +53,6 @@ from lit_align.objectives import policy_gradient as pg
 from lit_align.rewards.base import Reward, score_samples
 from lit_align.sampling.generate import Samples, concat_samples
 
-log = logging.getLogger(__name__)
 # Lightning warns that a checkpoint under manual optimisation holds the weights after the optimiser step;
 # that is the state a resumed run continues from here (tests/test_resume.py), so the warning says nothing.
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
