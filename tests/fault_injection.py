@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from lit_align.rewards.base import Reward
+from lit_align.sampling.engines import HFGenerate
 
 
 class KillAfterStep(L.Callback):
@@ -150,3 +151,33 @@ class HalfFlat(Reward):
         varied = DistinctCharacters()(prompts, completions, records)
         flat = torch.tensor([zlib.crc32(json.dumps(r, sort_keys=True).encode()) % 2 == 0 for r in records])
         return torch.where(flat, torch.full_like(varied, 0.5), varied)
+
+
+
+class PromptSeededGenerate(HFGenerate):
+    """HF sampling in which a prompt's completions depend on the prompt and the weights only, not on the
+    batch or rank that drew it: each prompt is sampled on its own with a seed from its tokens, and each
+    completion is then cut after a length drawn from the same checksum (2 .. max_new_tokens), as if a stop
+    token ended it there. One process and two DDP ranks then learn from the same samples, with token
+    counts that differ between ranks."""
+
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+        import zlib
+
+        from lit_align.sampling.generate import Samples, concat_samples, sample
+
+        parts, keys = [], []
+        for i in range(input_ids.size(0)):
+            key = zlib.crc32(input_ids[i][attention_mask[i].bool()].cpu().numpy().tobytes())
+            parts.append(sample(model, tokenizer, input_ids[i : i + 1], attention_mask[i : i + 1], params, seed=key,
+                                synced=synced))
+            keys += [key + j for j in range(params.n)]
+        s = concat_samples(parts, tokenizer.pad_token_id)
+        ids, mask = s.completion_ids.clone(), s.completion_mask.clone()
+        for row, key in enumerate(keys):
+            keep = min(int(mask[row].sum()), 2 + key % (params.max_new_tokens - 1))
+            mask[row, keep:] = 0
+            ids[row, keep:] = tokenizer.pad_token_id
+        texts = [tokenizer.decode(ids[r][mask[r].bool()].tolist(), skip_special_tokens=True) for r in range(len(keys))]
+        return Samples(s.prompt_ids, s.prompt_mask, ids, mask, texts, torch.zeros(len(keys), dtype=torch.bool),
+                       s.temperature, None)

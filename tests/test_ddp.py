@@ -103,3 +103,49 @@ def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["steps"][-1] == 4
     assert any(a == b for a, b in zip(record["steps"], record["steps"][1:])), "no batch only drew: the test says nothing"
+
+
+def _online_config(folder: Path, devices: int) -> Path:
+    config = {
+        "seed_everything": 5,
+        "trainer": {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
+                    "precision": "32-true", "max_steps": 4, "logger": False, "enable_checkpointing": False,
+                    "enable_progress_bar": False, "default_root_dir": str(folder),
+                    "callbacks": [{"class_path": "lit_align.lightning.callbacks.HFExport",
+                                   "init_args": {"dirpath": str(folder / "export")}}]},
+        "model": {"class_path": "lit_align.methods.GRPO", "init_args": {
+            "model": "tiny:causal-lm", "lora": LORA, "num_generations": 2, "beta": 0.04, "loss_type": "dapo", "scale_rewards": "batch",
+            "steps_per_generation": 2, "micro_batch_size": 1, "rollout": {"class_path": "fault_injection.PromptSeededGenerate"},
+            "reward": {"class_path": "fault_injection.DistinctCharacters"},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+            "generation": {"max_new_tokens": 8, "temperature": 1.0}}},
+        "data": {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
+                           "init_args": {"num_problems": 16, "with_traces": False}}, "batch_size": 4 // devices},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder / "config.yaml"
+
+
+def test_online_rl_under_two_process_ddp_matches_one_process_with_the_same_prompts(tmp_path, monkeypatch):
+    """GRPO with the DAPO token mean over the optimiser step, two steps per generation batch (so the
+    clipped ratio is live) in micro-batches of one sequence, rewards scaled by the batch's std (the global
+    batch's: every rank's rewards), and a k3 KL to the reference: two gloo ranks
+    with 2 prompts each end at the weights of one process with the same 4 prompts. The engine makes a
+    prompt's completions a function of the prompt (``PromptSeededGenerate``) and their lengths differ
+    between ranks, so a rank that divided by its own token count instead of the ranks' mean, or scaled by
+    its own rewards' std, would move differently. Tolerance 1e-5 (all-reduce sums in another order)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))  # the scripted engine and the reward
+    main(["fit", "--config", str(_online_config(tmp_path / "one", devices=1))])
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(_online_config(tmp_path / "two", devices=2))],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from lit_align.modeling import models
+
+    start = models.load_causal_lm("tiny:causal-lm").state_dict()
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    assert w1.keys() == w2.keys()
+    assert any(not torch.equal(w1[n], start[n]) for n in w1 if n in start), "the one-process run did not train"
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)

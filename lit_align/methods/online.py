@@ -306,7 +306,10 @@ class OnlineRL(PolicyModule):
             old = self._logps_no_grad(self.policy, samples)
         ref = self._reference_logps(samples) if self.kl_coef > 0 else None
         shaped = rollouts.rewards - self.kl_coef * pg.sequence_kl(old, ref, mask) if kl_in_reward else rollouts.rewards
-        advantages = pg.group_advantages(shaped, self.k, self.estimator, self.scale_rewards)
+        everyone = None  # the batch std is the global batch's, as in one process with every rank's prompts
+        if self.estimator == "grpo" and self.scale_rewards == "batch" and self._trainer is not None and self.trainer.world_size > 1:
+            everyone = self.all_gather(shaped).reshape(-1)
+        advantages = pg.group_advantages(shaped, self.k, self.estimator, self.scale_rewards, everyone)
         is_weights = pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None
         return old, ref, advantages, is_weights
 

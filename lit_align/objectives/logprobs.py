@@ -205,7 +205,7 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
 def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0):
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        logits_to_keep=1, output_hidden_states=True,
+        logits_to_keep=1, output_hidden_states=True, use_cache=False,  # no KV cache in a scoring or training forward
     )
     hidden = out.hidden_states[-1][:, :-1]
     targets = labels[:, 1:]

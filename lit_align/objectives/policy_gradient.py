@@ -96,12 +96,13 @@ def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def group_advantages(rewards: torch.Tensor, k: int, estimator: Estimator = "rloo",
-                     scale_rewards: ScaleRewards = "group") -> torch.Tensor:
+                     scale_rewards: ScaleRewards = "group", batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
     """Advantages of ``rewards`` (B*k,), the k samples of each prompt adjacent.
 
     - ``rloo``: leave-one-out baseline; expected gradient exactly grad E[R]. ``scale_rewards`` is ignored.
     - ``grpo``: group mean as baseline, divided by the group's std (``scale_rewards="group"``), the
-      whole batch's std (``"batch"``) or nothing (``"none"``); unbiased stds, plus 1e-4.
+      whole batch's std (``"batch"``) or nothing (``"none"``); unbiased stds, plus 1e-4. The batch std is
+      over ``batch_rewards`` where given (under data parallelism: every rank's rewards), else ``rewards``.
     - ``dr_grpo``: group mean as baseline, no scaling; expected gradient (k-1)/k grad E[R].
 
     >>> group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), 2, "dr_grpo").tolist()
@@ -120,7 +121,7 @@ def group_advantages(rewards: torch.Tensor, k: int, estimator: Estimator = "rloo
     if scale_rewards == "group":
         std = groups.std(dim=1, keepdim=True).expand_as(groups).reshape(-1)
     elif scale_rewards == "batch":
-        std = rewards.std().expand_as(centred)
+        std = (rewards if batch_rewards is None else batch_rewards).std().expand_as(centred)
     else:
         raise ValueError(f"scale_rewards must be 'group', 'batch' or 'none', got {scale_rewards!r}")
     return centred / (std + GRPO_STD_EPS)

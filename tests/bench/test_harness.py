@@ -116,3 +116,16 @@ def test_ablation_rows_are_divided_by_the_bare_loop_with_every_optimisation_on()
     assert {"bare+no_unpad", "bare+no_shared_prompt"} <= set(run.contenders("rloo", True))
     runs = [_run("bare", 0, [1.0, 2.0], [5, 5], 800), _run("bare+no_unpad", 0, [1.5, 3.0], [5, 5], 900)]
     assert _table(runs)["sft"]["bare+no_unpad"]["time_vs_bare"] == pytest.approx(1.5)
+
+
+def test_trl_rl_contenders_sample_once_per_step_and_learn_in_the_same_micro_batches():
+    trl_contenders = pytest.importorskip("trl_contenders")
+    s = common.Settings(rloo_batch=8, rloo_k=8, rl_micro_batch=8)
+    layout = trl_contenders.online_layout(s)
+    assert layout["per_device_train_batch_size"] == 8  # the micro-batch, in completions
+    assert layout["per_device_train_batch_size"] * layout["gradient_accumulation_steps"] == 64 == s.rl_rows()
+    assert layout["steps_per_generation"] == layout["gradient_accumulation_steps"]  # one generation batch per step
+    whole = trl_contenders.online_layout(common.Settings(rloo_batch=2, rloo_k=4))  # 0: the whole step at once
+    assert whole["per_device_train_batch_size"] == 8 and whole["gradient_accumulation_steps"] == 1
+    with pytest.raises(ValueError, match="must divide"):
+        common.Settings(rloo_batch=2, rloo_k=4, rl_micro_batch=3).rl_accumulation()

@@ -19,6 +19,10 @@ def test_grpo_advantages_by_hand_for_each_scaling():
     # the batch's unbiased std: mean 2, variance (1 + 1 + 0 + 0) / 3
     batch = pg.group_advantages(rewards, 2, "grpo", "batch")
     assert batch.tolist() == pytest.approx([-1 / (math.sqrt(2 / 3) + 1e-4), 1 / (math.sqrt(2 / 3) + 1e-4), 0.0, 0.0])
+    # under data parallelism the std is every rank's rewards': here the other rank's are 0, 4 (all six:
+    # mean 2, variance (1 + 1 + 0 + 0 + 4 + 4) / 5 = 2), and only the std changes, not the centring
+    everyone = pg.group_advantages(rewards, 2, "grpo", "batch", torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 4.0]))
+    assert everyone.tolist() == pytest.approx([-1 / (math.sqrt(2) + 1e-4), 1 / (math.sqrt(2) + 1e-4), 0.0, 0.0])
     assert pg.group_advantages(rewards, 2, "grpo", "none").tolist() == [-1.0, 1.0, 0.0, 0.0]
     assert pg.group_advantages(rewards, 2, "dr_grpo", "group").tolist() == [-1.0, 1.0, 0.0, 0.0]  # never scaled
     with pytest.raises(ValueError, match="rloo, grpo or dr_grpo"):

@@ -39,7 +39,10 @@ class Settings:
     rloo_batch: int = 2  # prompts per step
     rloo_k: int = 4  # completions per prompt
     rloo_max_new_tokens: int = 48
-    kl_coef: float = 0.05
+    kl_coef: float = 0.05  # RLOO's KL weight (GRPO runs with beta 0, TRL's default: no reference model)
+    rl_micro_batch: int = 0  # RLOO/GRPO: sequences per backward pass, accumulated to one step (0: the whole step)
+    rl_checkpointing: int = 0  # RLOO/GRPO: 1 = activation checkpointing on both sides (TRL's default), 0 = off
+    rl_lora_r: int = 0  # RLOO/GRPO: LoRA rank on every linear layer (alpha 2r, no dropout) on both sides; 0 = full fine-tuning
     logprobs_batch: int = 4  # rows of the log-prob micro-benchmark (all at sft_max_length)
     device: str = "cpu"  # "cpu" or "cuda"
     precision: str = "32"  # "32" (float32) or "bf16-mixed" (float32 weights, bf16 autocast), on every side
@@ -49,6 +52,18 @@ class Settings:
         """Fused AdamW (TRL's default) in float32; under bf16-mixed Lightning refuses gradient clipping with
         a fused optimizer, so every contender then uses the foreach AdamW."""
         return self.precision == "32"
+
+    def rl_rows(self) -> int:
+        """Completions per optimiser step of RLOO and GRPO: prompts x k."""
+        return self.rloo_batch * self.rloo_k
+
+    def rl_accumulation(self) -> int:
+        """Backward passes per RL optimiser step: the step's completions in micro-batches of ``rl_micro_batch``."""
+        if not self.rl_micro_batch:
+            return 1
+        if self.rl_rows() % self.rl_micro_batch:
+            raise ValueError(f"rl_micro_batch {self.rl_micro_batch} must divide the {self.rl_rows()} completions per step")
+        return self.rl_rows() // self.rl_micro_batch
 
     def steps_total(self) -> int:
         return self.warmup + self.steps

@@ -79,6 +79,7 @@ LAYOUT = {
     "dpo": ("preference", PreferenceKind(), POLICY, "dpo_batch", "dpo_max_length"),
     "rm": ("preference", RewardKind(), RM_BACKBONE, "rm_batch", "rm_max_length"),
     "rloo": ("prompt", PromptKind(), POLICY, "rloo_batch", "sft_max_length"),
+    "grpo": ("prompt", PromptKind(), POLICY, "rloo_batch", "sft_max_length"),
 }
 
 

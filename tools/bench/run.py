@@ -32,10 +32,11 @@ CONTENDERS = {
     "rm": ["lit_align", "trl", "bare"],
     "dpo": ["lit_align", "trl", "bare"],
     "rloo": ["lit_align", "trl", "bare"],
+    "grpo": ["lit_align", "trl"],
     "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
 }
 # --vllm: RLOO with each side's colocated vLLM engine (run from the vLLM environment, with TRL added)
-VLLM_CONTENDERS = {"rloo": ["lit_align+vllm", "trl+vllm"]}
+VLLM_CONTENDERS = {"rloo": ["lit_align+vllm", "trl+vllm"], "grpo": ["lit_align+vllm", "trl+vllm"]}
 # --ablations: the bare loop with one optimisation switched off, to show what each buys (time ÷ bare)
 ABLATIONS = {
     "sft": ["bare+no_unpad"],

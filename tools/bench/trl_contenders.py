@@ -125,8 +125,18 @@ def _vllm_args() -> dict:
             "vllm_enable_sleep_mode": False}
 
 
-def _rloo(spec: Spec, out: str, generated: list[int]):
-    from trl import RLOOConfig, RLOOTrainer
+def online_layout(s) -> dict:
+    """TRL's batch arguments for lit_align's RL step: ``rl_rows`` completions sampled once per optimiser
+    step (the generation batch) and learnt ``rl_micro_batch`` at a time."""
+    accumulation = s.rl_accumulation()
+    return {"per_device_train_batch_size": s.rl_rows() // accumulation, "gradient_accumulation_steps": accumulation,
+            "steps_per_generation": accumulation, "gradient_checkpointing": bool(s.rl_checkpointing)}
+
+
+def _online(spec: Spec, out: str, generated: list[int]):
+    """TRL's RLOOTrainer or GRPOTrainer: one generation batch of prompts x k per optimiser step, learnt in
+    ``rl_micro_batch`` micro-batches (``steps_per_generation`` = the accumulation, so it samples once a step)."""
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     s = spec.settings
     _, batches = ordered_batches(spec)
@@ -137,20 +147,32 @@ def _rloo(spec: Spec, out: str, generated: list[int]):
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
         return word_variety(texts)
 
-    args = RLOOConfig(**_common_args(spec, s.rloo_batch * s.rloo_k, out), num_generations=s.rloo_k,
-                      max_completion_length=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
-                      beta=s.kl_coef, shuffle_dataset=False, disable_dropout=False,
-                      **(_vllm_args() if spec.contender.endswith("+vllm") else {}))
-    return RLOOTrainer(model=models.load_causal_lm(POLICY), reward_funcs=reward, args=args,
-                       train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=models.load_tokenizer(POLICY))
+    common = _common_args(spec, 1, out) | online_layout(s)
+    if spec.method == "grpo":  # TRL's defaults, spelt out: DAPO token mean, group std, clip 0.2, no KL
+        config, trainer = GRPOConfig, GRPOTrainer
+        objective = {"beta": 0.0, "loss_type": "dapo", "scale_rewards": "group", "epsilon": 0.2}
+    else:
+        config, trainer = RLOOConfig, RLOOTrainer
+        objective = {"beta": s.kl_coef}
+    args = config(**common, num_generations=s.rloo_k, max_completion_length=s.rloo_max_new_tokens, temperature=1.0,
+                  top_p=1.0, top_k=0, shuffle_dataset=False, disable_dropout=False, **objective,
+                  **(_vllm_args() if spec.contender.endswith("+vllm") else {}))
+    peft = None
+    if s.rl_lora_r:  # lit_align's LoRA: every linear layer but the head, alpha 2r, no dropout
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=s.rl_lora_r, lora_alpha=2 * s.rl_lora_r, lora_dropout=0.0, target_modules="all-linear",
+                          task_type="CAUSAL_LM")
+    return trainer(model=models.load_causal_lm(POLICY), reward_funcs=reward, args=args, peft_config=peft,
+                   train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=models.load_tokenizer(POLICY))
 
 
 def run(spec: Spec) -> dict:
     torch.manual_seed(spec.settings.seed)
     clock, counts = StepClock(), []
     with tempfile.TemporaryDirectory() as out:
-        if spec.method == "rloo":
-            trainer = _rloo(spec, out, counts)
+        if spec.method in ("rloo", "grpo"):
+            trainer = _online(spec, out, counts)
         else:
             trainer = {"sft": _sft, "rm": _rm, "dpo": _dpo}[spec.method](spec, out)
             trainer.data_collator = CountingCollator(trainer.data_collator, counts)
