@@ -64,6 +64,12 @@ class PolicyBase(L.LightningModule):
         super().__init__()
         if load_in_4bit and lora is None:
             raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
+        if load_in_4bit and rollout is not None and getattr(rollout, "refuses_4bit", False):
+            raise ValueError(
+                f"load_in_4bit (QLoRA) cannot sample through {type(rollout).__name__}: the engine needs the policy's "
+                "weights in a float dtype, and a 4-bit base holds packed NF4 blocks that no engine can load. Use "
+                "the default HFGenerate rollout with QLoRA, or train with LoRA on float weights (load_in_4bit: false) "
+                "to sample with vLLM")
         self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
         self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
         self.disable_dropout = disable_dropout

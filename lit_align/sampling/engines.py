@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, decode_kept, ends, sample
+from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, decode_kept, sample
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,8 @@ def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
 class VLLM(RolloutEngine):
     """A vLLM engine in the training process, kept in sync with the policy after every optimiser step."""
 
+    refuses_4bit = True  # the policy refuses load_in_4bit with this engine: pushes need float weights
+
     def __init__(
         self,
         dtype: str = "float32",
@@ -150,12 +152,13 @@ class VLLM(RolloutEngine):
         self.sleep_between_rollouts, self.engine_kwargs = sleep_between_rollouts, dict(engine_kwargs or {})
         self.llm = None
         self.stale = False
+        self.asleep = False  # sleep mode: the engine released its memory after the last sampling
         self.syncs = 0  # weight pushes so far (tests and logs read it)
         self._folder: tempfile.TemporaryDirectory | None = None
 
     def __getstate__(self):  # checkpoints and deep copies carry the settings, never the running engine
         state = dict(self.__dict__)
-        state.update(llm=None, _folder=None, stale=False, syncs=0, _gather=None)
+        state.update(llm=None, _folder=None, stale=False, asleep=False, syncs=0, _gather=None)
         return state
 
     def weights_changed(self) -> None:
@@ -233,16 +236,22 @@ class VLLM(RolloutEngine):
     @torch.no_grad()
     def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
         if self.llm is None:
-            self._start(model, tokenizer)
-        elif self.stale:
+            self._start(model, tokenizer)  # a new engine is awake and holds the current weights
+        # Asleep (level 1), the engine holds neither weights nor KV cache; waking the weights restores the
+        # copy taken at sleep time. So: wake the weights, push the new ones into them, then wake the cache.
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        if self.stale:
             self.sync(model)
-        if self.sleep_between_rollouts:
-            self.llm.wake_up()
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         try:
             outputs = self._generate(tokenizer, input_ids, attention_mask, params, seed)
         finally:
             if self.sleep_between_rollouts:
                 self.llm.sleep(level=1)
+                self.asleep = True
         return self._samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
@@ -264,20 +273,24 @@ class VLLM(RolloutEngine):
 
     @staticmethod
     def _samples(tokenizer, input_ids, attention_mask, params, outputs) -> Samples:
-        stops = stop_token_ids(tokenizer)
-        rows, logps = [], []
+        rows, logps, stopped = [], [], []
         for out in outputs:
             for completion in out.outputs:
                 ids = list(completion.token_ids)
                 rows.append(ids)
                 logps.append([next(iter(step.values())).logprob for step in completion.logprobs or []][: len(ids)])
+                # the engine's own reason: "stop" (a stop token, kept as the row's last token) or "length"
+                # (max_tokens or max_model_len). The pad id may be a stop token (Qwen's <|endoftext|>), so
+                # a padded row says nothing about how it ended.
+                stopped.append(completion.finish_reason == "stop")
         width = max(1, max(len(r) for r in rows))
         pad = tokenizer.pad_token_id
         device = input_ids.device
         completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
-        mask, truncated = ends(completion_ids, stops)
-        completion_ids = completion_ids.masked_fill(mask == 0, pad)
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+        truncated = ~torch.tensor(stopped, dtype=torch.bool, device=device)
         return Samples(
             input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
             completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,

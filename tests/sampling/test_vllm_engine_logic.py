@@ -1,0 +1,85 @@
+"""The colocated vLLM engine's own logic, with stand-ins for vLLM's objects (runs without vLLM):
+how a row ended, the order of waking and pushing in sleep mode, and QLoRA refused."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_align.data.formats import stop_token_ids
+from lit_align.sampling.engines import VLLM
+from lit_align.sampling.generate import SamplingParams
+
+
+def _output(*completions):
+    """A vLLM ``RequestOutput`` stand-in: (token ids, finish reason) per completion."""
+    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason,
+                                                    logprobs=[{t: SimpleNamespace(logprob=-0.5)} for t in ids])
+                                    for ids, reason in completions])
+
+
+def test_truncation_comes_from_the_engines_finish_reason_not_from_the_pad_id(qwen_tokenizer):
+    """Qwen2.5 base pads with <|endoftext|>, which is also a stop token: a row cut by max_model_len and
+    padded to the batch's width must stay truncated, with no phantom end token in its mask."""
+    pad = qwen_tokenizer.pad_token_id
+    assert pad in stop_token_ids(qwen_tokenizer)  # the layout the test is about
+    im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    words = qwen_tokenizer("one two three four five", add_special_tokens=False).input_ids[:5]
+    outputs = [_output((words[:2] + [im_end], "stop"),  # ended by a stop token: 3 tokens, the stop kept
+                       (words[:3], "length"),  # cut by max_model_len, shorter than the widest row
+                       (words[:5], "length"))]  # cut at max_tokens
+    prompt = torch.tensor([[7, 8]])
+    samples = VLLM._samples(qwen_tokenizer, prompt, torch.ones_like(prompt), SamplingParams(max_new_tokens=5, n=3), outputs)
+    assert samples.completion_mask.sum(-1).tolist() == [3, 3, 5]
+    assert samples.truncated.tolist() == [False, True, True]
+    assert samples.completion_ids[1, 3:].tolist() == [pad, pad]  # padding, outside the mask
+    assert samples.engine_logps[1].tolist() == [-0.5, -0.5, -0.5, 0.0, 0.0]
+
+
+class _RecordingLLM:
+    """A stand-in for ``vllm.LLM`` that records what the engine asks of it, in order."""
+
+    def __init__(self, calls: list[str]):
+        self.calls = calls
+
+    def wake_up(self, tags=None):
+        self.calls.append("wake_up" + (f"({','.join(tags)})" if tags else "()"))
+
+    def sleep(self, level=1):
+        self.calls.append(f"sleep({level})")
+
+
+def test_sleep_mode_wakes_the_weights_then_pushes_then_wakes_the_cache(monkeypatch):
+    """A level-1 sleep releases the weights; waking restores the copy taken at sleep time. Pushing the new
+    weights before waking would write into released memory or be overwritten by the stale copy."""
+    calls: list[str] = []
+    engine = VLLM(sleep_between_rollouts=True)
+    engine.llm = _RecordingLLM(calls)
+
+    def sync(model):  # the push itself, as VLLM.sync ends: the engine now holds the current weights
+        calls.append("sync")
+        engine.stale = False
+
+    monkeypatch.setattr(engine, "sync", sync)
+    monkeypatch.setattr(engine, "_generate", lambda *args: calls.append("generate"))
+    monkeypatch.setattr(VLLM, "_samples", staticmethod(lambda *args: None))
+    ids = torch.tensor([[1, 2]])
+    engine.sample(None, None, ids, torch.ones_like(ids), SamplingParams())  # the first sampling: awake already
+    assert calls == ["generate", "sleep(1)"]
+    calls.clear()
+    engine.weights_changed()  # an optimiser step
+    engine.sample(None, None, ids, torch.ones_like(ids), SamplingParams())
+    assert calls == ["wake_up(weights)", "sync", "wake_up(kv_cache)", "generate", "sleep(1)"]
+    calls.clear()
+    engine.sample(None, None, ids, torch.ones_like(ids), SamplingParams())  # no step in between: no push
+    assert calls == ["wake_up(weights)", "wake_up(kv_cache)", "generate", "sleep(1)"]
+
+
+def test_qlora_with_the_vllm_engine_is_refused_with_the_reason():
+    from lit_align.methods import RLOO
+    from lit_align.modeling.models import LoRA
+
+    with pytest.raises(ValueError, match="load_in_4bit.*VLLM.*float dtype"):
+        RLOO(model="tiny:causal-lm", reward=None, lora=LoRA(), load_in_4bit=True, rollout=VLLM())
