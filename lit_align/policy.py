@@ -117,6 +117,12 @@ class PolicyBase(L.LightningModule):
         super().on_predict_start()
         self._engine_sees_full_weights()
 
+    def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.rollout.prepare(self.policy, self.tokenizer)  # outside the forward FSDP wraps test_step in
+
+    def on_predict_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.rollout.prepare(self.policy, self.tokenizer)  # outside the forward FSDP wraps predict_step in
+
     def teardown(self, stage: str) -> None:
         self.rollout.close()  # an engine's memory must not outlive the run (several runs share a process)
 

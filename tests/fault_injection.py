@@ -11,7 +11,8 @@ import lightning as L
 import torch
 
 from lit_align.rewards.base import Reward
-from lit_align.sampling.engines import HFGenerate
+from lit_align.lightning.fsdp import TransformerFSDP
+from lit_align.sampling.engines import HFGenerate, RolloutEngine
 
 
 class KillAfterStep(L.Callback):
@@ -181,3 +182,95 @@ class PromptSeededGenerate(HFGenerate):
         texts = [tokenizer.decode(ids[r][mask[r].bool()].tolist(), skip_special_tokens=True) for r in range(len(keys))]
         return Samples(s.prompt_ids, s.prompt_mask, ids, mask, texts, torch.zeros(len(keys), dtype=torch.bool),
                        s.temperature, None)
+
+
+class CPUFSDP(TransformerFSDP):
+    """``TransformerFSDP`` on CPU processes over gloo, for tests. Lightning refuses its own FSDP strategy on a
+    CPU accelerator (a subclass passes that check), and Lightning hands FSDP no device on CPU, which FSDP
+    then refuses; PyTorch's FSDP itself runs on CPU when told the device."""
+
+    def __init__(self, **kwargs):
+        super().__init__(process_group_backend="gloo", **kwargs)
+
+    def _setup_model(self, model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        kwargs = {k: v for k, v in self.kwargs.items()}
+        wrapped = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                                           sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)
+        from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
+
+        _setup_activation_checkpointing(wrapped, self._activation_checkpointing_kwargs)
+        return wrapped
+
+
+class CopyingEngine(RolloutEngine):
+    """A colocated engine that, like vLLM, samples from a copy of the policy's weights of its own: ``prepare``
+    copies the full merged weights, read inside the gathering context the method hands it, into a plain
+    model, and samples come from that copy with its log-probs (``engine_logps``). Only the engine is a
+    stand-in; FSDP's gathering, and where the method calls it, are real. ``skip_push`` plants the bug of
+    an engine that never takes the weights after its start."""
+
+    def __init__(self, skip_push: bool = False):
+        self.skip_push, self.copy, self.stale, self.syncs = skip_push, None, False, 0
+
+    def weights_changed(self) -> None:
+        self.stale = self.copy is not None
+
+    def prepare(self, model, tokenizer) -> None:
+        if self.copy is not None and (not self.stale or self.skip_push):
+            self.stale = False
+            return
+        from lit_align.sampling.engines import merged_weights
+
+        with self._full_weights():
+            weights = {k: v.detach().clone() for k, v in merged_weights(model)}
+        if self.copy is None:
+            from transformers import AutoModelForCausalLM
+
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self.copy = AutoModelForCausalLM.from_config(inner.config).eval()
+        else:
+            self.syncs += 1
+        self.copied = {"copied": sorted(weights), "numel": sum(v.numel() for v in weights.values())}
+        missing, unexpected = self.copy.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if k != "lm_head.weight"]:  # a tied head is the embedding
+            raise KeyError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.stale = False
+
+    @torch.no_grad()
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+        import dataclasses
+
+        from lit_align.data.formats import IGNORE_INDEX
+        from lit_align.objectives import logprobs, ops
+        from lit_align.sampling.generate import sample
+
+        self.prepare(model, tokenizer)
+        s = sample(self.copy, tokenizer, input_ids, attention_mask, params, seed=seed)
+        ids = torch.cat([s.prompt_ids, s.completion_ids], dim=1)
+        mask = torch.cat([s.prompt_mask, s.completion_mask], dim=1)
+        labels = torch.cat([torch.full_like(s.prompt_ids, IGNORE_INDEX),
+                            s.completion_ids.masked_fill(s.completion_mask == 0, IGNORE_INDEX)], dim=1)
+        logps, _ = logprobs.model_token_logprobs(self.copy, ids, mask, labels, ops.position_ids_from_mask(mask),
+                                                 temperature=s.temperature or 1.0)
+        return dataclasses.replace(s, engine_logps=logps[:, s.prompt_ids.size(1) - 1 :] * s.completion_mask)
+
+
+class EngineRecord(L.Callback):
+    """Write the rollout engine's weight pushes (``syncs``) and what it copied last (``CopyingEngine``) to
+    ``path`` at the end of fit or test, on rank 0."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _write(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            with open(self.path, "w") as f:
+                json.dump({"syncs": pl_module.rollout.syncs, **getattr(pl_module.rollout, "copied", {})}, f)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)

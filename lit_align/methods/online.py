@@ -241,13 +241,9 @@ class OnlineRL(PolicyModule):
         return self.with_reference(lambda model: self._logps_no_grad(model, samples))
 
     # --- sampling -------------------------------------------------------------------------------
-    def _sharded(self) -> bool:
-        return isinstance(self.trainer.strategy, FSDPStrategy) and self.trainer.world_size > 1
-
     def _draw(self, batch: PromptBatch, batch_idx: int) -> Rollouts:
         samples = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask, self.sampling,
-                                      seed=sampling_seed(self.global_step, batch_idx, self.global_rank),
-                                      synced=self._sharded())
+                                      seed=sampling_seed(self.global_step, batch_idx, self.global_rank))
         with torch.no_grad():
             rewards = score_samples(self.reward, batch.records, samples.texts, self.k, batch.prompts).to(self.device)
         if self.overlong_buffer is not None:
@@ -276,6 +272,21 @@ class OnlineRL(PolicyModule):
         return out
 
     # --- the step -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                f"{type(self).__name__} cannot train under FSDP: it optimises by hand (several optimiser steps per "
+                "generation batch), and Lightning runs training_step, backward passes included, inside the FSDP "
+                "root's forward, so FSDP's end-of-backward bookkeeping never runs and its units stay marked "
+                "mid-backward (reproduced on CPU over gloo; Lightning issue 19685 'Address FSDP + manual "
+                "optimization'). Use DDP (strategy: ddp), with LoRA or QLoRA where the model would not fit")
+
+    def on_train_batch_start(self, batch: PromptBatch, batch_idx: int) -> None:
+        # Start the engine or push the last step's weights before the step, outside training_step: the place
+        # where a gathering of sharded weights is allowed, and where an engine's start is not timed as sampling.
+        self.rollout.prepare(self.policy, self.tokenizer)
+
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         drawn = self._draw(batch, batch_idx)
         rollouts = self._collect(drawn, len(batch.records)) if self.dynamic_sampling else drawn

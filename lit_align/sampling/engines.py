@@ -53,6 +53,11 @@ class RolloutEngine:
     def weights_changed(self) -> None:
         """The policy's weights moved (an optimiser step): sample from the new ones next time."""
 
+    def prepare(self, model, tokenizer) -> None:
+        """Bring the engine to the policy's current weights (start it, or push them after a step) before a
+        sampling. Methods call it outside the training forward: FSDP gathers full weights only there.
+        Sampling prepares too, for callers that did not. HF generate samples from the policy itself: nothing."""
+
     def close(self) -> None:
         """Release whatever the engine holds (called when a run ends)."""
 
@@ -152,13 +157,13 @@ class VLLM(RolloutEngine):
         self.sleep_between_rollouts, self.engine_kwargs = sleep_between_rollouts, dict(engine_kwargs or {})
         self.llm = None
         self.stale = False
-        self.asleep = False  # sleep mode: the engine released its memory after the last sampling
+        self.weights_asleep = self.cache_asleep = False  # sleep mode: memory released after the last sampling
         self.syncs = 0  # weight pushes so far (tests and logs read it)
         self._folder: tempfile.TemporaryDirectory | None = None
 
     def __getstate__(self):  # checkpoints and deep copies carry the settings, never the running engine
         state = dict(self.__dict__)
-        state.update(llm=None, _folder=None, stale=False, asleep=False, syncs=0, _gather=None)
+        state.update(llm=None, _folder=None, stale=False, weights_asleep=False, cache_asleep=False, syncs=0, _gather=None)
         return state
 
     def weights_changed(self) -> None:
@@ -220,6 +225,23 @@ class VLLM(RolloutEngine):
             self._folder = None
         self.stale = False
 
+    def prepare(self, model, tokenizer) -> None:
+        if self.llm is None:
+            self._start(model, tokenizer)  # a new engine is awake and holds the current weights
+        elif self.stale:
+            # Asleep (level 1), the engine holds neither weights nor KV cache, and waking the weights
+            # restores the copy taken at sleep time: wake them first, then push the new ones into them.
+            self._wake("weights")
+            self.sync(model)
+
+    def _wake(self, part: str) -> None:
+        if part == "weights" and self.weights_asleep:
+            self.llm.wake_up(tags=["weights"])
+            self.weights_asleep = False
+        elif part == "kv_cache" and self.cache_asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.cache_asleep = False
+
     def _runner(self):
         return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
 
@@ -235,23 +257,15 @@ class VLLM(RolloutEngine):
 
     @torch.no_grad()
     def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
-        if self.llm is None:
-            self._start(model, tokenizer)  # a new engine is awake and holds the current weights
-        # Asleep (level 1), the engine holds neither weights nor KV cache; waking the weights restores the
-        # copy taken at sleep time. So: wake the weights, push the new ones into them, then wake the cache.
-        if self.asleep:
-            self.llm.wake_up(tags=["weights"])
-        if self.stale:
-            self.sync(model)
-        if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
+        self.prepare(model, tokenizer)
+        self._wake("weights")  # asleep with nothing to push: the copy taken at sleep time is current
+        self._wake("kv_cache")
         try:
             outputs = self._generate(tokenizer, input_ids, attention_mask, params, seed)
         finally:
             if self.sleep_between_rollouts:
                 self.llm.sleep(level=1)
-                self.asleep = True
+                self.weights_asleep = self.cache_asleep = True
         return self._samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
