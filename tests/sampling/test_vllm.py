@@ -232,3 +232,27 @@ def test_under_ddp_each_rank_samples_from_its_own_synced_engine(tmp_path):
     rows = list(csv.DictReader(open(next(tmp_path.glob("**/version_*/metrics.csv")))))
     gaps = [float(r["train/engine_logprob_gap"]) for r in rows if r.get("train/engine_logprob_gap")]
     assert len(gaps) == 2 and max(gaps) <= 1e-3, gaps
+
+
+def test_a_row_cut_by_max_model_len_stays_truncated_on_the_qwen_layout():
+    """Qwen2.5 base pads with <|endoftext|>, a stop token. A long prompt leaves room for 8 new tokens under
+    max_model_len, a short one for all 16: the cut row is padded to the short row's width, and must stay
+    truncated with exactly its 8 tokens in the mask (no phantom end token from the padding)."""
+    from lit_align.data.formats import stop_token_ids
+
+    tokenizer, model = models.load_tokenizer("tiny:qwen2"), models.load_causal_lm("tiny:qwen2")
+    assert tokenizer.pad_token_id in stop_token_ids(tokenizer)
+    long = tokenizer(" ".join(["word"] * 40), add_special_tokens=False).input_ids[:24]
+    short = long[:4]
+    ids = torch.full((2, 24), tokenizer.pad_token_id)
+    ids[0, -4:], ids[1] = torch.tensor(short), torch.tensor(long)
+    mask = (torch.arange(24)[None, :] >= torch.tensor([[20], [0]])).long()
+    engine = VLLM(**(ENGINE | {"max_model_len": 32}))
+    try:
+        samples = engine.sample(model, tokenizer, ids, mask, SamplingParams(max_new_tokens=16, temperature=1.0))
+    finally:
+        engine.close()
+    lengths = samples.completion_mask.sum(-1).tolist()
+    assert samples.completion_ids.size(1) > 8 and lengths[1] == 8, lengths  # padded wider than the cut row
+    assert samples.truncated[1].item() is True
+    assert (samples.completion_ids[1, 8:] == tokenizer.pad_token_id).all()
