@@ -83,3 +83,23 @@ def test_qlora_with_the_vllm_engine_is_refused_with_the_reason():
 
     with pytest.raises(ValueError, match="load_in_4bit.*VLLM.*float dtype"):
         RLOO(model="tiny:causal-lm", reward=None, lora=LoRA(), load_in_4bit=True, rollout=VLLM())
+
+
+def test_weights_are_pushed_in_the_engines_dtype(tiny_lm):
+    """A bf16 engine fed float32 weights casts each one and logs a warning per tensor at every sync; the
+    push itself must hand over the engine's dtype (the policy here is float32)."""
+    received = []
+
+    class Runner:
+        model_config = SimpleNamespace(dtype=torch.bfloat16)
+
+        def reload_weights(self, weights_iterator):
+            received.extend((name, tensor.dtype) for name, tensor in weights_iterator)
+
+    engine = VLLM(dtype="bfloat16")
+    engine.llm = SimpleNamespace(reset_prefix_cache=lambda: None)
+    engine._runner = lambda: Runner()
+    assert next(tiny_lm.parameters()).dtype == torch.float32
+    engine.sync(tiny_lm)
+    assert len(received) == len(tiny_lm.state_dict()) and {dtype for _, dtype in received} == {torch.bfloat16}
+    assert engine.syncs == 1 and not engine.stale
