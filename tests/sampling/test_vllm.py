@@ -226,7 +226,13 @@ def test_under_ddp_each_rank_samples_from_its_own_synced_engine(tmp_path):
            "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--trainer.log_every_n_steps", "1",
            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
            "--data.limit", "8"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    # Engines started earlier in this process leave their settings in os.environ (VLLM_DIST_IDENT,
+    # LOCAL_WORLD_SIZE=1, ...). Inherited, the ranks' engines logged nothing in a full `-m vllm` run (the
+    # test passed alone); the run starts from the environment a user's shell would give it.
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_") and k != "LOCAL_WORLD_SIZE"}
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("non-default args") + done.stderr.count("non-default args") == 2, "one engine per rank"
     rows = list(csv.DictReader(open(next(tmp_path.glob("**/version_*/metrics.csv")))))
