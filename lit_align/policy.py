@@ -64,7 +64,7 @@ class PolicyBase(L.LightningModule):
         super().__init__()
         if load_in_4bit and lora is None:
             raise ValueError("load_in_4bit trains nothing without lora: set lora too (QLoRA)")
-        if load_in_4bit and rollout is not None and getattr(rollout, "refuses_4bit", False):
+        if load_in_4bit and rollout is not None and rollout.refuses_4bit:
             raise ValueError(
                 f"load_in_4bit (QLoRA) cannot sample through {type(rollout).__name__}: the engine needs the policy's "
                 "weights in a float dtype, and a 4-bit base holds packed NF4 blocks that no engine can load. Use "

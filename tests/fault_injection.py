@@ -195,9 +195,8 @@ class CPUFSDP(TransformerFSDP):
     def _setup_model(self, model):
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        kwargs = {k: v for k, v in self.kwargs.items()}
         wrapped = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                                           sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **kwargs)
+                                           sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
         from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
 
         _setup_activation_checkpointing(wrapped, self._activation_checkpointing_kwargs)
@@ -242,19 +241,13 @@ class CopyingEngine(RolloutEngine):
     def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
         import dataclasses
 
-        from lit_align.data.formats import IGNORE_INDEX
-        from lit_align.objectives import logprobs, ops
+        from lit_align.objectives.logprobs import completion_logprobs
         from lit_align.sampling.generate import sample
 
         self.prepare(model, tokenizer)
         s = sample(self.copy, tokenizer, input_ids, attention_mask, params, seed=seed)
-        ids = torch.cat([s.prompt_ids, s.completion_ids], dim=1)
-        mask = torch.cat([s.prompt_mask, s.completion_mask], dim=1)
-        labels = torch.cat([torch.full_like(s.prompt_ids, IGNORE_INDEX),
-                            s.completion_ids.masked_fill(s.completion_mask == 0, IGNORE_INDEX)], dim=1)
-        logps, _ = logprobs.model_token_logprobs(self.copy, ids, mask, labels, ops.position_ids_from_mask(mask),
-                                                 temperature=s.temperature or 1.0)
-        return dataclasses.replace(s, engine_logps=logps[:, s.prompt_ids.size(1) - 1 :] * s.completion_mask)
+        logps, _ = completion_logprobs(self.copy, s)
+        return dataclasses.replace(s, engine_logps=logps * s.completion_mask)
 
 
 class EngineRecord(L.Callback):

@@ -45,10 +45,9 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_align.data.collate import PromptBatch
-from lit_align.data.formats import IGNORE_INDEX
 from lit_align.data.kinds import PromptKind
 from lit_align.methods.base import PolicyModule
-from lit_align.objectives import logprobs, ops
+from lit_align.objectives import logprobs
 from lit_align.objectives import policy_gradient as pg
 from lit_align.rewards.base import Reward, score_samples
 from lit_align.sampling.generate import Samples, concat_samples
@@ -215,18 +214,7 @@ class OnlineRL(PolicyModule):
 
     # --- log-probs ------------------------------------------------------------------------------
     def _logps(self, model, samples: Samples, with_entropy: bool = False):
-        """(N, C) log-probs (and entropies) of the sampled completion tokens under ``model``, at the
-        temperature they were sampled at."""
-        input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], dim=1)
-        mask = torch.cat([samples.prompt_mask, samples.completion_mask], dim=1)
-        labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
-                            samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], dim=1)
-        logps, entropy = logprobs.model_token_logprobs(
-            model, input_ids, mask, labels, ops.position_ids_from_mask(mask), with_entropy=with_entropy,
-            temperature=samples.temperature or 1.0,  # greedy samples: the model's own distribution
-        )
-        start = samples.prompt_ids.size(1) - 1  # position t-1 predicts token t
-        return logps[:, start:], (entropy[:, start:] if entropy is not None else None)
+        return logprobs.completion_logprobs(model, samples, with_entropy)
 
     def _micro_batches(self, rows: range) -> list[range]:
         size = self.micro_batch_size or len(rows)

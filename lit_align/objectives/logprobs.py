@@ -14,6 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from lit_align.data.formats import IGNORE_INDEX
+from lit_align.objectives.ops import position_ids_from_mask
 
 
 def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
@@ -232,3 +233,19 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
         return flat.view_as(targets)
 
     return scatter(picked), (scatter(entropy) if with_entropy else None)
+
+
+def completion_logprobs(model, samples, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) log-probs (and entropies) of sampled completion tokens under ``model``, at the temperature
+    they were sampled at. ``samples``: a ``lit_align.sampling.generate.Samples`` (left-padded prompts,
+    right-padded completions, masks)."""
+    input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], dim=1)
+    mask = torch.cat([samples.prompt_mask, samples.completion_mask], dim=1)
+    labels = torch.cat([torch.full_like(samples.prompt_ids, IGNORE_INDEX),
+                        samples.completion_ids.masked_fill(samples.completion_mask == 0, IGNORE_INDEX)], dim=1)
+    logps, entropy = model_token_logprobs(
+        model, input_ids, mask, labels, position_ids_from_mask(mask), with_entropy=with_entropy,
+        temperature=samples.temperature or 1.0,  # greedy samples: the model's own distribution
+    )
+    start = samples.prompt_ids.size(1) - 1  # position t-1 predicts token t
+    return logps[:, start:], (entropy[:, start:] if entropy is not None else None)

@@ -46,6 +46,8 @@ INSTALL_HINT = (
 class RolloutEngine:
     """Where completions come from (a plain base class, so configs can pick one by class_path)."""
 
+    refuses_4bit = False  # true: the engine needs the policy's weights in a float dtype (no QLoRA)
+
     def sample(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
                seed: int = 0, synced: bool = False) -> Samples:
         raise NotImplementedError
