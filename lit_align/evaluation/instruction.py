@@ -11,17 +11,20 @@ For each held-out prompt the policy answers once (greedy by default). Reported, 
   ``responses.jsonl`` of an earlier run of this evaluation (so a base model is sampled once and
   compared against many times);
 - mean judge reward of the policy and of the reference, and mean response length (tokens and words);
-- **adherence** when records carry verifiable ``constraints`` (``lit_align.tasks.constraints``):
-  prompt level (every constraint of a prompt met) and instruction level (share of constraints met).
+- **IFEval's four numbers** when records carry IFEval instructions (``instruction_id_list`` and
+  ``kwargs``, ``lit_align.tasks.constraints``), judged by IFEval's reference checks: prompt level
+  (every instruction of a prompt met) and instruction level (share of instructions met), each strict
+  and loose (``ifeval_prompt_level_strict``, ``ifeval_instruction_level_loose``, ...).
 
 Every rate and mean above comes with a 95 % interval over prompts, written to ``metrics.json`` as
 ``<key>_low`` and ``<key>_high`` next to ``<key>``: Wilson for prompt-level adherence (a 0/1 outcome
 per prompt); the percentile bootstrap over prompts for instruction-level adherence (each prompt's share
-of constraints met, weighted by its number of constraints, so the resampled statistic is still
-constraints met / constraints), for the win rate (1, 1/2 or 0 per prompt) and for the mean rewards.
+of instructions met, weighted by its number of instructions, so the resampled statistic is still
+instructions met / instructions), for the win rate (1, 1/2 or 0 per prompt) and for the mean rewards.
 
 Outputs in ``output_dir``: ``metrics.json`` and ``responses.jsonl`` (one line per prompt, with its
-constraint ``checks`` and ``prompt_ok`` when records carry constraints, its ``reward`` and, against a
+``strict`` and ``loose`` verdicts per instruction and ``prompt_ok`` / ``prompt_ok_loose`` when records
+carry IFEval instructions, its ``reward`` and, against a
 reference, ``reference_reward`` and ``win``: the per-prompt values behind the figures, for paired
 tests between runs on the same prompts).
 """
@@ -147,17 +150,22 @@ class InstructionEval(PolicyBase):
             "mean_words": sum(len(r["response"].split()) for r in rows) / max(1, len(rows)),
         }
         intervals: dict[str, Estimate] = {}  # 95 % intervals over prompts, for the printed summary
-        if all("constraints" in r["record"] for r in rows) and rows:
-            from lit_align.tasks.constraints import adherence, check_record
+        if all("instruction_id_list" in r["record"] for r in rows) and rows:
+            from lit_align.tasks.constraints import adherence
 
-            metrics |= {f"adherence_{k}": v for k, v in adherence([r["response"] for r in rows], [r["record"] for r in rows]).items()}
-            for r in rows:
-                r["checks"] = check_record(r["response"], r["record"])
-                r["prompt_ok"] = all(r["checks"])
-            intervals["adherence_prompt_level"] = proportion_estimate(sum(r["prompt_ok"] for r in rows), len(rows))
-            # constraints met / constraints, resampling prompts: each prompt's share weighted by its size
-            intervals["adherence_instruction_level"] = mean_estimate(
-                [sum(r["checks"]) / len(r["checks"]) for r in rows], weights=[len(r["checks"]) for r in rows])
+            figures = adherence([r["response"] for r in rows], [r["record"] for r in rows])
+            judgements = figures.pop("judgements")
+            metrics |= {f"ifeval_{k}": v for k, v in figures.items()}
+            for r, j in zip(rows, judgements):
+                r["strict"], r["loose"] = j.strict, j.loose
+                r["prompt_ok"], r["prompt_ok_loose"] = all(j.strict), all(j.loose)
+            for mode in ("strict", "loose"):
+                # prompt level: a 0/1 outcome per prompt (Wilson); instruction level: instructions met /
+                # instructions, resampling prompts, each prompt's share weighted by its size (bootstrap)
+                ok = "prompt_ok" if mode == "strict" else "prompt_ok_loose"
+                intervals[f"ifeval_prompt_level_{mode}"] = proportion_estimate(sum(r[ok] for r in rows), len(rows))
+                intervals[f"ifeval_instruction_level_{mode}"] = mean_estimate(
+                    [sum(r[mode]) / len(r[mode]) for r in rows], weights=[len(r[mode]) for r in rows])
         if self.judge is not None:
             scores = self._judge([r["response"] for r in rows])
             metrics["reward_mean"] = float(scores.mean())

@@ -14,7 +14,7 @@ from lit_align.evaluation.instruction import InstructionEval, read_responses, wi
 from lit_align.evaluation.stats import bootstrap_interval, wilson_interval
 from lit_align.rewards.base import Reward
 from lit_align.sampling.generate import SamplingParams
-from lit_align.tasks.constraints import adherence
+from lit_align.tasks.constraints import FOUR, adherence
 
 
 def test_win_outcomes_count_ties_as_half():
@@ -52,7 +52,7 @@ def _evaluate(tmp_path, name: str, *extra: str):
     ])
 
 
-def test_policy_against_itself_ties_everywhere_and_adherence_matches_the_checkers(tmp_path):
+def test_policy_against_itself_ties_everywhere_and_the_four_numbers_match_the_reference(tmp_path):
     cli = _evaluate(tmp_path, "self", "--model.reference_model", "tiny:causal-lm")
     metrics = json.loads((tmp_path / "self" / "metrics.json").read_text())
     rows = [json.loads(line) for line in (tmp_path / "self" / "responses.jsonl").read_text().splitlines()]
@@ -61,14 +61,15 @@ def test_policy_against_itself_ties_everywhere_and_adherence_matches_the_checker
     assert metrics["win_rate"] == 0.5 and metrics["reward_mean"] == pytest.approx(metrics["reference_reward_mean"])
     records = [r for _, r in cli.datamodule.test_source.records()]
     expected = adherence([r["response"] for r in rows], records)
-    assert metrics["adherence_prompt_level"] == expected["prompt_level"]
-    assert metrics["adherence_instruction_level"] == expected["instruction_level"]
-    assert [len(r["checks"]) for r in rows] == [len(rec["constraints"]) for rec in records]
-    assert [r["prompt_ok"] for r in rows] == [all(r["checks"]) for r in rows] and {r["win"] for r in rows} == {0.5}
-    for key in ("adherence_prompt_level", "adherence_instruction_level", "win_rate", "reward_mean", "reference_reward_mean"):
+    for key in FOUR:
+        assert metrics[f"ifeval_{key}"] == expected[key]
+        assert metrics[f"ifeval_{key}_low"] <= metrics[f"ifeval_{key}"] <= metrics[f"ifeval_{key}_high"], key
+    assert [len(r["strict"]) for r in rows] == [len(rec["instruction_id_list"]) for rec in records]
+    assert [r["prompt_ok"] for r in rows] == [all(r["strict"]) for r in rows] and {r["win"] for r in rows} == {0.5}
+    for key in ("win_rate", "reward_mean", "reference_reward_mean"):
         assert metrics[f"{key}_low"] <= metrics[key] <= metrics[f"{key}_high"], key
     low, high = wilson_interval(sum(r["prompt_ok"] for r in rows), 6)
-    assert (metrics["adherence_prompt_level_low"], metrics["adherence_prompt_level_high"]) == pytest.approx((low, high))
+    assert (metrics["ifeval_prompt_level_strict_low"], metrics["ifeval_prompt_level_strict_high"]) == pytest.approx((low, high))
 
 
 def test_reference_responses_are_reused_and_must_answer_the_same_prompts(tmp_path):
@@ -91,24 +92,27 @@ class WordCountJudge(Reward):
 
 
 # Five prompts with hand-checked outcomes; the judge counts words, so wins and ties are known too.
-HAND_MADE = [  # (constraints, response, reference)
-    ([{"kind": "lowercase"}, {"kind": "no_commas"}], "hello there", "x"),  # 2 of 2 met; 2 words vs 1: win
-    ([{"kind": "include_keyword", "keyword": "cat"}], "a dog", "a b"),  # 0 of 1; 2 vs 2: tie
-    ([{"kind": "no_commas"}, {"kind": "bullet_count", "n": 2}], "* a, b\n* c", "one two three four five six"),  # 1 of 2; 5 vs 6: loss
-    ([{"kind": "lowercase"}], "Upper", "z"),  # 0 of 1; 1 vs 1: tie
-    ([{"kind": "no_commas"}, {"kind": "lowercase"}, {"kind": "include_keyword", "keyword": "dog"}], "a dog", "q"),  # 3 of 3; win
+LOWER, NO_COMMA = ("change_case:english_lowercase", {}), ("punctuation:no_comma", {})
+HAND_MADE = [  # (IFEval instructions, response, reference)
+    ([LOWER, NO_COMMA], "hello there", "x"),  # 2 of 2 met; 2 words vs 1: win
+    ([("keywords:existence", {"keywords": ["cat"]})], "a dog", "a b"),  # 0 of 1; 2 vs 2: tie
+    ([NO_COMMA, ("detectable_format:number_bullet_lists", {"num_bullets": 2})], "* a, b\n* c", "one two three four five six"),  # 1 of 2; 5 vs 6: loss
+    ([LOWER], "Upper", "z"),  # 0 of 1; 1 vs 1: tie
+    # 3 of 3 (IFEval's lowercase check also asks langdetect for English, which "a dog" alone is not); 8 vs 1: win
+    ([NO_COMMA, LOWER, ("keywords:existence", {"keywords": ["dog"]})], "my dog likes to run in the park", "q"),
 ]
 PROMPT_OK = [True, False, False, False, True]
-SHARES, SIZES = [1.0, 0.0, 0.5, 0.0, 1.0], [2, 1, 2, 1, 3]
+SHARES, LOOSE_SHARES, SIZES = [1.0, 0.0, 0.5, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0, 1.0], [2, 1, 2, 1, 3]
 WINS = [1.0, 0.5, 0.0, 0.5, 1.0]
-REWARDS, REFERENCE_REWARDS = [2.0, 2.0, 5.0, 1.0, 2.0], [1.0, 2.0, 6.0, 1.0, 1.0]
+REWARDS, REFERENCE_REWARDS = [2.0, 2.0, 5.0, 1.0, 8.0], [1.0, 2.0, 6.0, 1.0, 1.0]
 
 
 def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_figures_alone(tmp_path, monkeypatch, capsys):
     module = InstructionEval(model="tiny:causal-lm", judge=WordCountJudge(), output_dir=str(tmp_path / "hand"))
     monkeypatch.setattr(module, "log_dict", lambda *args, **kwargs: None)
     module._trainer = SimpleNamespace(is_global_zero=True)
-    records = [{"prompt": f"prompt {i}", "constraints": c} for i, (c, _, _) in enumerate(HAND_MADE)]
+    records = [{"prompt": f"prompt {i}", "instruction_id_list": [k for k, _ in c], "kwargs": [a for _, a in c]}
+               for i, (c, _, _) in enumerate(HAND_MADE)]
     module._rows = [{"prompt": f"prompt {i}", "response": response, "tokens": 3, "reference": reference, "record": record}
                     for i, ((_, response, reference), record) in enumerate(zip(HAND_MADE, records))]
     module.on_test_epoch_end()
@@ -116,26 +120,29 @@ def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_fig
 
     # the figures: from adherence(), the per-prompt win outcomes and the mean of the judge's scores
     expected = adherence([r for _, r, _ in HAND_MADE], records)
-    assert metrics["adherence_prompt_level"] == expected["prompt_level"] == pytest.approx(2 / 5)
-    assert metrics["adherence_instruction_level"] == expected["instruction_level"] == pytest.approx(6 / 9)
+    # loose: the third response without its first line has no comma, and with it two bullets: both met
+    for mode, prompts, instructions in (("strict", 2 / 5, 6 / 9), ("loose", 3 / 5, 7 / 9)):
+        assert metrics[f"ifeval_prompt_level_{mode}"] == expected[f"prompt_level_{mode}"] == pytest.approx(prompts)
+        assert metrics[f"ifeval_instruction_level_{mode}"] == expected[f"instruction_level_{mode}"] == pytest.approx(instructions)
     assert metrics["win_rate"] == sum(WINS) / 5 == pytest.approx(0.6)
-    assert metrics["reward_mean"] == pytest.approx(2.4) and metrics["reference_reward_mean"] == pytest.approx(2.2)
+    assert metrics["reward_mean"] == pytest.approx(3.6) and metrics["reference_reward_mean"] == pytest.approx(2.2)
     figures = {"num_prompts", "mean_tokens", "mean_words", "reward_mean", "reference_reward_mean", "win_rate",
-               *(f"adherence_{k}" for k in expected)}
-    bounds = {"adherence_prompt_level", "adherence_instruction_level", "win_rate", "reward_mean", "reference_reward_mean"}
+               *(f"ifeval_{k}" for k in expected if k != "judgements")}
+    bounds = {*(f"ifeval_{k}" for k in FOUR), "win_rate", "reward_mean", "reference_reward_mean"}
     assert set(metrics) == figures | {f"{k}_{end}" for k in bounds for end in ("low", "high")}
 
     # the intervals: Wilson for prompt level, the bootstrap over prompts (weighted by constraints) for the rest
     def interval(key):
         return metrics[f"{key}_low"], metrics[f"{key}_high"]
 
-    assert interval("adherence_prompt_level") == wilson_interval(2, 5)
-    assert interval("adherence_instruction_level") == pytest.approx(bootstrap_interval(SHARES, weights=SIZES), abs=1e-12)
+    for mode, hits, shares in (("strict", 2, SHARES), ("loose", 3, LOOSE_SHARES)):
+        assert interval(f"ifeval_prompt_level_{mode}") == wilson_interval(hits, 5)
+        assert interval(f"ifeval_instruction_level_{mode}") == pytest.approx(bootstrap_interval(shares, weights=SIZES), abs=1e-12)
     assert interval("win_rate") == pytest.approx(bootstrap_interval(WINS), abs=1e-12)
     assert interval("reward_mean") == pytest.approx(bootstrap_interval(REWARDS), abs=1e-12)
     assert interval("reference_reward_mean") == pytest.approx(bootstrap_interval(REFERENCE_REWARDS), abs=1e-12)
     # weighting matters here: the unweighted bootstrap is centred on 0.5, not 6/9
-    assert interval("adherence_instruction_level") != pytest.approx(bootstrap_interval(SHARES), abs=1e-6)
+    assert interval("ifeval_instruction_level_strict") != pytest.approx(bootstrap_interval(SHARES), abs=1e-6)
 
     rows = [json.loads(line) for line in (tmp_path / "hand" / "responses.jsonl").read_text().splitlines()]
     assert [r["prompt_ok"] for r in rows] == PROMPT_OK and [r["win"] for r in rows] == WINS
@@ -143,7 +150,7 @@ def test_epoch_end_reports_intervals_of_the_per_prompt_values_and_leaves_the_fig
 
     out = capsys.readouterr().out
     low, high = wilson_interval(2, 5)
-    assert f"adherence_prompt_level: 0.400 [{low:.3f}, {high:.3f}] (n=5, Wilson)" in out
+    assert f"ifeval_prompt_level_strict: 0.400 [{low:.3f}, {high:.3f}] (n=5, Wilson)" in out
     assert "win_rate: 0.600 [" in out and "_low" not in out
 
 

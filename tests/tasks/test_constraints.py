@@ -1,292 +1,205 @@
-"""Verifiable-instruction constraints: each check, the record schema, the generator, reward and adherence."""
+"""IFEval instructions judged by the reference checks: agreement with lm-eval's own scoring, the record
+schema and its errors, the generator, the hub-schema sources, the reward and IFEval's four numbers."""
 
 from __future__ import annotations
 
-import time
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+pytest.importorskip("lm_eval", reason="IFEval's reference checks need the ifeval extra")
+
 from lit_align.data.sources import DataError, Source
 from lit_align.rewards.base import checked_rewards
 from lit_align.tasks.constraints import (
-    KINDS,
-    BulletCount,
+    MAX_INSTRUCTIONS,
     ConstraintReward,
     ConstraintSource,
-    EndsWith,
-    ExcludeKeyword,
-    IncludeKeyword,
-    JsonOutput,
-    Lowercase,
-    NoCommas,
-    ParagraphCount,
-    Title,
-    WordCount,
+    IFEvalSource,
+    RLVRIFEvalSource,
     adherence,
     check_record,
-    constraint_from_dict,
     generate_prompts,
+    reference,
 )
 
-# One instance of every kind, for the checks that apply to all of them.
-EXAMPLES = [
-    Lowercase(),
-    WordCount(min_words=2, max_words=5),
-    WordCount(max_words=3),
-    IncludeKeyword("light"),
-    ExcludeKeyword("light"),
-    BulletCount(2),
-    ParagraphCount(2),
-    EndsWith("that is all."),
-    JsonOutput(),
-    NoCommas(),
-    Title(),
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def lm_eval_scores(record: dict, response: str) -> dict:
+    """lm-eval's own IFEval scoring of one response, called directly on an IFEval-schema doc."""
+    from lm_eval.tasks.ifeval import utils
+
+    content = record["prompt"] if isinstance(record["prompt"], str) else record["prompt"][-1]["content"]
+    doc = {"key": 0, "prompt": content, "instruction_id_list": record["instruction_id_list"], "kwargs": record["kwargs"]}
+    return utils.process_results(doc, [response])
+
+
+# Responses written to meet and to miss many kinds: cases, lists, sections, JSON, quotes, endings, languages.
+RESPONSES = [
+    "",
+    "   ",
+    "hello world, this is all lowercase and has a comma.",
+    "HELLO WORLD THIS IS ALL CAPITAL LETTERS AND NO COMMA",
+    "<<A Title>>\nThe sea is wide. It is blue. Boats float on it.\nP.S. I love the sea.",
+    '"the whole answer is wrapped in double quotes without any comma"',
+    "* first point\n* second point\n* third point",
+    "* one\n* two\n* three\n* four\n* five",
+    "Section 1\nThe light of the morning.\nSection 2\nA quiet river.\nSection 3\nA friend.",
+    "SECTION 1\nfirst part\nSECTION 2\nsecond part",
+    "first paragraph about the garden\n***\nsecond paragraph with memory\n***\nthird paragraph, the end",
+    '```json\n{"answer": "a promise", "light": 3}\n```',
+    '{"key": "value"}',
+    "My answer is yes.",
+    "Le matin, la lumière entre par la fenêtre et la rivière coule doucement près du jardin tranquille.",
+    "Dear [name], please meet me at [address] on [date].",
+    "This has *one highlighted part* and *another highlighted part* in it.",
+    "answer one\n******\nanswer two",
+    "light light light memory journey simple quiet future balance color garden promise story river window",
+    "Explain the night sky to a child. The sky at night is dark and has STARS and the MOON and MANY LIGHTS.",
+    "It ends here. Any other questions?",
+    "It ends here. Is there anything else I can help with?\nextra line after the end",
+    "**Bold start**\nthe rest is in lowercase letters only\n**bold end**",
+    "Dr. Smith went to Washington. He arrived at 5 p.m. on Monday! Was it late? Yes. " * 3,
+    " ".join(["word"] * 45) + ".",
+    "A short one.",
 ]
 
 
-def test_examples_cover_every_kind():
-    assert {c.kind for c in EXAMPLES} == set(KINDS) and len(KINDS) == 10
+@pytest.fixture(scope="module")
+def judged_records():
+    records = generate_prompts(60, seed=11)
+    kinds = {k for r in records for k in r["instruction_id_list"]}
+    assert kinds == set(reference.kinds()), "the fixed set must cover all 25 kinds"
+    return records
 
 
-# ----------------------------------------------------------------------------- checks
-
-CASES = [
-    # lowercase: needs a cased letter, unicode-aware
-    (Lowercase(), "hello world, all good.", True),
-    (Lowercase(), "Hello world", False),
-    (Lowercase(), "été à paris", True),
-    (Lowercase(), "ÉTÉ", False),
-    (Lowercase(), "été en FRANCE", False),
-    (Lowercase(), "straße", True),
-    (Lowercase(), "123 456 !?", False),
-    # word_count: len(text.split()), bounds inclusive
-    (WordCount(max_words=3), "one two three", True),
-    (WordCount(max_words=3), "one two three four", False),
-    (WordCount(min_words=3), "one two", False),
-    (WordCount(min_words=3), "one\ttwo\n\nthree", True),
-    (WordCount(min_words=2, max_words=5), "a b", True),
-    (WordCount(min_words=2, max_words=5), "a b c d e", True),
-    (WordCount(min_words=2, max_words=5), "a", False),
-    (WordCount(min_words=2, max_words=5), "a b c d e f", False),
-    # include_keyword: whole word, case-insensitive, unicode
-    (IncludeKeyword("light"), "The LIGHT was on.", True),
-    (IncludeKeyword("light"), "(light)", True),
-    (IncludeKeyword("light"), "a lighthouse and a flashlight", False),
-    (IncludeKeyword("café"), "Un CAFÉ noir.", True),
-    (IncludeKeyword("café"), "Un cafe\u0301 noir.", True),  # decomposed é
-    (IncludeKeyword("café"), "Two cafés.", False),
-    (IncludeKeyword("café"), "A cafe.", False),
-    # exclude_keyword: the same matching, negated
-    (ExcludeKeyword("light"), "the lighthouse keeper", True),
-    (ExcludeKeyword("light"), "Light it up", False),
-    (ExcludeKeyword("café"), "CAFÉ au lait", False),
-    # bullet_count: "* " or "- " lines after optional indentation, not inside ``` fences
-    (BulletCount(2), "* one\n- two", True),
-    (BulletCount(2), "Intro:\n  * one\n\t- two\nbye", True),
-    (BulletCount(2), "* one\n* two\n* three", False),
-    (BulletCount(2), "* one", False),
-    (BulletCount(2), "*bold* line\n-- dashes\n---\n* one\n- two", True),
-    (BulletCount(2), "* one\n```\n* not a bullet\n- nor this\n```\n- two", True),
-    (BulletCount(4), "* one\n```\n* not a bullet\n- nor this\n```\n- two", False),
-    (BulletCount(2), "* one\n- two\n```\n* inside an unclosed fence", True),
-    # paragraph_count: blocks between blank lines, empty blocks ignored
-    (ParagraphCount(2), "first\n\nsecond", True),
-    (ParagraphCount(2), "\n\nfirst\nstill first\n\n \n\t\nsecond\n\n", True),
-    (ParagraphCount(2), "first\nsecond", False),
-    (ParagraphCount(2), "a\n\nb\n\nc", False),
-    (ParagraphCount(2), "a\r\n\r\nb", True),
-    # ends_with: trailing whitespace ignored, otherwise exact
-    (EndsWith("that is all."), "Done. that is all.", True),
-    (EndsWith("that is all."), "Done. that is all.  \n\n", True),
-    (EndsWith("that is all."), "that is all. Bye.", False),
-    (EndsWith("that is all."), "Done. That is all.", False),
-    (EndsWith("that is all."), "Done. that is all", False),
-    # json_output: json.loads on the whole text, optionally inside one fence
-    (JsonOutput(), '{"a": 1, "b": [true, null]}', True),
-    (JsonOutput(), "  [1, 2]\n", True),
-    (JsonOutput(), '```json\n{"a": [1, 2]}\n```', True),
-    (JsonOutput(), "```JSON\n[1]\n```", True),
-    (JsonOutput(), "```\n[1]\n```", True),
-    (JsonOutput(), "```python\n[1]\n```", False),
-    (JsonOutput(), "```json\n[1]", False),
-    (JsonOutput(), "```json\n```", False),
-    (JsonOutput(), '{"a": 1', False),
-    (JsonOutput(), 'Here you go: {"a": 1}', False),
-    (JsonOutput(), "{'a': 1}", False),
-    (JsonOutput(), "[" * 100_000, False),
-    (JsonOutput(), "[" * 100_000 + "]" * 100_000, False),
-    (JsonOutput(), "```json\n" + "[" * 100_000 + "\n```", False),
-    # no_commas: ASCII, fullwidth and ideographic commas
-    (NoCommas(), "no commas here.", True),
-    (NoCommas(), "a, b", False),
-    (NoCommas(), "一，二", False),
-    (NoCommas(), "一、二", False),
-    # title: <<non-empty>> on one line
-    (Title(), "<<My Poem>>\nroses are red", True),
-    (Title(), "text <<a>> text", True),
-    (Title(), "<<>> text", False),
-    (Title(), "<<   >> text", False),
-    (Title(), "<<two\nlines>>", False),
-    (Title(), "no title at all", False),
-    (Title(), "<My Poem>", False),
-]
+def test_our_path_agrees_with_lm_eval_on_every_instruction(judged_records):
+    outcomes: dict[str, set[bool]] = {}
+    for record in judged_records:
+        for response in RESPONSES:
+            ours = check_record(response, record)
+            theirs = lm_eval_scores(record, response)
+            assert ours.strict == theirs["inst_level_strict_acc"], (record, response)
+            assert ours.loose == theirs["inst_level_loose_acc"], (record, response)
+            for kind, ok in zip(record["instruction_id_list"], ours.strict):
+                outcomes.setdefault(kind, set()).add(ok)
+    # the fixed set decides most kinds both ways, so a wrong argument or a swapped verdict shows
+    both_ways = [k for k, seen in outcomes.items() if seen == {True, False}]
+    assert len(both_ways) >= 20, sorted(set(outcomes) - set(both_ways))
 
 
-@pytest.mark.parametrize(("constraint", "text", "expected"), CASES)
-def test_check(constraint, text, expected):
-    assert constraint.check(text) is expected
+def test_hub_schema_rows_with_none_filled_kwargs_agree_with_lm_eval():
+    """google/IFEval stores every kind's keys in every kwargs dict, None where unused: the reference drops them."""
+    rows = [json.loads(line) for line in (FIXTURES / "ifeval_sample.jsonl").read_text().splitlines()]
+    assert all(None in r["kwargs"][0].values() for r in rows)
+    responses = ["A cat went missing and I hope you find it. Any other questions?", "short text", RESPONSES[6],
+                 "the sky is blue because light scatters.", '"A baker baked bread"', "It is bright. It is cheap.\nP.S. buy it"]
+    for row, (_, record) in zip(rows, IFEvalSource(str(FIXTURES / "ifeval_sample.jsonl")).records()):
+        for response in responses:
+            ours = check_record(response, record)
+            theirs = lm_eval_scores(row, response)
+            assert (ours.strict, ours.loose) == (theirs["inst_level_strict_acc"], theirs["inst_level_loose_acc"])
 
 
-@pytest.mark.parametrize("text", ["", " ", "\n\t \n"])
-@pytest.mark.parametrize("constraint", EXAMPLES, ids=lambda c: c.kind)
-def test_empty_or_blank_response_fails_every_constraint(constraint, text):
-    assert constraint.check(text) is False
+def test_kwargs_as_ifeval_writes_them_decide_the_verdict():
+    record = {"prompt": "p", "instruction_id_list": ["length_constraints:number_words"],
+              "kwargs": [{"relation": "less than", "num_words": 5}]}
+    assert check_record("one two three", record).strict == [True]
+    assert check_record("one two three four five six", record).strict == [False]
+    record["kwargs"] = [{"relation": "at least", "num_words": 5}]
+    assert check_record("one two three", record).strict == [False]
 
 
-def test_hostile_inputs_are_scored_quickly():
-    texts = ["<<" * 50_000, "<<" + "a" * 100_000, "\n " * 50_000 + "x", "```\n" * 20_000, "- " * 50_000, "[{" * 50_000]
-    start = time.perf_counter()
-    for text in texts:
-        for constraint in EXAMPLES:
-            constraint.check(text)
-    assert time.perf_counter() - start < 2.0
+def test_loose_accepts_what_strict_refuses_without_the_last_line():
+    record = {"prompt": "p", "instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "Any other questions?"}]}
+    judged = check_record("Here it is. Any other questions?\n(a trailing note)", record)
+    assert judged.strict == [False] and judged.loose == [True]
 
 
-def test_instructions_mention_their_arguments():
-    assert "lowercase" in Lowercase().instruction()
-    assert "at most 3 words" in WordCount(max_words=3).instruction()
-    assert "at least 20 words" in WordCount(min_words=20).instruction()
-    assert "between 2 and 5 words" in WordCount(2, 5).instruction()
-    assert '"light"' in IncludeKeyword("light").instruction()
-    assert "exactly 4" in BulletCount(4).instruction()
-    assert "exactly 3 paragraphs" in ParagraphCount(3).instruction()
-    assert '"that is all."' in EndsWith("that is all.").instruction()
-    assert "JSON" in JsonOutput().instruction()
-    assert "<<" in Title().instruction()
+def test_an_empty_response_follows_nothing_even_a_ban():
+    record = {"prompt": "p", "instruction_id_list": ["punctuation:no_comma", "keywords:forbidden_words"],
+              "kwargs": [{}, {"forbidden_words": ["cat"]}]}
+    for text in ("", " \n "):
+        judged = check_record(text, record)
+        assert judged.strict == judged.loose == [False, False]
+    assert check_record("no commas here", record).strict == [True, True]
 
 
-# ----------------------------------------------------------------------------- record schema
+# ----------------------------------------------------------------------------- schema errors
+
+GOOD = {"prompt": [{"role": "user", "content": "Write."}], "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
 
 
-@pytest.mark.parametrize("constraint", EXAMPLES, ids=lambda c: c.kind)
-def test_to_dict_round_trips(constraint):
-    d = constraint.to_dict()
-    assert d["kind"] == constraint.kind
-    assert constraint_from_dict(d, "x") == constraint
-
-
-def test_to_dict_shape():
-    assert WordCount(max_words=40).to_dict() == {"kind": "word_count", "min_words": None, "max_words": 40}
-    assert IncludeKeyword("light").to_dict() == {"kind": "include_keyword", "keyword": "light"}
-    assert NoCommas().to_dict() == {"kind": "no_commas"}
-
-
-BAD = [
-    ({"kind": "foo"}, r"src: field 'constraint\.kind': unknown constraint kind 'foo' \(known: lowercase, "),
-    ({"n": 2}, r"src: field 'constraint\.kind': unknown constraint kind None"),
-    ({"kind": ["lowercase"]}, r"src: field 'constraint\.kind': unknown"),
-    ("lowercase", r"src: field 'constraint' must be an object, got str"),
-    ({"kind": "bullet_count"}, r"src: field 'constraint\.n': missing argument of 'bullet_count'"),
-    ({"kind": "bullet_count", "n": "3"}, r"src: field 'constraint\.n' must be int, got str"),
-    ({"kind": "bullet_count", "n": True}, r"src: field 'constraint\.n' must be int, got bool"),
-    ({"kind": "bullet_count", "n": 0}, r"src: field 'constraint': bad 'bullet_count' constraint: n must be >= 1"),
-    ({"kind": "word_count"}, r"src: field 'constraint': .*needs min_words or max_words"),
-    ({"kind": "word_count", "max_words": 2.5}, r"src: field 'constraint\.max_words' must be int or null, got float"),
-    ({"kind": "word_count", "min_words": 5, "max_words": 2}, r"min_words 5 exceeds max_words 2"),
-    ({"kind": "include_keyword", "keyword": ""}, r"src: field 'constraint': .*keyword '' is empty"),
-    ({"kind": "ends_with", "phrase": " the end."}, r"src: field 'constraint': .*phrase ' the end\.' is empty or padded"),
-    ({"kind": "lowercase", "extra": 1}, r"src: field 'constraint\.extra': not an argument of 'lowercase'"),
-]
-
-
-@pytest.mark.parametrize(("d", "message"), BAD)
-def test_constraint_from_dict_errors_name_origin_and_field(d, message):
+@pytest.mark.parametrize(("change", "message"), [
+    ({"instruction_id_list": ["no_such:kind"]}, r"rec: field 'instruction_id_list\[0\]': unknown IFEval instruction 'no_such:kind'"),
+    ({"instruction_id_list": []}, r"rec: field 'instruction_id_list' must be a non-empty list"),
+    ({"kwargs": [{}, {}]}, r"rec: field 'kwargs' must be a list of 1 objects, one per instruction, got 2"),
+    ({"kwargs": ["x"]}, r"rec: field 'kwargs\[0\]' must be an object, got str"),
+    ({"kwargs": [{"num_words": 3}]}, r"rec: field 'kwargs\[0\].num_words': not an argument of 'punctuation:no_comma'"),
+    ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 30}]},
+     r"rec: field 'kwargs\[0\].relation': missing argument of 'length_constraints:number_words' \(the reference would draw it at random\)"),
+    ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 0, "relation": "at least"}]},
+     r"rec: field 'kwargs\[0\].num_words': 0 is empty or zero"),
+    ({"instruction_id_list": ["length_constraints:number_words"], "kwargs": [{"num_words": 3, "relation": "more than"}]},
+     r"rec: field 'kwargs\[0\]': bad arguments for 'length_constraints:number_words'"),
+])
+def test_bad_records_name_the_record_and_field(change, message):
     with pytest.raises(DataError, match=message):
-        constraint_from_dict(d, "src")
+        check_record("text", GOOD | change, "rec")
 
 
-def test_check_record_checks_each_constraint_in_order():
-    record = {"constraints": [{"kind": "lowercase"}, {"kind": "no_commas"}, {"kind": "include_keyword", "keyword": "cat"}]}
-    assert check_record("the cat, sat", record) == [True, False, True]
-    assert check_record("The dog sat", record) == [False, True, False]
-
-
-def test_check_record_errors_name_the_constraint_index():
-    record = {"constraints": [{"kind": "lowercase"}, {"kind": "foo"}]}
-    with pytest.raises(DataError, match=r"^data\.jsonl:line 7: field 'constraints\[1\]\.kind': unknown constraint kind 'foo'"):
-        check_record("text", record, "data.jsonl:line 7")
-
-
-@pytest.mark.parametrize("record", [{}, {"constraints": "lowercase"}, {"constraints": []}, {"constraints": None}])
-def test_check_record_needs_a_constraints_list(record):
-    with pytest.raises(DataError, match=r"^rec: field 'constraints' must be a non-empty list"):
-        check_record("text", record, "rec")
+def test_a_record_without_the_fields_says_which():
+    with pytest.raises(DataError, match=r"^rec: field 'instruction_id_list' is missing"):
+        check_record("text", {"prompt": "p", "constraints": [{"kind": "lowercase"}]}, "rec")
 
 
 # ----------------------------------------------------------------------------- generator
 
 
 def test_generator_is_deterministic_per_seed_and_varies_across_seeds():
-    assert generate_prompts(50, seed=3) == generate_prompts(50, seed=3)
-    assert generate_prompts(50, seed=3) != generate_prompts(50, seed=4)
+    assert generate_prompts(30, seed=3) == generate_prompts(30, seed=3)
+    assert generate_prompts(30, seed=3) != generate_prompts(30, seed=4)
 
 
 @pytest.fixture(scope="module")
 def generated():
-    return generate_prompts(500, seed=0)
+    return generate_prompts(400, seed=0)
 
 
-def test_generated_records_have_the_schema_and_round_trip(generated):
+def test_generated_records_validate_and_carry_the_reference_sentences(generated):
     for i, record in enumerate(generated):
-        assert set(record) == {"prompt", "constraints", "topic"}
+        assert set(record) == {"prompt", "instruction_id_list", "kwargs", "topic"}
         [message] = record["prompt"]
-        assert message["role"] == "user" and record["topic"] in message["content"]
-        for d in record["constraints"]:
-            constraint = constraint_from_dict(d, f"prompt {i}")
-            assert constraint.to_dict() == d
-            assert constraint.instruction() in message["content"]
-        assert len(check_record("some answer", record)) == len(record["constraints"])
+        ids, kwargs = reference.validate(record["instruction_id_list"], record["kwargs"], f"prompt {i}")
+        assert kwargs == record["kwargs"]  # every argument given, none None
+        for kind, args in zip(ids, kwargs):
+            assert reference.describe(kind, args) in message["content"]
+            assert sorted(args) == sorted(reference.argument_names(kind))
 
 
-def test_generated_constraint_counts_and_kinds(generated):
-    counts = [len(r["constraints"]) for r in generated]
+def test_generated_combinations_respect_ifeval_conflicts(generated):
+    conflicts = reference.reference().conflicts
+    counts = [len(r["instruction_id_list"]) for r in generated]
     assert set(counts) == {1, 2, 3}
     for record in generated:
-        kinds = [d["kind"] for d in record["constraints"]]
-        assert len(kinds) == len(set(kinds))
-    assert {d["kind"] for r in generated for d in r["constraints"]} == set(KINDS)
-    assert len({r["prompt"][0]["content"] for r in generated}) > 450
+        ids = record["instruction_id_list"]
+        for i, a in enumerate(ids):
+            for b in ids[i + 1:]:
+                assert b not in conflicts[a] and a not in conflicts[b], ids
+    assert {k for r in generated for k in r["instruction_id_list"]} == set(reference.kinds())
+    assert len(reference.kinds()) == 25
 
 
-@pytest.mark.parametrize(("lo", "hi"), [(1, 3), (4, 4)])  # four at a time pairs the keyword kinds often
-def test_generated_combinations_never_contradict(lo, hi):
-    generated = generate_prompts(500, seed=5, min_constraints=lo, max_constraints=hi)
-    json_excludes = {"bullet_count", "paragraph_count", "title", "ends_with", "no_commas", "word_count"}
-    for record in generated:
-        by_kind = {d["kind"]: d for d in record["constraints"]}
-        if "json_output" in by_kind:
-            assert not json_excludes & set(by_kind)
-        words = [by_kind[k]["keyword"] for k in ("include_keyword", "exclude_keyword") if k in by_kind]
-        assert len(words) == len(set(words))
-        phrase = by_kind.get("ends_with", {}).get("phrase", "")
-        for text in words + [phrase]:
-            assert text == text.lower() and "," not in text
-        if "exclude_keyword" in by_kind and phrase:  # the required ending must not hold the banned word
-            assert ExcludeKeyword(by_kind["exclude_keyword"]["keyword"]).check(phrase)
-
-
-def test_generator_can_fill_four_constraints_even_with_json():
-    records = generate_prompts(300, seed=1, min_constraints=4, max_constraints=4)
-    assert all(len(r["constraints"]) == 4 for r in records)
-    assert any("json_output" in [d["kind"] for d in r["constraints"]] for r in records)
-
-
-@pytest.mark.parametrize(("num", "lo", "hi"), [(-1, 1, 3), (10, 0, 3), (10, 3, 2), (10, 1, 5)])
+@pytest.mark.parametrize(("num", "lo", "hi"), [(-1, 1, 3), (10, 0, 3), (10, 3, 2), (10, 1, MAX_INSTRUCTIONS + 1)])
 def test_generator_and_source_reject_bad_settings(num, lo, hi):
-    with pytest.raises(ValueError, match="num_prompts|min_constraints"):
+    with pytest.raises(ValueError, match="num_prompts|min_instructions"):
         generate_prompts(num, 0, lo, hi)
-    with pytest.raises(ValueError, match="num_prompts|min_constraints"):
+    with pytest.raises(ValueError, match="num_prompts|min_instructions"):
         ConstraintSource(num, 0, lo, hi)
 
 
@@ -298,21 +211,79 @@ def test_source_yields_generated_prompts_with_origins():
     assert [record for _, record in items] == generate_prompts(5, 2)
 
 
-# ----------------------------------------------------------------------------- reward and adherence
-
-RECORD = {"constraints": [{"kind": "lowercase"}, {"kind": "no_commas"}, {"kind": "include_keyword", "keyword": "cat"}]}
+# ----------------------------------------------------------------------------- hub-schema sources
 
 
-def test_reward_is_the_share_of_constraints_met():
+def test_ifeval_source_reads_the_hub_schema_from_a_local_file():
+    items = list(IFEvalSource(str(FIXTURES / "ifeval_sample.jsonl")).records())
+    assert len(items) == 6
+    origin, record = items[2]
+    assert origin.endswith("ifeval_sample.jsonl:line 3")
+    assert record["prompt"] == [{"role": "user", "content": record["prompt"][0]["content"]}]
+    assert record["instruction_id_list"] == ["detectable_format:number_bullet_lists", "keywords:frequency"]
+    assert record["kwargs"] == [{"num_bullets": 3}, {"keyword": "soil", "frequency": 2, "relation": "less than"}]
+    assert record["key"] == 1003
+    assert len(list(IFEvalSource(str(FIXTURES / "ifeval_sample.jsonl"), limit=2).records())) == 2
+
+
+def test_rlvr_source_maps_ground_truth_to_ifeval_instructions():
+    records = [r for _, r in RLVRIFEvalSource(str(FIXTURES / "rlvr_ifeval_sample.jsonl")).records()]
+    assert [r["instruction_id_list"] for r in records] == [
+        ["change_case:english_lowercase"], ["detectable_format:number_bullet_lists"], ["length_constraints:number_words"],
+        ["length_constraints:number_words"], ["keywords:frequency", "keywords:frequency"], ["startend:end_checker"]]
+    assert records[3]["kwargs"] == [{"num_words": 31, "relation": "less than"}]  # at most 30 words
+    exactly_two = records[4]
+    assert check_record("a leaf and a leaf", exactly_two).strict == [True, True]
+    assert check_record("a leaf, a leaf, a leaf", exactly_two).strict == [True, False]
+    assert check_record("a leaf", exactly_two).strict == [False, True]
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ({"messages": [{"role": "user", "content": "x"}], "ground_truth": "{not json"}, r"field 'ground_truth' is not valid JSON"),
+    ({"messages": [{"role": "user", "content": "x"}], "ground_truth": '{"func_name": "validate_word_constraint", "N": 5, "quantifier": "around"}'},
+     r"field 'ground_truth.quantifier': 'around' has no IFEval equivalent"),
+    ({"messages": [{"role": "user", "content": "x"}], "ground_truth": '{"func_name": "verify_bullet_points"}'},
+     r"field 'ground_truth.N' is missing for 'verify_bullet_points'"),
+    ({"messages": [{"role": "user", "content": "x"}], "ground_truth": '{"func_name": "make_it_rhyme"}'},
+     r"field 'ground_truth.func_name': 'make_it_rhyme' is not an RLVR-IFeval check"),
+    ({"messages": [], "ground_truth": '{"func_name": "validate_title"}'}, r"field 'messages' must be a non-empty chat"),
+])
+def test_bad_rlvr_rows_name_the_row_and_field(tmp_path, row, message):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=rf"rows.jsonl:line 1: {message}"):
+        list(RLVRIFEvalSource(str(path)).records())
+
+
+def test_a_bad_ifeval_row_names_the_row(tmp_path):
+    path = tmp_path / "ifeval.jsonl"
+    rows = [{"key": 1, "prompt": "Write.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+            {"key": 2, "prompt": "Write.", "instruction_id_list": ["keywords:existence"], "kwargs": [{"keywords": None}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"ifeval.jsonl:line 2: field 'kwargs\[0\].keywords': missing argument"):
+        list(IFEvalSource(str(path)).records())
+
+
+# ----------------------------------------------------------------------------- reward and the four numbers
+
+RECORD = {"prompt": "p", "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma", "keywords:existence"],
+          "kwargs": [{}, {}, {"keywords": ["cat"]}]}
+
+
+def test_reward_is_the_share_of_instructions_met():
     completions = ["the cat sat", "the cat, sat", "The dog sat", ""]
     values = ConstraintReward()([None] * 4, completions, [RECORD] * 4)
     assert values.dtype == torch.float32 and values.shape == (4,)
     assert torch.allclose(values, torch.tensor([1.0, 2 / 3, 1 / 3, 0.0]))
 
 
-def test_reward_all_or_nothing():
-    values = ConstraintReward(all_or_nothing=True)([None] * 3, ["the cat sat", "the cat, sat", ""], [RECORD] * 3)
-    assert values.tolist() == [1.0, 0.0, 0.0]
+def test_reward_loose_and_all_or_nothing():
+    record = {"prompt": "p", "instruction_id_list": ["startend:end_checker", "punctuation:no_comma"],
+              "kwargs": [{"end_phrase": "The end."}, {}]}
+    text = "A story. The end.\n(note, with a comma)"
+    assert ConstraintReward()([None], [text], [record]).tolist() == [0.0]  # strict: neither
+    assert ConstraintReward(loose=True)([None], [text], [record]).tolist() == [1.0]  # without the last line: both
+    assert ConstraintReward(all_or_nothing=True)([None] * 2, ["the cat sat", "the cat, sat"], [RECORD] * 2).tolist() == [1.0, 0.0]
 
 
 def test_reward_passes_the_shared_checks_and_rejects_mismatched_lengths():
@@ -320,34 +291,33 @@ def test_reward_passes_the_shared_checks_and_rejects_mismatched_lengths():
     assert values.tolist() == pytest.approx([1.0, 1 / 3])
     with pytest.raises(ValueError, match="2 completions but 1 records"):
         ConstraintReward()([None, None], ["a", "b"], [RECORD])
-    with pytest.raises(DataError, match="record 1: field 'constraints'"):
-        ConstraintReward()([None, None], ["a", "b"], [RECORD, {}])
+    with pytest.raises(DataError, match="record 1: field 'instruction_id_list' is missing"):
+        ConstraintReward()([None, None], ["a", "b"], [RECORD, {"prompt": "p"}])
 
 
-def test_adherence_on_a_hand_made_set():
-    records = [
-        {"constraints": [{"kind": "lowercase"}, {"kind": "no_commas"}]},
-        {"constraints": [{"kind": "include_keyword", "keyword": "cat"}]},
-        {"constraints": [{"kind": "no_commas"}, {"kind": "bullet_count", "n": 2}]},
-    ]
-    completions = [
-        "hello there",  # lowercase yes, no_commas yes: the only prompt fully followed
-        "a dog",  # include_keyword no
-        "* a, b\n* c",  # no_commas no, bullet_count yes
-    ]
-    result = adherence(completions, records)
-    # 1 of 3 prompts; 2 + 0 + 1 = 3 of 5 instructions; no_commas met once in two tries.
-    assert result == {
-        "prompt_level": pytest.approx(1 / 3),
-        "instruction_level": pytest.approx(3 / 5),
-        "num_prompts": 3,
-        "num_instructions": 5,
-        "by_kind": {"bullet_count": 1.0, "include_keyword": 0.0, "lowercase": 1.0, "no_commas": 0.5},
-    }
+def test_the_four_numbers_on_a_hand_made_set():
+    ends = {"prompt": "p", "instruction_id_list": ["startend:end_checker"], "kwargs": [{"end_phrase": "Bye."}]}
+    records = [RECORD, RECORD, ends]
+    # RECORD: 3/3 and 2/3 met; ends: strict miss, loose hit (the last line dropped)
+    figures = adherence(["the cat sat", "the cat, sat", "So long. Bye.\nps"], records)
+    assert figures["prompt_level_strict"] == pytest.approx(1 / 3)
+    assert figures["instruction_level_strict"] == pytest.approx(5 / 7)
+    assert figures["prompt_level_loose"] == pytest.approx(2 / 3)
+    assert figures["instruction_level_loose"] == pytest.approx(6 / 7)
+    assert figures["num_prompts"] == 3 and figures["num_instructions"] == 7
+    assert figures["by_kind"]["punctuation:no_comma"] == 0.5 and figures["by_kind"]["startend:end_checker"] == 0.0
 
 
-def test_adherence_rejects_empty_or_mismatched_input():
-    with pytest.raises(ValueError):
-        adherence([], [])
-    with pytest.raises(ValueError):
-        adherence(["a"], [RECORD, RECORD])
+# ----------------------------------------------------------------------------- offline sentence splitting
+
+
+def test_sentence_splitting_works_offline_with_the_substitute(tmp_path):
+    """A fresh process with an empty cache and no NLTK data: the substitute model is written and used."""
+    code = ("import nltk; nltk.data.path[:] = []\n"
+            "from lit_align.tasks.constraints.punkt import ensure_punkt\n"
+            "print(ensure_punkt())\n"
+            "print(len(nltk.sent_tokenize('Dr. Smith came at 5 p.m. on Monday. He left! Did he? Yes.')))\n")
+    env = {"LIT_ALIGN_CACHE": str(tmp_path), "NLTK_DATA": str(tmp_path / "none"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out == ["nupunkt", "4"]
+    assert (tmp_path / "nltk_data/tokenizers/punkt_tab/english/abbrev_types.txt").is_file()

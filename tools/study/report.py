@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from lit_align.evaluation.stats import Comparison, compare, with_interval
+from lit_align.tasks.constraints.reward import FOUR
 import yaml
 
 from study.plan import Stage, choose_temperature
@@ -57,15 +58,16 @@ def metric_rows(folder: Path) -> list[dict]:
 
 
 def _instruction_table(stages: list[Stage], out: Path) -> list[str]:
-    lines = ["| stage | prompt-level adherence | instruction-level adherence | win rate vs base (judge RM) | mean judge reward | mean tokens |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | IFEval prompt-level strict | instruction-level strict | prompt-level loose | instruction-level loose "
+             "| win rate vs base (judge RM) | mean judge reward | mean tokens |",
+             "|---|---|---|---|---|---|---|---|"]
     for stage in stages:
         if stage.name.startswith("instruction_eval_"):
             m = _json(out / stage.name / "metrics.json")
             if "win_rate" not in m and stage.name.endswith("_base"):
                 m = {**m, "win_rate": 0.5}  # the base against itself
-            lines.append(f"| {stage.label} | {with_interval(m, 'adherence_prompt_level')} "
-                         f"| {with_interval(m, 'adherence_instruction_level')} | {with_interval(m, 'win_rate')} "
+            four = " | ".join(with_interval(m, f"ifeval_{k}") for k in FOUR)
+            lines.append(f"| {stage.label} | {four} | {with_interval(m, 'win_rate')} "
                          f"| {with_interval(m, 'reward_mean')} | {_fmt(m.get('mean_tokens'))} |")
     return lines
 
@@ -220,7 +222,7 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
     for key, title in titles.items():
         a, b = ok(evals["base"]), ok(evals[key])
         measured = f"base {_figure(a, True)} → {title} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
-        lines.append(_claim(f"{title} beats the base model in prompt-level constraint adherence", measured, a, b))
+        lines.append(_claim(f"{title} beats the base model in IFEval prompt-level strict accuracy", measured, a, b))
     for key, title in titles.items():
         wins = [float(r["win"]) for r in evals[key]] if evals[key] and all("win" in r for r in evals[key]) else None
         measured = f"win rate {_figure(wins, False)} (ties ½)" if wins else ""
@@ -229,7 +231,7 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
     for key in ("dpo", "rloo_rm", "rloo_checker"):
         a, b = ok(evals["sft"]), ok(evals[key])
         measured = f"SFT {_figure(a, True)} → {titles[key]} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
-        lines.append(_claim(f"{titles[key]} beats its SFT start in prompt-level constraint adherence", measured, a, b))
+        lines.append(_claim(f"{titles[key]} beats its SFT start in IFEval prompt-level strict accuracy", measured, a, b))
     # 6. LoRA against full fine-tuning, SFT on the Countdown track, the same traces
     lora, full = _after(out, "countdown_sft"), _after(out, "countdown_sft_full")
     seconds = {n: _json(out / n / "done.json").get("seconds") for n in ("countdown_sft", "countdown_sft_full")}

@@ -1,50 +1,36 @@
-"""Verifiable instructions: prompts carrying checkable format constraints, and their verifier.
+"""Verifiable instructions: IFEval's instruction kinds as the vocabulary, judged by IFEval's reference code.
 
-In the spirit of IFEval (Zhou et al., 2023, "Instruction-Following Evaluation for Large Language
-Models"), written from scratch with ten kinds. A record is
-``{"prompt": [messages], "constraints": [{"kind": ..., **args}, ...], "topic": str}``; each
-constraint is a small frozen dataclass with an ``instruction()`` sentence for the prompt and a
-``check(text)`` that decides it from the response text alone.
+A record is in IFEval's schema, ``{"prompt": ..., "instruction_id_list": [...], "kwargs": [...]}``; every
+response is judged by the reference implementation that lm-evaluation-harness ships (imported, never
+copied: ``reference``), strict and loose. One module a job, all reachable from here
+(``lit_align.tasks.constraints.ConstraintSource`` in configs):
 
-One module a job, all of it reachable from here (``lit_align.tasks.constraints.ConstraintSource``
-in configs, checkpoints and saved config files):
-
-- ``checks``: the ten constraint kinds and the policy they share (``KINDS``);
-- ``schema``: a record's stored constraints read back and checked (``check_record``);
-- ``generator``: prompts with mutually satisfiable constraints;
-- ``source``: ``ConstraintSource``, generated prompts for online RL;
-- ``reward``: ``ConstraintReward`` and IFEval-style ``adherence``.
+- ``reference``: the reference checks, loaded offline, and the checking of ids and kwargs;
+- ``punkt``: the offline sentence splitter two kinds need;
+- ``schema``: a record's instructions read back and judged (``check_record``);
+- ``generator``: prompts with 1..3 compatible IFEval instructions;
+- ``source``: ``ConstraintSource`` (generated), ``IFEvalSource`` (google/IFEval), ``RLVRIFEvalSource``;
+- ``reward``: ``ConstraintReward`` (RLVR-IF) and IFEval's four numbers (``adherence``).
 
 May import: ``lit_align.rewards``, ``lit_align.data``.
 """
 
-from lit_align.tasks.constraints.checks import (
-    KINDS, BulletCount, Constraint, EndsWith, ExcludeKeyword, IncludeKeyword, JsonOutput, Lowercase, NoCommas,
-    ParagraphCount, Title, WordCount,
-)
-from lit_align.tasks.constraints.generator import MAX_CONSTRAINTS, generate_prompts
-from lit_align.tasks.constraints.reward import ConstraintReward, adherence
-from lit_align.tasks.constraints.schema import check_record, constraint_from_dict
-from lit_align.tasks.constraints.source import ConstraintSource
+from lit_align.tasks.constraints.generator import MAX_INSTRUCTIONS, generate_prompts
+from lit_align.tasks.constraints.reward import FOUR, ConstraintReward, adherence
+from lit_align.tasks.constraints.schema import check_record, instructions, request_text
+from lit_align.tasks.constraints.source import ConstraintSource, IFEvalSource, RLVRIFEvalSource, rlvr_instructions
 
 __all__ = [
-    "KINDS",
-    "MAX_CONSTRAINTS",
-    "BulletCount",
-    "Constraint",
+    "FOUR",
+    "MAX_INSTRUCTIONS",
     "ConstraintReward",
     "ConstraintSource",
-    "EndsWith",
-    "ExcludeKeyword",
-    "IncludeKeyword",
-    "JsonOutput",
-    "Lowercase",
-    "NoCommas",
-    "ParagraphCount",
-    "Title",
-    "WordCount",
+    "IFEvalSource",
+    "RLVRIFEvalSource",
     "adherence",
     "check_record",
-    "constraint_from_dict",
     "generate_prompts",
+    "instructions",
+    "request_text",
+    "rlvr_instructions",
 ]

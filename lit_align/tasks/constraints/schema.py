@@ -1,56 +1,39 @@
-"""A record's constraints as stored (``{"kind": ..., **args}``), read back with errors that name the
-record and field, and checked against a response."""
+"""A record's instructions as stored, in IFEval's schema, read back and judged.
+
+A record is ``{"prompt": str | [messages], "instruction_id_list": [id, ...], "kwargs": [{...}, ...]}``
+(the hub's ``google/IFEval`` rows, with the prompt as a string, and lit_align's generated prompts, with a
+one-turn chat, share it); other fields (``key``, ``topic``) ride along. Errors name the record and field.
+"""
 
 from __future__ import annotations
 
-import typing
-from dataclasses import MISSING, fields
-
 from lit_align.data.sources import DataError
-from lit_align.tasks.constraints.checks import KINDS, Constraint
+from lit_align.tasks.constraints import reference
 
 
-def _argument(cls: type, name: str, d: dict, where: str):
-    """One constructor argument from ``d``, type-checked; bool is refused where an int is wanted."""
-    hint = typing.get_type_hints(cls)[name]
-    allowed = typing.get_args(hint) or (hint,)
-    value = d[name]
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-        raise DataError(f"{where}.{name}' must be {names}, got {type(value).__name__}")
-    return value
+def request_text(record: dict, origin: str = "record") -> str:
+    """The request as one string: a string prompt, or the last user turn of a chat prompt."""
+    prompt = record.get("prompt") if isinstance(record, dict) else None
+    if isinstance(prompt, str) and prompt:
+        return prompt
+    if isinstance(prompt, list):
+        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        if users and isinstance(users[-1], str):
+            return users[-1]
+    raise DataError(f"{origin}: field 'prompt' must be a non-empty string or a chat with a user turn")
 
 
-def constraint_from_dict(d: dict, origin: str, field: str = "constraint") -> Constraint:
-    """A constraint from its stored ``{"kind": ..., **args}``; errors name ``origin`` and ``field``."""
-    where = f"{origin}: field '{field}"
-    if not isinstance(d, dict):
-        raise DataError(f"{where}' must be an object, got {type(d).__name__}")
-    kind = d.get("kind")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise DataError(f"{where}.kind': unknown constraint kind {kind!r} (known: {', '.join(KINDS)})")
-    cls = KINDS[kind]
-    names = [f.name for f in fields(cls)]
-    extra = sorted(set(d) - set(names) - {"kind"})
-    if extra:
-        raise DataError(f"{where}.{extra[0]}': not an argument of {kind!r} (arguments: {names})")
-    missing = [f.name for f in fields(cls) if f.name not in d and f.default is MISSING]
-    if missing:
-        raise DataError(f"{where}.{missing[0]}': missing argument of {kind!r}")
-    args = {name: _argument(cls, name, d, where) for name in names if name in d}
-    try:
-        return cls(**args)
-    except ValueError as e:
-        raise DataError(f"{where}': bad {kind!r} constraint: {e}") from None
+def instructions(record: dict, origin: str = "record") -> tuple[list[str], list[dict]]:
+    """The record's validated instruction ids and kwargs (``reference.validate``)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{origin}: a record must be an object, got {type(record).__name__}")
+    for field in ("instruction_id_list", "kwargs"):
+        if field not in record:
+            raise DataError(f"{origin}: field '{field}' is missing (IFEval's schema: instruction_id_list and kwargs)")
+    return reference.validate(record["instruction_id_list"], record["kwargs"], origin)
 
 
-def _constraints(record: dict, origin: str) -> list[Constraint]:
-    items = record.get("constraints") if isinstance(record, dict) else None
-    if not isinstance(items, list) or not items:
-        raise DataError(f"{origin}: field 'constraints' must be a non-empty list of constraint objects")
-    return [constraint_from_dict(d, origin, f"constraints[{i}]") for i, d in enumerate(items)]
-
-
-def check_record(text: str, record: dict, origin: str = "record") -> list[bool]:
-    """Whether ``text`` satisfies each constraint of ``record``, in order."""
-    return [c.check(text) for c in _constraints(record, origin)]
+def check_record(text: str, record: dict, origin: str = "record") -> reference.Judgement:
+    """The reference's strict and loose verdicts on ``text`` for each of the record's instructions."""
+    ids, kwargs = instructions(record, origin)
+    return reference.judge(text, ids, kwargs, request_text(record, origin))
