@@ -214,7 +214,8 @@ class OnlineRL(PolicyModule):
 
     # --- log-probs ------------------------------------------------------------------------------
     def _logps(self, model, samples: Samples, with_entropy: bool = False):
-        return logprobs.completion_logprobs(model, samples, with_entropy)
+        # the entropy is in the loss only with an entropy bonus; otherwise it is logged, and built without a graph
+        return logprobs.completion_logprobs(model, samples, with_entropy, entropy_grad=self.entropy_coef > 0)
 
     def _micro_batches(self, rows: range) -> list[range]:
         size = self.micro_batch_size or len(rows)
@@ -355,6 +356,7 @@ class OnlineRL(PolicyModule):
                     )
                     self.manual_backward(out.loss)
                     stats.add(out, logps, ref, old, samples.select(pick), mask[pick], entropy, iteration == 0, pick)
+                    del out, logps, entropy  # before the next micro-batch's forward, not after it
                 if self.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
                 optimizer.step()

@@ -17,7 +17,8 @@ from lit_align.data.formats import IGNORE_INDEX
 from lit_align.objectives.ops import position_ids_from_mask
 
 
-def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0):
+def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0,
+                   entropy_grad: bool = True):
     # log_softmax keeps only its output for backward (the logits can go): ~10 % faster than
     # logsumexp + gather on CPU, and one (positions x V) buffer less
     logits = head(hidden).float()
@@ -27,7 +28,12 @@ def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entro
     picked = logp.gather(-1, targets[:, None]).squeeze(-1)
     if not with_entropy:
         return picked, None
-    return picked, -(logp.exp() * logp).sum(-1)
+    if entropy_grad:
+        return picked, -(logp.exp() * logp).sum(-1)
+    # Entropy for logging only: without a graph. With one, its product node would keep logp and exp(logp),
+    # two (positions x V) float32 buffers, alive until the entropy is dropped, past the loss's backward.
+    with torch.no_grad():
+        return picked, -(logp.exp() * logp).sum(-1)
 
 
 def plan_row_groups(lengths: list[int], overhead: int) -> list[list[int]]:
@@ -127,11 +133,13 @@ def model_token_logprobs(
     unpad: bool | None = None,
     group_overhead: int | None = None,
     temperature: float = 1.0,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs of ``labels`` under a causal LM, computing only what the loss reads.
 
     ``temperature``: log-probs (and entropies) of softmax(logits / T), the distribution that sampling
-    at temperature T draws from; 1 is the model's own distribution.
+    at temperature T draws from; 1 is the model's own distribution. ``entropy_grad``: False where the
+    entropies are only logged (no graph is built for them, so nothing of theirs outlives the backward).
 
     Two savings, neither changing the result beyond float rounding:
 
@@ -160,12 +168,13 @@ def model_token_logprobs(
             groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
             if groups is not None:
                 return _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size,
-                                          with_entropy, starts, lengths, groups, temperature)
-        return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature)
+                                          with_entropy, starts, lengths, groups, temperature, entropy_grad)
+        return _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature,
+                               entropy_grad)
 
 
 def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy,
-                       starts, lengths, groups, temperature):
+                       starts, lengths, groups, temperature, entropy_grad=True):
     """``model_token_logprobs`` on rows cut to their spans and regrouped; results put back in place."""
     batch, width = input_ids.shape
     device = input_ids.device
@@ -186,7 +195,7 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
             s, n = starts[i], lengths[i]
             ids[r, :n], mask[r, :n] = input_ids[i, s : s + n], attention_mask[i, s : s + n]
             pos[r, :n], lab[r, :n] = position_ids[i, s : s + n], labels[i, s : s + n]
-        logps, entropy = _dense_logprobs(model, ids, mask, lab, pos, chunk_size, with_entropy, temperature)
+        logps, entropy = _dense_logprobs(model, ids, mask, lab, pos, chunk_size, with_entropy, temperature, entropy_grad)
         for r, i in enumerate(group):
             per_row[i] = (logps[r, : lengths[i] - 1], entropy[r, : lengths[i] - 1] if with_entropy else None)
 
@@ -203,7 +212,8 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
     return place(0), (place(1) if with_entropy else None)
 
 
-def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0):
+def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0,
+                    entropy_grad=True):
     out = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
         logits_to_keep=1, output_hidden_states=True, use_cache=False,  # no KV cache in a scoring or training forward
@@ -219,7 +229,7 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
     picked, entropy = [], []
     for start in range(0, picked_targets.numel(), chunk_size):
         args = (head, picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size], with_entropy,
-                temperature)
+                temperature, entropy_grad)
         p, e = checkpoint(_head_logprobs, *args, use_reentrant=False) if checkpointed else _head_logprobs(*args)
         picked.append(p)
         entropy.append(e)
@@ -235,9 +245,9 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
     return scatter(picked), (scatter(entropy) if with_entropy else None)
 
 
-def completion_logprobs(model, samples, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def completion_logprobs(model, samples, with_entropy: bool = False, entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(N, C) log-probs (and entropies) of sampled completion tokens under ``model``, at the temperature
-    they were sampled at. ``samples``: a ``lit_align.sampling.generate.Samples`` (left-padded prompts,
+    they were sampled at (``entropy_grad``: as ``model_token_logprobs``). ``samples``: a ``lit_align.sampling.generate.Samples`` (left-padded prompts,
     right-padded completions, masks)."""
     input_ids = torch.cat([samples.prompt_ids, samples.completion_ids], dim=1)
     mask = torch.cat([samples.prompt_mask, samples.completion_mask], dim=1)
@@ -246,6 +256,7 @@ def completion_logprobs(model, samples, with_entropy: bool = False) -> tuple[tor
     logps, entropy = model_token_logprobs(
         model, input_ids, mask, labels, position_ids_from_mask(mask), with_entropy=with_entropy,
         temperature=samples.temperature or 1.0,  # greedy samples: the model's own distribution
+        entropy_grad=entropy_grad,
     )
     start = samples.prompt_ids.size(1) - 1  # position t-1 predicts token t
     return logps[:, start:], (entropy[:, start:] if entropy is not None else None)

@@ -169,7 +169,7 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     """One optimiser step of plain SGD (lr 1) on pinned samples, rewards and reference log-probs:
     the weights' change is minus the gradient. Returns it with what the one-batch ``rloo_loss``
     gives on the same inputs from the same start."""
-    from lit_align.objectives import policy_gradient
+    from lit_align.objectives import logprobs, policy_gradient
 
     torch.manual_seed(0)
     module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,
@@ -198,7 +198,8 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
                  generation=SamplingParams(max_new_tokens=5, temperature=0.7), **settings)
     fresh.configure_model()
     fresh.policy.load_state_dict(start)
-    logps, entropy = fresh._logps(fresh.policy, pinned, with_entropy=True)
+    # the oracle's entropies carry their gradient (the default), whatever the method builds for itself
+    logps, entropy = logprobs.completion_logprobs(fresh.policy, pinned, with_entropy=True)
     rewards = CharSum()(None, pinned.texts, None)
     keep = ~pinned.truncated if settings.get("mask_truncated_completions") else None
     expected = policy_gradient.rloo_loss(logps, ref, pinned.completion_mask.float(), rewards, 2, 0.2,

@@ -124,3 +124,18 @@ def test_no_labelled_position_still_backpropagates_zero():
     assert logps.abs().sum() == 0
     logps.sum().backward()
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+def test_entropy_for_logging_only_has_the_same_values_and_no_graph():
+    """entropy_grad=False: the entropies online RL only logs are built without a graph, so nothing of
+    theirs (two positions x V buffers) stays alive past the loss's backward."""
+    tok = tiny.tiny_tokenizer()
+    model = tiny.tiny_causal_lm(tok)
+    ids, mask, labels = _inputs()
+    pos = ops.position_ids_from_mask(mask)
+    for chunk in (7, 1024):  # several checkpointed chunks, and one plain
+        logps, with_graph = logprobs.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=chunk, with_entropy=True)
+        logps_b, logged = logprobs.model_token_logprobs(model, ids, mask, labels, pos, chunk_size=chunk, with_entropy=True,
+                                                        entropy_grad=False)
+        assert with_graph.requires_grad and not logged.requires_grad and logps_b.requires_grad
+        assert torch.equal(logged, with_graph.detach()) and torch.equal(logps, logps_b)
