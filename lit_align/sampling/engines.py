@@ -273,42 +273,54 @@ class VLLM(RolloutEngine):
     def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
         from vllm import SamplingParams as EngineParams
 
-        stops = stop_token_ids(tokenizer)
-        requests, settings = [], []
-        for row, (ids, mask) in enumerate(zip(input_ids.cpu(), attention_mask.cpu())):
-            requests.append({"prompt_token_ids": ids[mask.bool()].tolist()})
-            greedy = params.temperature == 0
-            settings.append(EngineParams(
-                n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
-                top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
-                # rows' seeds lie n apart or more, in case the engine derives a sample's seed as seed + j
-                seed=None if greedy else (seed * 1_000_003 + row * 1_009 * params.n) % 2**31,
-                skip_special_tokens=True, detokenize=False,
-            ))
-        return self.llm.generate(requests, settings, use_tqdm=False)
+        requests = engine_requests(tokenizer, input_ids, attention_mask, params, seed)
+        outputs = self.llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in requests],
+                                    [EngineParams(**r["params"]) for r in requests], use_tqdm=False)
+        return [(list(c.token_ids), [next(iter(step.values())).logprob for step in c.logprobs or []], c.finish_reason)
+                for out in outputs for c in out.outputs]
 
     @staticmethod
-    def _samples(tokenizer, input_ids, attention_mask, params, outputs) -> Samples:
-        rows, logps, stopped = [], [], []
-        for out in outputs:
-            for completion in out.outputs:
-                ids = list(completion.token_ids)
-                rows.append(ids)
-                logps.append([next(iter(step.values())).logprob for step in completion.logprobs or []][: len(ids)])
-                # the engine's own reason: "stop" (a stop token, kept as the row's last token) or "length"
-                # (max_tokens or max_model_len). The pad id may be a stop token (Qwen's <|endoftext|>), so
-                # a padded row says nothing about how it ended.
-                stopped.append(completion.finish_reason == "stop")
-        width = max(1, max(len(r) for r in rows))
-        pad = tokenizer.pad_token_id
-        device = input_ids.device
-        completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-        engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
-        lengths = torch.tensor([len(r) for r in rows], device=device)
-        mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
-        truncated = ~torch.tensor(stopped, dtype=torch.bool, device=device)
-        return Samples(
-            input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
-            completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,
-            engine_logps * mask,
-        )
+    def _samples(tokenizer, input_ids, attention_mask, params, completions) -> Samples:
+        return engine_samples(tokenizer, input_ids, attention_mask, params, completions)
+
+
+def engine_requests(tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int) -> list[dict]:
+    """One vLLM request per prompt row: its unpadded token ids and ``vllm.SamplingParams`` fields, as plain
+    data (the colocated engine builds its ``SamplingParams`` from them; the rollout server gets them as JSON)."""
+    stops = stop_token_ids(tokenizer)
+    greedy = params.temperature == 0
+    requests = []
+    for row, (ids, mask) in enumerate(zip(input_ids.cpu(), attention_mask.cpu())):
+        requests.append({"prompt_token_ids": ids[mask.bool()].tolist(), "params": dict(
+            n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
+            top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
+            # rows' seeds lie n apart or more, in case the engine derives a sample's seed as seed + j
+            seed=None if greedy else (seed * 1_000_003 + row * 1_009 * params.n) % 2**31,
+            skip_special_tokens=True, detokenize=False,
+        )})
+    return requests
+
+
+def engine_samples(tokenizer, input_ids, attention_mask, params: SamplingParams, completions) -> Samples:
+    """``Samples`` from an engine's completions, ``(token_ids, logprobs, finish_reason)`` each, prompt by prompt."""
+    rows, logps, stopped = [], [], []
+    for ids, lps, reason in completions:
+        rows.append(list(ids))
+        logps.append(list(lps)[: len(ids)])
+        # the engine's own reason: "stop" (a stop token, kept as the row's last token) or "length"
+        # (max_tokens or max_model_len). The pad id may be a stop token (Qwen's <|endoftext|>), so
+        # a padded row says nothing about how it ended.
+        stopped.append(reason == "stop")
+    width = max(1, max(len(r) for r in rows))
+    pad = tokenizer.pad_token_id
+    device = input_ids.device
+    completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    truncated = ~torch.tensor(stopped, dtype=torch.bool, device=device)
+    return Samples(
+        input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
+        completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,
+        engine_logps * mask,
+    )

@@ -14,10 +14,8 @@ from lit_align.sampling.generate import SamplingParams
 
 
 def _output(*completions):
-    """A vLLM ``RequestOutput`` stand-in: (token ids, finish reason) per completion."""
-    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=reason,
-                                                    logprobs=[{t: SimpleNamespace(logprob=-0.5)} for t in ids])
-                                    for ids, reason in completions])
+    """What an engine's completions become: (token ids, log-probs, finish reason) per completion."""
+    return [(ids, [-0.5] * len(ids), reason) for ids, reason in completions]
 
 
 def test_truncation_comes_from_the_engines_finish_reason_not_from_the_pad_id(qwen_tokenizer):
@@ -27,9 +25,9 @@ def test_truncation_comes_from_the_engines_finish_reason_not_from_the_pad_id(qwe
     assert pad in stop_token_ids(qwen_tokenizer)  # the layout the test is about
     im_end = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
     words = qwen_tokenizer("one two three four five", add_special_tokens=False).input_ids[:5]
-    outputs = [_output((words[:2] + [im_end], "stop"),  # ended by a stop token: 3 tokens, the stop kept
-                       (words[:3], "length"),  # cut by max_model_len, shorter than the widest row
-                       (words[:5], "length"))]  # cut at max_tokens
+    outputs = _output((words[:2] + [im_end], "stop"),  # ended by a stop token: 3 tokens, the stop kept
+                      (words[:3], "length"),  # cut by max_model_len, shorter than the widest row
+                      (words[:5], "length"))  # cut at max_tokens
     prompt = torch.tensor([[7, 8]])
     samples = VLLM._samples(qwen_tokenizer, prompt, torch.ones_like(prompt), SamplingParams(max_new_tokens=5, n=3), outputs)
     assert samples.completion_mask.sum(-1).tolist() == [3, 3, 5]
