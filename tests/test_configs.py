@@ -139,3 +139,22 @@ def test_trainer_gradient_clipping_is_applied_by_online_rl(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="disagree"):
         main(["fit", "--config", str(CONFIGS / "grpo" / "countdown_embedded.yaml"), "--model.init_args.model", "tiny:causal-lm",
               "--trainer.gradient_clip_val", "0.5"])  # the config's max_grad_norm is 1.0
+
+
+def test_the_rollout_server_override_and_the_slurm_templates_arguments_parse(capsys):
+    """configs/rollout/vllm_server.yaml on a sampling config, and the overrides the N + 1 node Slurm
+    template (tools/slurm/rollout_server.sbatch) adds on the command line."""
+    parsed = _print_config(capsys, CONFIGS / "grpo" / "countdown_embedded.yaml", CONFIGS / "rollout" / "vllm_server.yaml")
+    rollout = parsed["model"]["init_args"]["rollout"]
+    assert rollout["class_path"] == "lit_align.sampling.remote.VLLMServer"
+    assert rollout["init_args"]["url"] == "http://127.0.0.1:8765" and rollout["init_args"]["group_port"] == 8766
+    script = (CONFIGS.parent / "tools" / "slurm" / "rollout_server.sbatch").read_text()
+    overrides = [line.strip().rstrip("\\").strip().replace('"', "") for line in script.splitlines()
+                 if line.strip().startswith("--model.init_args.rollout")]
+    assert len(overrides) == 3
+    overrides = [o.replace("${rollout}", "node7").replace("${port}", "9000").replace("$group_port", "9001") for o in overrides]
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "grpo" / "countdown_embedded.yaml"), *overrides, "--print_config"])
+    rollout = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["rollout"]
+    assert rollout["class_path"] == "lit_align.sampling.remote.VLLMServer"
+    assert rollout["init_args"]["url"] == "http://node7:9000" and rollout["init_args"]["group_port"] == 9001
