@@ -164,3 +164,70 @@ def test_a_server_that_dies_mid_run_is_named(tmp_path):
             engine.sample(model, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=4))
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- training through the server
+
+import lightning as L  # noqa: E402
+
+from lit_align.data.datamodule import AlignDataModule  # noqa: E402
+from lit_align.methods.grpo import GRPO  # noqa: E402
+from lit_align.methods.rloo import RLOO  # noqa: E402
+from lit_align.rewards.base import Reward  # noqa: E402
+
+
+class Length(Reward):
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(len(c)) for c in completions])
+
+
+class Prompts:
+    def records(self):
+        for i in range(8):
+            yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
+
+
+class Gaps(L.Callback):
+    def __init__(self):
+        self.gaps = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
+
+
+class SkipsPushes(VLLMServer):
+    """The bug the pushes exist to prevent: the weights are pushed once, at the start, never again."""
+
+    def weights_changed(self) -> None:
+        pass
+
+
+def _fit(method: str, engine: VLLMServer, folder, steps: int = 2) -> list[float]:
+    torch.manual_seed(0)
+    common = dict(model=str(folder), reward=Length(), rollout=engine, generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
+    module = RLOO(rloo_k=2, **common) if method == "rloo" else GRPO(num_generations=2, **common)
+    gaps = Gaps()
+    L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+              callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
+    return gaps.gaps
+
+
+@pytest.mark.parametrize("method", ["rloo", "grpo"])
+def test_online_rl_through_the_server_stays_in_sync(served, method):
+    """Float32 on both sides: at every step the server's log-probs of its own tokens are the policy's within
+    1e-3 nats/token, because the trainer pushed its weights after each optimiser step."""
+    server, folder, _, _ = served
+    engine = VLLMServer(server.url, server.group_port)
+    gaps = _fit(method, engine, folder)
+    assert len(gaps) == 2 and engine.pushes == 2  # the start, and after the first step
+    assert max(gaps) <= 1e-3, gaps
+
+
+def test_a_skipped_push_is_caught_by_the_same_check(served):
+    server, folder, _, _ = served
+    engine = SkipsPushes(server.url, server.group_port)
+    gaps = _fit("rloo", engine, folder)
+    assert engine.pushes == 1 and gaps[0] <= 1e-3
+    assert gaps[1] > 1e-3, gaps
