@@ -239,3 +239,13 @@ def test_provenance_is_looked_up_once_per_run_and_recorded_by_every_stage(tmp_pa
     assert len(calls) == 1
     for name in ("one", "two"):
         assert json.loads((tmp_path / "runs" / name / "done.json").read_text())["commit"] == "abc"
+
+
+def test_provenance_outside_a_git_checkout_records_unknown(tmp_path, monkeypatch):
+    """A release archive has no .git: the commit is "unknown" and whether the tree was changed is not known."""
+    import study.runner as runner
+
+    monkeypatch.setattr(runner, "ROOT", tmp_path)  # a folder that is no repository
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    where = runner.provenance()
+    assert where["commit"] == "unknown" and where["dirty"] is None and where["machine"]

@@ -127,7 +127,9 @@ def provenance() -> dict:
     machine = f"{model}, {cores} cores" + (f", {memory / 2**20:.0f} GiB" if memory else "")
     machine += ", bf16 units" if cpu_has_bf16() else ", no bf16 units"
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None, "machine": machine}
+    # outside a git checkout (a release archive) neither is known: recorded as such, not as a commit "None"
+    return {"commit": git("rev-parse", "HEAD") or "unknown", "dirty": bool(status) if status is not None else None,
+            "machine": machine}
 
 
 def split_by_prompt(source: Path, folder: Path, parts: list[str]) -> dict[str, int]:
