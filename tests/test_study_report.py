@@ -2,10 +2,11 @@
 
 import csv
 import json
+import re
 
 import pytest
 
-from lit_align.evaluation.stats import compare, wilson_interval
+from lit_align.evaluation.stats import holm, compare, wilson_interval
 from study.plan import Stage
 from study.report import _best_of_n_table, _countdown_table, _instruction_table, verdict
 
@@ -62,10 +63,11 @@ def test_best_of_n_and_instruction_tables_show_the_intervals(tmp_path):
     assert _best_of_n_table(tmp_path)[2] == "| 4 | 0.250 [0.100, 0.500] | 0.300 [0.200, 0.400] | 0.050 [0.000, 0.200] |"
     (tmp_path / "instruction_eval_base").mkdir()
     (tmp_path / "instruction_eval_base" / "metrics.json").write_text(json.dumps({
-        "adherence_prompt_level": 0.5, "adherence_prompt_level_low": 0.3, "adherence_prompt_level_high": 0.7,
-        "adherence_instruction_level": 0.6, "reward_mean": 1.5, "mean_tokens": 40}))
+        "ifeval_prompt_level_strict": 0.5, "ifeval_prompt_level_strict_low": 0.3, "ifeval_prompt_level_strict_high": 0.7,
+        "ifeval_instruction_level_strict": 0.6, "ifeval_prompt_level_loose": 0.55, "ifeval_instruction_level_loose": 0.65,
+        "reward_mean": 1.5, "mean_tokens": 40}))
     row = _instruction_table([_stage("instruction_eval_base", "test", "base")], tmp_path)[2]
-    assert row == "| base | 0.500 [0.300, 0.700] | 0.600 | 0.500 | 1.500 | 40 |"
+    assert row == "| base | 0.500 [0.300, 0.700] | 0.600 | 0.550 | 0.650 | 0.500 | 1.500 | 40 |"
 
 
 @pytest.mark.parametrize("missing", ["problem_scores", "problem_correct"])
@@ -148,20 +150,43 @@ def _row(lines, start):
     return next(line for line in lines if line.startswith(f"| {start}"))
 
 
-def test_claims_table_gives_each_claim_its_paired_test_and_verdict(study):
+def _p_values(row: str) -> tuple[float, float]:
+    """(raw p, Holm-adjusted p) of a claims-table row."""
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    return float(re.search(r"p=([0-9.]+) \(n=", cells[2]).group(1)), float(cells[3])
+
+
+def _family(row: str) -> str:
+    return "instruction" if ("IFEval" in row or "win rate" in row) else "countdown"
+
+
+def test_claims_table_gives_each_claim_its_paired_test_holm_p_and_verdict(study):
     from study.report import claims_table
 
     lines = claims_table(*study)
-    assert len(lines) == 2 + 20 and not any("not run" in line for line in lines)
+    assert lines[0].endswith("| Holm p | verdict |")
+    rows = lines[2:]
+    assert len(rows) == 20 and not any("not run" in line for line in rows)
     sft = _row(lines, "SFT on synthetic traces beats the base model (Countdown accuracy)")
-    assert "McNemar exact p=0.008 (n=20) | reproduced |" in sft  # 8 gained, 0 lost: 2 × 0.5**8
+    assert "McNemar exact p=0.008 (n=20)" in sft  # 8 gained, 0 lost: 2 × 0.5**8
     low, high = wilson_interval(8, 20)
     assert f"→ SFT (SFT, LoRA, 560 synthetic traces) 0.400 [{low:.3f}, {high:.3f}]" in sft
     more = _row(lines, "more synthetic data beats less (Countdown accuracy")
     assert "80 synthetic traces: 0.050" in more and "560 synthetic traces: 0.400" in more
-    assert "+0.350" in more and "McNemar exact p=0.016 (n=20) | reproduced |" in more  # 7 gained: 2 × 0.5**7
+    assert "+0.350" in more and "McNemar exact p=0.016 (n=20)" in more  # 7 gained: 2 × 0.5**7
     assert _row(lines, "RLOO with the verifier beats its SFT start (Countdown accuracy)").endswith(
-        "+0.000 [0.000, 0.000], McNemar exact p=1.000 (n=20) | inconclusive |")
+        "+0.000 [0.000, 0.000], McNemar exact p=1.000 (n=20) | 1.000 | inconclusive |")
+    # Holm within each family: 9 Countdown claims, 11 instruction claims; the printed adjusted p is Holm's
+    # of the printed raw ones (to their rounding), and the verdict is taken on it
+    for family, size in (("countdown", 9), ("instruction", 11)):
+        members = [r for r in rows if _family(r) == family]
+        assert len(members) == size
+        raw = [_p_values(r)[0] for r in members]
+        for r, expected in zip(members, holm(raw)):
+            assert _p_values(r)[1] == pytest.approx(expected, abs=0.0005 * size + 0.0005), r  # raw p printed to 3 places
+    # the correction changes verdicts: p = 0.008 and 0.016 alone would reproduce; among 9 claims they do not
+    assert _p_values(sft)[1] > 0.05 and sft.endswith("| inconclusive |")
+    assert _p_values(more)[1] > 0.05 and more.endswith("| inconclusive |")
 
 
 def test_best_of_n_claim_tests_against_twice_greedy_with_the_validation_temperature(study):
@@ -179,12 +204,13 @@ def test_instruction_claims_pair_prompts_and_test_win_rate_against_a_half(study)
     from study.report import claims_table
 
     lines = claims_table(*study)
-    assert _row(lines, "SFT beats the base model in prompt-level").endswith("McNemar exact p=0.002 (n=20) | reproduced |")
+    sft = _row(lines, "SFT beats the base model in IFEval prompt-level")  # 10 gained: 2 × 0.5**10, times 11 at most
+    assert "McNemar exact p=0.002 (n=20)" in sft and _p_values(sft)[1] < 0.05 and sft.endswith("| reproduced |")
     assert _row(lines, "SFT beats the base model in win rate").endswith("| reproduced |")
     assert "+0.500 [0.500, 0.500]" in _row(lines, "SFT beats the base model in win rate")
     assert _row(lines, "DPO beats the base model in win rate").endswith("| not reproduced (the opposite holds) |")
     assert _row(lines, "RLOO (RM reward) beats the base model in win rate").endswith("| inconclusive |")  # every prompt a tie
-    assert _row(lines, "DPO beats its SFT start in prompt-level").endswith("| not reproduced (the opposite holds) |")
+    assert _row(lines, "DPO beats its SFT start in IFEval prompt-level").endswith("| not reproduced (the opposite holds) |")
 
 
 def test_lora_against_full_names_the_better_one(study):

@@ -357,6 +357,26 @@ def slope_estimate(values, confidence: float = 0.95) -> Estimate:
     return Estimate(slope, slope - half, slope + half, n, "t")
 
 
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the family-wise error rate stays below
+    alpha when each claim is judged by its adjusted p < alpha.
+
+    The smallest of m p-values is multiplied by m, the next by m - 1, and so on; each adjusted value is
+    at least the one before it in that order, and at most 1.
+
+    >>> [round(p, 4) for p in holm([0.01, 0.04, 0.03, 0.005])]
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    p = [float(x) for x in p_values]
+    m = len(p)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def _format_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 

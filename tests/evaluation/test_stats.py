@@ -309,3 +309,12 @@ def test_slope_estimate_against_least_squares_and_t_tables():
     assert (got.low, got.high) == pytest.approx((slope - half, slope + half), abs=1e-4)
     with pytest.raises(ValueError, match="at least 5 points"):
         slope_estimate([0.1, 0.2, 0.3])
+
+
+def test_holm_adjusts_step_down_keeps_order_and_caps_at_one():
+    from lit_align.evaluation.stats import holm
+
+    # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # 2 x 0.5 = 1.0, then at least that
+    assert holm([0.02]) == [0.02] and holm([]) == []

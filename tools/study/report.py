@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from lit_align.evaluation.stats import Comparison, compare, with_interval
+from lit_align.evaluation.stats import Comparison, compare, holm, with_interval
 from lit_align.tasks.constraints.reward import FOUR
 import yaml
 
@@ -29,12 +29,13 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def verdict(comparison: Comparison, alpha: float = 0.05) -> str:
-    """``better`` / ``worse`` when the paired interval excludes 0 on that side and the test's p is
-    below ``alpha``; ``inconclusive`` otherwise."""
-    if comparison.p_value < alpha and comparison.low > 0:
+def verdict(comparison: Comparison, alpha: float = 0.05, p_value: float | None = None) -> str:
+    """``better`` / ``worse`` when the paired interval excludes 0 on that side and the p-value (the test's,
+    or ``p_value``, e.g. Holm's adjusted one) is below ``alpha``; ``inconclusive`` otherwise."""
+    p = comparison.p_value if p_value is None else p_value
+    if p < alpha and comparison.low > 0:
         return "better"
-    if comparison.p_value < alpha and comparison.high < 0:
+    if p < alpha and comparison.high < 0:
         return "worse"
     return "inconclusive"
 
@@ -145,13 +146,36 @@ def _figure(values: list[float], binary: bool) -> str:
     return f"{e.value:.3f} [{e.low:.3f}, {e.high:.3f}]"
 
 
-def _claim(claim: str, measured: str, before, after, test: str = "auto", label_verdicts: dict | None = None) -> str:
-    """One row: the claim, the figures, the paired test of ``after − before`` and the verdict."""
-    if not before or not after or len(before) != len(after):
-        return f"| {claim} | {measured or '–'} | – | not run |"
-    c = compare(before, after, test=test)
-    word = (label_verdicts or CLAIM_VERDICTS)[verdict(c)]
-    return f"| {claim} | {measured} | {c.diff:+.3f} [{c.low:.3f}, {c.high:.3f}], {c.test} p={c.p_value:.3f} (n={c.n}) | {word} |"
+FAMILIES = {
+    "countdown": "Countdown: SFT against the base, more data, best-of-N, RLOO against SFT, LoRA against full fine-tuning",
+    "instruction": "instruction following: each policy against the base (IFEval prompt-level strict, win rate) and against SFT",
+}
+
+
+def _claim(family: str, claim: str, measured: str, before, after, test: str = "auto", label_verdicts: dict | None = None) -> dict:
+    """One claim of ``family``: the figures and the paired test of ``after − before`` (None: not run)."""
+    ran = bool(before) and bool(after) and len(before) == len(after)
+    return {"family": family, "claim": claim, "measured": measured, "labels": label_verdicts or CLAIM_VERDICTS,
+            "comparison": compare(before, after, test=test) if ran else None}
+
+
+def _claim_rows(claims: list[dict]) -> list[str]:
+    """The claims as table rows, with Holm's adjusted p within each family and the verdict taken on it."""
+    adjusted: dict[int, float] = {}
+    for family in FAMILIES:
+        tested = [i for i, c in enumerate(claims) if c["family"] == family and c["comparison"] is not None]
+        for i, p in zip(tested, holm([claims[i]["comparison"].p_value for i in tested])):
+            adjusted[i] = p
+    rows = []
+    for i, c in enumerate(claims):
+        comp = c["comparison"]
+        if comp is None:
+            rows.append(f"| {c['claim']} | {c['measured'] or '–'} | – | – | not run |")
+            continue
+        word = c["labels"][verdict(comp, p_value=adjusted[i])]
+        rows.append(f"| {c['claim']} | {c['measured']} | {comp.diff:+.3f} [{comp.low:.3f}, {comp.high:.3f}], {comp.test} "
+                    f"p={comp.p_value:.3f} (n={comp.n}) | {adjusted[i]:.3f} | {word} |")
+    return rows
 
 
 def temperature_choice(stages: list[Stage], out: Path) -> dict | None:
@@ -171,28 +195,31 @@ def temperature_choice(stages: list[Stage], out: Path) -> dict | None:
 
 def claims_table(stages: list[Stage], out: Path) -> list[str]:
     """The study's claims, one row each: the measured figures with 95 % intervals, the paired test on
-    the same held-out problems or prompts, and a verdict. ``reproduced`` needs the paired interval to
-    exclude 0 in the claimed direction *and* p < 0.05 (``verdict``); the opposite significant result is
-    ``not reproduced``; anything else ``inconclusive``."""
+    the same held-out problems or prompts, Holm's adjusted p within the claim's family (``FAMILIES``),
+    and a verdict on the adjusted p. ``reproduced`` needs the paired interval to exclude 0 in the claimed
+    direction *and* the adjusted p < 0.05 (``verdict``); the opposite significant result is ``not
+    reproduced``; anything else ``inconclusive``."""
     names = {s.name: s for s in stages}
-    lines = ["| claim | measured (95 % intervals) | paired test: difference [95 % interval], p (n) | verdict |",
-             "|---|---|---|---|"]
+    lines = ["| claim | measured (95 % intervals) | paired test: difference [95 % interval], p (n) | Holm p | verdict |",
+             "|---|---|---|---|---|"]
+    claims: list[dict] = []
     base = _json(out / "countdown_sft" / "eval.json").get("before", {})
     sft_names = [n for n in ("countdown_sft", "countdown_sft_more", "countdown_sft_most") if n in names]
     largest = _after(out, sft_names[-1]) if sft_names else {}
     acc, score = "problem_correct", "problem_scores"
+    family = "countdown"
     # 1. SFT on synthetic traces beats the base model
     for key, what in ((acc, "accuracy"), (score, "verifier score")):
         measured = (f"base {_figure(base[key], key == acc)} → SFT ({names[sft_names[-1]].label}) {_figure(largest[key], key == acc)}"
                     if base.get(key) and largest.get(key) else "")
-        lines.append(_claim(f"SFT on synthetic traces beats the base model (Countdown {what})", measured,
+        claims.append(_claim(family, f"SFT on synthetic traces beats the base model (Countdown {what})", measured,
                             base.get(key), largest.get(key), "bootstrap" if key == score else "auto"))
     # 2. more synthetic data beats less: the curve, tested largest against smallest
     curve = [(names[n].label, _after(out, n)) for n in sft_names]
     if len(curve) >= 2:
         for key, what in ((acc, "accuracy"), (score, "verifier score")):
             measured = "; ".join(f"{label}: {_figure(r[key], key == acc)}" for label, r in curve if r.get(key))
-            lines.append(_claim(f"more synthetic data beats less (Countdown {what}, largest against smallest of "
+            claims.append(_claim(family, f"more synthetic data beats less (Countdown {what}, largest against smallest of "
                                 f"{len(curve)} sizes)", measured, curve[0][1].get(key), curve[-1][1].get(key),
                                 "bootstrap" if key == score else "auto"))
     # 3. best-of-N with the verifier at least doubles greedy SFT accuracy (largest N; temperature from validation)
@@ -204,35 +231,37 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
         where = f", temperature {chosen['temperature']:g} chosen on validation problems" if chosen else ""
         measured = (f"greedy SFT {_figure(greedy, True)}; best-of-{n} {_figure(bon[n], True)}{where}; "
                     + ", ".join(f"N={k}: {sum(v) / len(v):.3f}" for k, v in sorted(bon.items())))
-        lines.append(_claim(f"best-of-N with the verifier at least doubles greedy SFT accuracy (N = {n}; test: "
+        claims.append(_claim(family, f"best-of-N with the verifier at least doubles greedy SFT accuracy (N = {n}; test: "
                             "best-of-N − 2 × greedy)", measured, [2 * g for g in greedy], bon[n], "bootstrap"))
     else:
-        lines.append(_claim("best-of-N with the verifier at least doubles greedy SFT accuracy", "", None, None))
+        claims.append(_claim(family, "best-of-N with the verifier at least doubles greedy SFT accuracy", "", None, None))
     # 4. RLOO with the verifier beats its SFT start
     rloo = _after(out, "countdown_rloo")
     for key, what in ((acc, "accuracy"), (score, "verifier score")):
         measured = (f"SFT start {_figure(largest[key], key == acc)} → RLOO {_figure(rloo[key], key == acc)}"
                     if largest.get(key) and rloo.get(key) else "")
-        lines.append(_claim(f"RLOO with the verifier beats its SFT start (Countdown {what})", measured,
+        claims.append(_claim(family, f"RLOO with the verifier beats its SFT start (Countdown {what})", measured,
                             largest.get(key), rloo.get(key), "bootstrap" if key == score else "auto"))
     # 5. instruction following: each policy against the base (adherence, win rate) and against SFT
+    family = "instruction"
     evals = {key: _responses(out, f"instruction_eval_{key}") for key in ("base", "sft", "dpo", "rloo_rm", "rloo_checker")}
     titles = {"sft": "SFT", "dpo": "DPO", "rloo_rm": "RLOO (RM reward)", "rloo_checker": "RLOO (checker reward)"}
     ok = lambda rows: [float(bool(r.get("prompt_ok"))) for r in rows] if rows and all("prompt_ok" in r for r in rows) else None
     for key, title in titles.items():
         a, b = ok(evals["base"]), ok(evals[key])
         measured = f"base {_figure(a, True)} → {title} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
-        lines.append(_claim(f"{title} beats the base model in IFEval prompt-level strict accuracy", measured, a, b))
+        claims.append(_claim(family, f"{title} beats the base model in IFEval prompt-level strict accuracy", measured, a, b))
     for key, title in titles.items():
         wins = [float(r["win"]) for r in evals[key]] if evals[key] and all("win" in r for r in evals[key]) else None
         measured = f"win rate {_figure(wins, False)} (ties ½)" if wins else ""
-        lines.append(_claim(f"{title} beats the base model in win rate, judged by the held-apart judge RM (test: against 0.5)",
+        claims.append(_claim(family, f"{title} beats the base model in win rate, judged by the held-apart judge RM (test: against 0.5)",
                             measured, [0.5] * len(wins) if wins else None, wins, "bootstrap"))
     for key in ("dpo", "rloo_rm", "rloo_checker"):
         a, b = ok(evals["sft"]), ok(evals[key])
         measured = f"SFT {_figure(a, True)} → {titles[key]} {_figure(b, True)}" if a and b and len(a) == len(b) else ""
-        lines.append(_claim(f"{titles[key]} beats its SFT start in IFEval prompt-level strict accuracy", measured, a, b))
+        claims.append(_claim(family, f"{titles[key]} beats its SFT start in IFEval prompt-level strict accuracy", measured, a, b))
     # 6. LoRA against full fine-tuning, SFT on the Countdown track, the same traces
+    family = "countdown"
     lora, full = _after(out, "countdown_sft"), _after(out, "countdown_sft_full")
     seconds = {n: _json(out / n / "done.json").get("seconds") for n in ("countdown_sft", "countdown_sft_full")}
     both = {"better": "full fine-tuning better", "worse": "LoRA better", "inconclusive": "no difference resolved"}
@@ -242,9 +271,9 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
             measured = f"LoRA {_figure(lora[key], key == acc)} → full {_figure(full[key], key == acc)}"
             if all(seconds.values()):
                 measured += f"; stage wall time {seconds['countdown_sft']:.0f} s (LoRA, with the base evaluation) vs {seconds['countdown_sft_full']:.0f} s (full)"
-        lines.append(_claim(f"LoRA against full fine-tuning, SFT on Countdown (same traces; {what}; full − LoRA)", measured,
+        claims.append(_claim(family, f"LoRA against full fine-tuning, SFT on Countdown (same traces; {what}; full − LoRA)", measured,
                             lora.get(key), full.get(key), "bootstrap" if key == score else "auto", both))
-    return lines
+    return lines + _claim_rows(claims)
 
 
 def _scaling_plot(stages: list[Stage], out: Path, image: Path) -> bool:
@@ -333,7 +362,9 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
                   f"{samples.get('sft_records', 0)} verified responses (SFT data), {samples.get('pairs')} preference pairs "
                   f"({samples.get('skipped_equal_scores')} prompts skipped: all samples scored the same)."), ""]
     lines += ["**The study's claims** (each test pairs the two stages on the same held-out problems or prompts):", "",
-              *claims_table(stages, out), ""]
+              *claims_table(stages, out), "",
+              "Holm's correction runs within each family of claims, and the verdict is taken on the adjusted p "
+              "(the intervals are the unadjusted 95 % ones): " + "; ".join(f"*{v}*" for v in FAMILIES.values()) + ".", ""]
     chosen = temperature_choice(stages, out)
     if chosen:
         lines += [f"Best-of-N sampling temperature: {chosen['temperature']:g}, chosen on the validation problems "
