@@ -88,7 +88,10 @@ def test_smoke_evaluations_write_their_metrics(smoke):
     assert base["num_prompts"] == PROFILES["smoke"].if_eval_prompts and "win_rate" not in base
     for name in ("sft", "dpo", "rloo_rm", "rloo_checker"):
         m = json.loads((runs / f"instruction_eval_{name}" / "metrics.json").read_text())
-        assert 0.0 <= m["win_rate"] <= 1.0 and 0.0 <= m["adherence_prompt_level"] <= m["adherence_instruction_level"] <= 1.0
+        assert 0.0 <= m["win_rate"] <= 1.0
+        for mode in ("strict", "loose"):  # IFEval's four numbers: a prompt counts only when all its instructions do
+            assert 0.0 <= m[f"ifeval_prompt_level_{mode}"] <= m[f"ifeval_instruction_level_{mode}"] <= 1.0
+        assert m["ifeval_prompt_level_strict"] <= m["ifeval_prompt_level_loose"]
         assert m["reference_reward_mean"] == pytest.approx(base["reward_mean"], abs=1e-5)  # the same base answers, re-judged
     assert set(json.loads((runs / "countdown_sft" / "eval.json").read_text())) == {"before", "after"}
     for name in ("countdown_sft_more", "countdown_sft_most", "countdown_sft_full", "countdown_rloo"):
@@ -113,7 +116,7 @@ def test_smoke_results_file_has_a_filled_table_row_per_stage(smoke):
     assert done["machine"] and f"Stages ran at commit {done['commit']}" in text  # provenance of every stage
     claims = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(("| reproduced |", "| inconclusive |",
               "| not reproduced (the opposite holds) |", "| no difference resolved |", "| LoRA better |", "| full fine-tuning better |"))]
-    assert len(claims) == 20 and not any("not run" in line for line in claims)
+    assert len(claims) == 21 and not any("not run" in line for line in claims)
 
 
 def test_rerun_skips_finished_stages_and_a_fit_stage_resumes_from_its_checkpoint(smoke, capsys):

@@ -166,25 +166,27 @@ def test_claims_table_gives_each_claim_its_paired_test_holm_p_and_verdict(study)
     lines = claims_table(*study)
     assert lines[0].endswith("| Holm p | verdict |")
     rows = lines[2:]
-    assert len(rows) == 20 and not any("not run" in line for line in rows)
+    assert len(rows) == 21 and not any("not run" in line for line in rows)
     sft = _row(lines, "SFT on synthetic traces beats the base model (Countdown accuracy)")
     assert "McNemar exact p=0.008 (n=20)" in sft  # 8 gained, 0 lost: 2 × 0.5**8
     low, high = wilson_interval(8, 20)
     assert f"→ SFT (SFT, LoRA, 560 synthetic traces) 0.400 [{low:.3f}, {high:.3f}]" in sft
-    more = _row(lines, "more synthetic data beats less (Countdown accuracy")
+    more = _row(lines, "more synthetic traces with more optimiser steps beat fewer (Countdown accuracy")
     assert "80 synthetic traces: 0.050" in more and "560 synthetic traces: 0.400" in more
     assert "+0.350" in more and "McNemar exact p=0.016 (n=20)" in more  # 7 gained: 2 × 0.5**7
     assert _row(lines, "RLOO with the verifier beats its SFT start (Countdown accuracy)").endswith(
         "+0.000 [0.000, 0.000], McNemar exact p=1.000 (n=20) | 1.000 | inconclusive |")
-    # Holm within each family: 9 Countdown claims, 11 instruction claims; the printed adjusted p is Holm's
+    # Holm within each family: 10 Countdown claims, 11 instruction claims; the printed adjusted p is Holm's
     # of the printed raw ones (to their rounding), and the verdict is taken on it
-    for family, size in (("countdown", 9), ("instruction", 11)):
+    for family, size in (("countdown", 10), ("instruction", 11)):
         members = [r for r in rows if _family(r) == family]
         assert len(members) == size
         raw = [_p_values(r)[0] for r in members]
         for r, expected in zip(members, holm(raw)):
             assert _p_values(r)[1] == pytest.approx(expected, abs=0.0005 * size + 0.0005), r  # raw p printed to 3 places
-    # the correction changes verdicts: p = 0.008 and 0.016 alone would reproduce; among 9 claims they do not
+    # the correction changes verdicts: p = 0.008 and 0.016 alone would reproduce; among 10 claims they do not
+    vote = _row(lines, "majority vote over N samples, no verifier, beats greedy SFT accuracy (N = 4)")
+    assert "greedy SFT 0.400" in vote and "majority@4 0.500" in vote  # the fixture's majority hits: 10 of 20
     assert _p_values(sft)[1] > 0.05 and sft.endswith("| inconclusive |")
     assert _p_values(more)[1] > 0.05 and more.endswith("| inconclusive |")
 
@@ -192,7 +194,7 @@ def test_claims_table_gives_each_claim_its_paired_test_holm_p_and_verdict(study)
 def test_best_of_n_claim_tests_against_twice_greedy_with_the_validation_temperature(study):
     from study.report import claims_table
 
-    row = _row(claims_table(*study), "best-of-N with the verifier at least doubles")
+    row = _row(claims_table(*study), "best-of-N with a perfect verifier (so, pass@N) at least doubles")
     # best-of-4 10/20 against greedy (the largest SFT's greedy 8/20): 0.5 − 2 × 0.4 = −0.3
     expected = compare([2.0] * 8 + [0.0] * 12, [1] * 10 + [0] * 10, test="bootstrap")
     assert f"{expected.diff:+.3f} [{expected.low:.3f}, {expected.high:.3f}]" in row and expected.diff == pytest.approx(-0.3)
