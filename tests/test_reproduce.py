@@ -252,3 +252,23 @@ def test_provenance_outside_a_git_checkout_records_unknown(tmp_path, monkeypatch
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     where = runner.provenance()
     assert where["commit"] == "unknown" and where["dirty"] is None and where["machine"]
+
+
+def test_the_results_block_rebuilds_byte_for_byte_from_the_copied_outcomes(smoke, tmp_path):
+    """The committed per-stage outcomes are enough: the block written from them alone, without a model or the
+    run's folders, equals the block the run wrote."""
+    from study.report import collect
+
+    out, stages = smoke
+    data = tmp_path / "data"
+    copied = collect(stages, out / "runs", data)
+    assert copied and not any(p.suffix in (".ckpt", ".safetensors", ".bin") for p in copied)
+    assert sum(p.stat().st_size for p in copied) < 5_000_000
+    rebuilt = tmp_path / "results.md"
+    run("smoke", str(data), str(rebuilt), report_only=True)
+
+    def block(path):
+        text = path.read_text()
+        return text[text.index("<!-- reproduce:smoke:begin -->"):text.index("<!-- reproduce:smoke:end -->")]
+
+    assert block(rebuilt) == block(out / "results.md")

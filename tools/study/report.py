@@ -361,7 +361,10 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     total = sum(v for v in seconds.values() if v)
     samples = _json(out / "instruction_samples" / "pairs.counts.json")
     lines = [f"<!-- reproduce:{profile}:begin -->", f"### Profile `{profile}` (written by `python tools/reproduce.py --profile {profile}`)", "",
-             f"Outputs: `{out}`. Total wall time of the stages: {total / 60:.1f} min.", ""]
+             f"Total wall time of the stages: {total / 60:.1f} min. Every figure below is computed from the stages' "
+             f"per-problem and per-prompt outcomes, which the run copies to `{DATA_ROOT}/{profile}/` (no weights); "
+             f"`python tools/reproduce.py --profile {profile} --report-only --out {DATA_ROOT}/{profile}` rebuilds this "
+             "block from them alone, without running a model.", ""]
     ran = [d for d in done.values() if d]
     commits = sorted({(r.get("commit") or "unknown") + (" (with uncommitted changes)" if r.get("dirty") else "") for r in ran if r})
     machines = sorted({r["machine"] for r in ran if r.get("machine")})
@@ -396,6 +399,29 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     lines += ["| stage | wall time (s) |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in seconds.items()]
     lines.append(f"<!-- reproduce:{profile}:end -->")
     return "\n".join(lines) + "\n"
+
+
+DATA_ROOT = "docs/study_data"
+# what the report reads in a stage folder: small JSON/CSV outcomes (and the best-of-N plot it copies)
+DATA_FILES = ("done.json", "eval.json", "metrics.json", "responses.jsonl", "best_of_n.csv", "best_of_n_per_problem.csv",
+              "best_of_n.png", "pairs.counts.json", "config.yaml")
+
+
+def collect(stages: list[Stage], out: Path, data: Path) -> list[Path]:
+    """Copy what the report reads of each stage (``DATA_FILES`` and the newest ``logs/version_*/metrics.csv``)
+    from ``out`` to ``data``, so the results block can be rebuilt from ``data`` alone. Returns the copies."""
+    copied = []
+    for stage in stages:
+        source, target = out / stage.name, data / stage.name
+        files = [source / name for name in DATA_FILES if (source / name).is_file()]
+        logs = sorted(source.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+        files += logs[-1:]
+        for file in files:
+            dest = target / file.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, dest)
+            copied.append(dest)
+    return copied
 
 
 def write_results(profile: str, stages: list[Stage], out: Path, results: Path) -> None:

@@ -207,16 +207,25 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
 
 
 def run(profile: str, out: str | None = None, results: str | None = None, only: list[str] | None = None,
-        checkpoint_every: int = 20, dry_run: bool = False, rollout_config: str | None = None) -> list[Stage]:
-    """Run (or, with ``dry_run``, only write the configs of) every stage of ``profile``; then write results.
+        checkpoint_every: int = 20, dry_run: bool = False, rollout_config: str | None = None, data: str | None = None,
+        report_only: bool = False) -> list[Stage]:
+    """Run (or, with ``dry_run``, only write the configs of) every stage of ``profile``; then copy the stages'
+    outcomes to ``data`` (when given) and write results.
 
     ``rollout_config``: a file such as ``configs/rollout/vllm.yaml``; every stage that samples uses its engine.
+    ``report_only``: run nothing; write the results from ``out`` as it is (e.g. a copy made by ``data``).
     """
     out_dir = Path(out or f"outputs/reproduce/{profile}")
     rollout = None
     if rollout_config:
         rollout = yaml.safe_load(Path(rollout_config).read_text())["model"]["init_args"]["rollout"]
     stages = plan(profile, str(out_dir))
+    if report_only:
+        if results:
+            from study.report import write_results
+
+            write_results(profile, stages, out_dir, Path(results))
+        return stages
     where = None if dry_run else provenance()  # the commit and machine: looked up once per run, not per stage
     for stage in stages:
         if only and stage.name not in only:
@@ -228,6 +237,10 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             continue
         run_stage(stage, out_dir / stage.name, where, checkpoint_every, rollout)
+    if data and not dry_run:
+        from study.report import collect
+
+        print(f"[reproduce] copied {len(collect(stages, out_dir, Path(data)))} outcome files to {data}")
     if results and not dry_run:
         from study.report import write_results
 
@@ -247,7 +260,13 @@ def main(argv: list[str] | None = None) -> list[Stage]:
     parser.add_argument("--checkpoint-every", type=int, default=20, help="optimiser steps between checkpoints")
     parser.add_argument("--dry-run", action="store_true", help="write every stage's config.yaml, run nothing")
     parser.add_argument("--rollout-config", help="sample every stage through this engine, e.g. configs/rollout/vllm.yaml")
+    parser.add_argument("--data", default=None,
+                        help="copy every stage's outcomes (small JSON/CSV, no weights) here after the run "
+                             "(default for the embedded profile: docs/study_data/embedded; '' to skip)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rebuild the results block from --out (e.g. --out docs/study_data/embedded)")
     args = parser.parse_args(argv)
+    data = args.data if args.data is not None else ("docs/study_data/embedded" if args.profile == "embedded" else "")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return run(args.profile, args.out, args.results or None, args.only, args.checkpoint_every, args.dry_run,
-               args.rollout_config)
+               args.rollout_config, data or None, args.report_only)
