@@ -39,7 +39,6 @@ CANDIDATES = {
     "grpo_lr1e-4": {},
     "grpo_lr3e-4": {"optimizer": {"init_args": {"lr": 3e-4}}},
     "dr_grpo_lr1e-4": {"loss_type": "dr_grpo", "scale_rewards": "none"},
-    "grpo_2passes_lr1e-4": {"num_iterations": 2},
 }
 
 
