@@ -272,3 +272,9 @@ def test_the_results_block_rebuilds_byte_for_byte_from_the_copied_outcomes(smoke
         return text[text.index("<!-- reproduce:smoke:begin -->"):text.index("<!-- reproduce:smoke:end -->")]
 
     assert block(rebuilt) == block(out / "results.md")
+
+
+def test_report_only_refuses_a_folder_without_finished_stages(tmp_path):
+    with pytest.raises(SystemExit, match="holds no finished stage of the smoke profile"):
+        run("smoke", str(tmp_path / "empty"), str(tmp_path / "results.md"), report_only=True)
+    assert not (tmp_path / "results.md").exists()

@@ -221,6 +221,8 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
         rollout = yaml.safe_load(Path(rollout_config).read_text())["model"]["init_args"]["rollout"]
     stages = plan(profile, str(out_dir))
     if report_only:
+        if not any((out_dir / s.name / "done.json").is_file() for s in stages):
+            raise SystemExit(f"--report-only: {out_dir} holds no finished stage of the {profile} profile (no */done.json)")
         if results:
             from study.report import write_results
 
