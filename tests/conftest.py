@@ -121,3 +121,52 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+
+
+def tiny_llama_hd32(folder, seed: int = 0, layers: int = 2):
+    """A tiny Llama whose heads are 32 wide (vLLM's CPU attention has no 16-wide kernels), with its
+    tokenizer, saved to ``folder``; returns (model in eval mode, tokenizer)."""
+    from lit_align.modeling import tiny
+
+    tokenizer = tiny.tiny_tokenizer()
+    config = tiny._llama_config(tokenizer)
+    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
+    config.num_hidden_layers = layers
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = tiny.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model.eval(), tokenizer
+
+
+from lit_align.rewards.base import Reward  # noqa: E402
+
+
+class LengthReward(Reward):
+    """A reward that varies between samples: each completion's length in characters."""
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(len(c)) for c in completions])
+
+
+class ChatPrompts:
+    """Eight one-turn chat prompts, as a data source."""
+
+    def records(self):
+        for i in range(8):
+            yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
+
+
+def engine_gap_recorder():
+    """A Lightning callback that keeps ``train/engine_logprob_gap`` after every training batch (its ``gaps``)."""
+    import lightning as L
+
+    class Gaps(L.Callback):
+        def __init__(self):
+            self.gaps = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
+
+    return Gaps()

@@ -200,14 +200,32 @@ _ENCODER_CORPUS = _CORPUS + [
 ] * 4
 
 
+def _wordpiece_vocab(lowercase: bool, vocab_size: int) -> dict[str, int]:
+    """A WordPiece vocabulary built by rule, the same in every process: the special tokens, every character of
+    the corpus alone and as a continuation (``##c``), then the corpus's words, most frequent first (ties in
+    alphabetical order), up to ``vocab_size``. (The library's WordPiece trainer breaks ties differently from
+    run to run: two tokenizers trained in one process could differ, and a model sized for one then met
+    token ids of the other.)"""
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    pre = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for text in _ENCODER_CORPUS:
+        for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)):
+            counts[word] = counts.get(word, 0) + 1
+    chars = sorted({c for word in counts for c in word})
+    vocab = list(ENCODER_SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+    known = set(vocab)
+    vocab += [w for w in sorted(counts, key=lambda w: (-counts[w], w)) if w not in known][: max(0, vocab_size - len(vocab))]
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def wordpiece_tokenizer(lowercase: bool = True, vocab_size: int = 600) -> PreTrainedTokenizerFast:
-    """A BERT-style WordPiece tokenizer made offline: no chat template, text pairs as [CLS] A [SEP] B [SEP]."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    """A BERT-style WordPiece tokenizer made offline, the same in every call: no chat template, text pairs as
+    [CLS] A [SEP] B [SEP]."""
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(lowercase, vocab_size), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=ENCODER_SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(_ENCODER_CORPUS, trainer=trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]

@@ -140,3 +140,18 @@ def test_unknown_tiny_name_and_an_encoder_asked_for_as_a_causal_lm_are_clear_err
         models.load_causal_lm("tiny:distilbert")
     with pytest.raises(models.ModelLoadError, match="single scalar output"):
         models.load_sequence_classifier("tiny:deberta-v2", num_labels=3)
+
+
+def test_the_tiny_encoder_tokenizer_is_the_same_in_every_call():
+    """The reward-model stand-ins build their tokenizer and their model from two separate calls: a
+    tokenizer that differed between calls (the library's WordPiece trainer breaks ties at random) gave
+    the model a vocabulary smaller than the ids it was fed, and an intermittent "index out of range"."""
+    from lit_align.modeling import tiny
+
+    for lowercase in (True, False):
+        vocabs = {tuple(sorted(tiny.wordpiece_tokenizer(lowercase=lowercase).get_vocab().items())) for _ in range(5)}
+        assert len(vocabs) == 1
+    tokenizer = models.load_tokenizer("tiny:deberta-v2")
+    model = models.load_sequence_classifier("tiny:deberta-v2")
+    ids = tokenizer("Write a short poem about the sea.", "The sea is wide.", return_tensors="pt").input_ids
+    assert int(ids.max()) < model.config.vocab_size == len(tokenizer)

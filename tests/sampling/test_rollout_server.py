@@ -18,11 +18,12 @@ pytest.importorskip("vllm")
 
 from lit_align.data.collate import collate_prompts  # noqa: E402
 from lit_align.data.formats import prompt_ids  # noqa: E402
-from lit_align.modeling import tiny  # noqa: E402
 from lit_align.objectives.logprobs import completion_logprobs  # noqa: E402
 from lit_align.sampling.engines import VLLM  # noqa: E402
 from lit_align.sampling.generate import SamplingParams  # noqa: E402
 from lit_align.sampling.remote import RolloutServerError, VLLMServer  # noqa: E402
+
+from conftest import tiny_llama_hd32  # noqa: E402
 
 ENGINE = dict(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
 
@@ -34,17 +35,7 @@ def _free_port() -> int:
 
 
 def _llama(folder, seed: int = 0, layers: int = 2):
-    """A tiny Llama with 32-wide heads (vLLM's CPU attention has no 16-wide kernels), saved to ``folder``."""
-    tokenizer = tiny.tiny_tokenizer()
-    config = tiny._llama_config(tokenizer)
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
-    config.num_hidden_layers = layers
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = tiny.LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model.eval(), tokenizer
+    return tiny_llama_hd32(folder, seed, layers)
 
 
 def _clean_env() -> dict:
@@ -173,26 +164,7 @@ import lightning as L  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.methods.grpo import GRPO  # noqa: E402
 from lit_align.methods.rloo import RLOO  # noqa: E402
-from lit_align.rewards.base import Reward  # noqa: E402
-
-
-class Length(Reward):
-    def __call__(self, prompts, completions, records):
-        return torch.tensor([float(len(c)) for c in completions])
-
-
-class Prompts:
-    def records(self):
-        for i in range(8):
-            yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
-
-
-class Gaps(L.Callback):
-    def __init__(self):
-        self.gaps = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
+from conftest import ChatPrompts, LengthReward, engine_gap_recorder  # noqa: E402
 
 
 class SkipsPushes(VLLMServer):
@@ -204,13 +176,13 @@ class SkipsPushes(VLLMServer):
 
 def _fit(method: str, engine: VLLMServer, folder, steps: int = 2) -> list[float]:
     torch.manual_seed(0)
-    common = dict(model=str(folder), reward=Length(), rollout=engine, generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+    common = dict(model=str(folder), reward=LengthReward(), rollout=engine, generation=SamplingParams(max_new_tokens=8, temperature=0.7),
                   optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
     module = RLOO(rloo_k=2, **common) if method == "rloo" else GRPO(num_generations=2, **common)
-    gaps = Gaps()
+    gaps = engine_gap_recorder()
     L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-              callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
+              callbacks=[gaps]).fit(module, AlignDataModule(ChatPrompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
     return gaps.gaps
 
 

@@ -17,38 +17,21 @@ from lit_align.data.formats import prompt_ids  # noqa: E402
 from lit_align.sampling.generate import SamplingParams  # noqa: E402
 from lit_align.methods.rloo import RLOO  # noqa: E402
 from lit_align.modeling.models import LoRA  # noqa: E402
-from lit_align.rewards.base import Reward  # noqa: E402
 from lit_align.sampling.engines import VLLM  # noqa: E402
 
-from conftest import CHI2_5_DOF_P001, first_token_chi2  # noqa: E402
+from conftest import CHI2_5_DOF_P001, ChatPrompts, LengthReward, engine_gap_recorder, first_token_chi2, tiny_llama_hd32  # noqa: E402
 
 ENGINE = dict(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny Llama whose heads are 32 wide (vLLM's CPU attention has no 16-wide kernels)."""
     folder = tmp_path_factory.mktemp("llama_hd32")
-    tokenizer = tiny.tiny_tokenizer()
-    config = tiny._llama_config(tokenizer)
-    config.num_attention_heads, config.num_key_value_heads, config.head_dim = 2, 1, 32
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = tiny.LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_llama_hd32(folder)
     return folder
 
 
-class Length(Reward):
-    def __call__(self, prompts, completions, records):
-        return torch.tensor([float(len(c)) for c in completions])
-
-
-class Prompts:
-    def records(self):
-        for i in range(8):
-            yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
+Length, Prompts = LengthReward, ChatPrompts
 
 
 class NoSync(VLLM):
@@ -58,20 +41,12 @@ class NoSync(VLLM):
         pass
 
 
-class Gaps(L.Callback):
-    def __init__(self):
-        self.gaps = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
-
-
 def _train(model_dir, engine: VLLM, lora: LoRA | None, steps: int = 3):
     torch.manual_seed(0)
     module = RLOO(model=str(model_dir), reward=Length(), rloo_k=2, lora=lora, rollout=engine,
                   generation=SamplingParams(max_new_tokens=8, temperature=0.7),
                   optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
-    gaps = Gaps()
+    gaps = engine_gap_recorder()
     L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
               callbacks=[gaps]).fit(module, AlignDataModule(Prompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))

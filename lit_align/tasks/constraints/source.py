@@ -14,17 +14,14 @@ and ``kwargs``, validated as they are read (a bad row is an error naming the row
 
 from __future__ import annotations
 
+import itertools
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 from lit_align.data.sources import DataError, HubDataset, read_records
 from lit_align.tasks.constraints.generator import check_settings, generate_prompts
 from lit_align.tasks.constraints.schema import instructions
-
-log = logging.getLogger(__name__)
-
 
 class ConstraintSource:
     """Generated instruction-following prompts with IFEval instructions (a data ``Source``)."""
@@ -54,7 +51,21 @@ def _rows(name: str, split: str) -> Iterator[tuple[str, dict]]:
     return HubDataset(name, split).records()
 
 
-class IFEvalSource:
+class _Rows:
+    """A hub dataset's (or a local file's) rows, each made a record in IFEval's schema by ``_record``."""
+
+    def __init__(self, name: str, split: str, limit: int | None):
+        self.name, self.split, self.limit = name, split, limit
+
+    def records(self) -> Iterator[tuple[str, dict]]:
+        for i, (origin, row) in enumerate(itertools.islice(_rows(self.name, self.split), self.limit)):
+            yield origin, self._record(origin, row, i)
+
+    def _record(self, origin: str, row: dict, index: int) -> dict:
+        raise NotImplementedError
+
+
+class IFEvalSource(_Rows):
     """IFEval's prompts (``google/IFEval``), each as a one-turn chat with its instructions."""
 
     def __init__(self, name: str = "google/IFEval", split: str = "train", limit: int | None = None):
@@ -64,18 +75,15 @@ class IFEvalSource:
             split: the hub split (IFEval ships its 541 prompts as ``train``).
             limit: read only the first ``limit`` prompts.
         """
-        self.name, self.split, self.limit = name, split, limit
+        super().__init__(name, split, limit)
 
-    def records(self) -> Iterator[tuple[str, dict]]:
-        for i, (origin, row) in enumerate(_rows(self.name, self.split)):
-            if self.limit is not None and i >= self.limit:
-                return
-            prompt = row.get("prompt")
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise DataError(f"{origin}: field 'prompt' must be a non-empty string (IFEval's schema)")
-            ids, kwargs = instructions(row, origin)
-            yield origin, {"prompt": [{"role": "user", "content": prompt}], "instruction_id_list": ids,
-                           "kwargs": kwargs, "key": row.get("key", i)}
+    def _record(self, origin: str, row: dict, index: int) -> dict:
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{origin}: field 'prompt' must be a non-empty string (IFEval's schema)")
+        ids, kwargs = instructions(row, origin)
+        return {"prompt": [{"role": "user", "content": prompt}], "instruction_id_list": ids, "kwargs": kwargs,
+                "key": row.get("key", index)}
 
 
 def _relation(quantifier, n: int, origin: str) -> tuple[str, int]:
@@ -97,7 +105,6 @@ def _exactly(kind: str, count_name: str, relation_name: str, n: int, **fixed) ->
 def rlvr_instructions(truth: dict, origin: str) -> list[tuple[str, dict]]:
     """IFEval (id, kwargs) pairs equivalent to one RLVR-IFeval ``ground_truth``."""
     name = truth.get("func_name")
-    n = truth.get("N")
 
     def need(key):
         value = truth.get(key)
@@ -151,11 +158,10 @@ def rlvr_instructions(truth: dict, origin: str) -> list[tuple[str, dict]]:
         return [("combination:repeat_prompt", {"prompt_to_repeat": need("original_prompt")})]
     if name == "validate_end":
         return [("startend:end_checker", {"end_phrase": need("end_phrase")})]
-    del n
     raise DataError(f"{origin}: field 'ground_truth.func_name': {name!r} is not an RLVR-IFeval check this source maps")
 
 
-class RLVRIFEvalSource:
+class RLVRIFEvalSource(_Rows):
     """RLVR-IFeval's training prompts (``allenai/RLVR-IFeval``), their checks mapped to IFEval instructions."""
 
     def __init__(self, name: str = "allenai/RLVR-IFeval", split: str = "train", limit: int | None = None):
@@ -165,26 +171,22 @@ class RLVRIFEvalSource:
             split: the hub split.
             limit: read only the first ``limit`` prompts.
         """
-        self.name, self.split, self.limit = name, split, limit
+        super().__init__(name, split, limit)
 
-    def records(self) -> Iterator[tuple[str, dict]]:
-        for i, (origin, row) in enumerate(_rows(self.name, self.split)):
-            if self.limit is not None and i >= self.limit:
-                return
-            messages = row.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise DataError(f"{origin}: field 'messages' must be a non-empty chat (RLVR-IFeval's schema)")
-            prompt = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "assistant")]
-            truth = row.get("ground_truth")
-            try:
-                truth = json.loads(truth) if isinstance(truth, str) else truth
-            except json.JSONDecodeError as e:
-                raise DataError(f"{origin}: field 'ground_truth' is not valid JSON: {e.msg}") from None
-            if isinstance(truth, list) and len(truth) == 1:  # some revisions store a one-item list
-                truth = json.loads(truth[0]) if isinstance(truth[0], str) else truth[0]
-            if not isinstance(truth, dict):
-                raise DataError(f"{origin}: field 'ground_truth' must be a JSON object with a func_name")
-            pairs = rlvr_instructions(truth, origin)
-            record = {"prompt": prompt, "instruction_id_list": [k for k, _ in pairs], "kwargs": [a for _, a in pairs]}
-            ids, kwargs = instructions(record, origin)
-            yield origin, {**record, "instruction_id_list": ids, "kwargs": kwargs}
+    def _record(self, origin: str, row: dict, index: int) -> dict:
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f"{origin}: field 'messages' must be a non-empty chat (RLVR-IFeval's schema)")
+        prompt = [m for m in messages if not (isinstance(m, dict) and m.get("role") == "assistant")]
+        truth = row.get("ground_truth")
+        try:
+            truth = json.loads(truth) if isinstance(truth, str) else truth
+        except json.JSONDecodeError as e:
+            raise DataError(f"{origin}: field 'ground_truth' is not valid JSON: {e.msg}") from None
+        if isinstance(truth, list) and len(truth) == 1:  # some revisions store a one-item list
+            truth = json.loads(truth[0]) if isinstance(truth[0], str) else truth[0]
+        if not isinstance(truth, dict):
+            raise DataError(f"{origin}: field 'ground_truth' must be a JSON object with a func_name")
+        pairs = rlvr_instructions(truth, origin)
+        ids, kwargs = instructions({"instruction_id_list": [k for k, _ in pairs], "kwargs": [a for _, a in pairs]}, origin)
+        return {"prompt": prompt, "instruction_id_list": ids, "kwargs": kwargs}
