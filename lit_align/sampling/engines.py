@@ -268,7 +268,7 @@ class VLLM(RolloutEngine):
             if self.sleep_between_rollouts:
                 self.llm.sleep(level=1)
                 self.weights_asleep = self.cache_asleep = True
-        return self._samples(tokenizer, input_ids, attention_mask, params, outputs)
+        return engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
         from vllm import SamplingParams as EngineParams
@@ -279,9 +279,6 @@ class VLLM(RolloutEngine):
         return [(list(c.token_ids), [next(iter(step.values())).logprob for step in c.logprobs or []], c.finish_reason)
                 for out in outputs for c in out.outputs]
 
-    @staticmethod
-    def _samples(tokenizer, input_ids, attention_mask, params, completions) -> Samples:
-        return engine_samples(tokenizer, input_ids, attention_mask, params, completions)
 
 
 def engine_requests(tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int) -> list[dict]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.sampling.engines import VLLM
+from lit_align.sampling.engines import VLLM, engine_samples
 from lit_align.sampling.generate import SamplingParams
 
 
@@ -29,7 +29,7 @@ def test_truncation_comes_from_the_engines_finish_reason_not_from_the_pad_id(qwe
                       (words[:3], "length"),  # cut by max_model_len, shorter than the widest row
                       (words[:5], "length"))  # cut at max_tokens
     prompt = torch.tensor([[7, 8]])
-    samples = VLLM._samples(qwen_tokenizer, prompt, torch.ones_like(prompt), SamplingParams(max_new_tokens=5, n=3), outputs)
+    samples = engine_samples(qwen_tokenizer, prompt, torch.ones_like(prompt), SamplingParams(max_new_tokens=5, n=3), outputs)
     assert samples.completion_mask.sum(-1).tolist() == [3, 3, 5]
     assert samples.truncated.tolist() == [False, True, True]
     assert samples.completion_ids[1, 3:].tolist() == [pad, pad]  # padding, outside the mask
@@ -62,7 +62,7 @@ def test_sleep_mode_wakes_the_weights_then_pushes_then_wakes_the_cache(monkeypat
 
     monkeypatch.setattr(engine, "sync", sync)
     monkeypatch.setattr(engine, "_generate", lambda *args: calls.append("generate"))
-    monkeypatch.setattr(VLLM, "_samples", staticmethod(lambda *args: None))
+    monkeypatch.setattr("lit_align.sampling.engines.engine_samples", lambda *args: None)
     ids = torch.tensor([[1, 2]])
     engine.sample(None, None, ids, torch.ones_like(ids), SamplingParams())  # the first sampling: awake already
     assert calls == ["generate", "sleep(1)"]
