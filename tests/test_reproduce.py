@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -115,8 +116,21 @@ def test_smoke_results_file_has_a_filled_table_row_per_stage(smoke):
     done = json.loads((out / "runs" / "countdown_sft" / "done.json").read_text())
     assert done["machine"] and f"Stages ran at commit {done['commit']}" in text  # provenance of every stage
     claims = [line for line in text.splitlines() if line.startswith("| ") and line.endswith(("| reproduced |", "| inconclusive |",
-              "| not reproduced (the opposite holds) |", "| no difference resolved |", "| LoRA better |", "| full fine-tuning better |"))]
-    assert len(claims) == 21 and not any("not run" in line for line in claims)
+              "| not reproduced (the opposite holds) |", "| no difference resolved |", "| LoRA better |", "| full fine-tuning better |",
+              "| GRPO better |", "| RLOO better |"))]
+    assert len(claims) == 25 and not any("not run" in line for line in claims)
+    assert sum("GRPO with the verifier beats its SFT start" in line for line in claims) == 2
+    assert sum("RLOO against GRPO" in line for line in claims) == 2
+    # the stage table names each stage's sampling engine and its own peak RSS
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in text.splitlines() if line.startswith("| ")}
+    assert rows["countdown_grpo"][2] == "HFGenerate" and rows["instruction_samples"][2] == "HFGenerate"
+    assert rows["instruction_rm"][2] == "–"  # a reward model samples nothing
+    assert float(rows["countdown_grpo"][3].split()[0].replace(",", "")) > 100  # MiB, measured
+    assert done["engine"] == "HFGenerate" and done["peak_rss_mib"] > 100
+    # the online RL stages' training reward: one row each, its step count the stage's optimiser steps
+    block = text.split("**Online RL training reward**")[1].split("\n\n")[1].splitlines()
+    slopes = [line for line in block if line.startswith(("| RLOO with the verifier", "| GRPO with the verifier"))]
+    assert len(slopes) == 2 and all(line.split(" | ")[1] == str(PROFILES["smoke"].cd_rl_steps) for line in slopes), slopes
 
 
 def test_rerun_skips_finished_stages_and_a_fit_stage_resumes_from_its_checkpoint(smoke, capsys):
@@ -136,6 +150,7 @@ def test_rerun_skips_finished_stages_and_a_fit_stage_resumes_from_its_checkpoint
 
 def test_paper_profile_writes_parseable_configs_for_every_stage(tmp_path, capsys):
     stages = run("paper", str(tmp_path), None, dry_run=True)
+    assert "docs/results.md" in capsys.readouterr().out  # no CPU costs for the paper profile: where the GPU table is
     assert "instruction_samples" not in [s.name for s in stages]  # the paper's data are public datasets
     for stage in stages:
         config = tmp_path / stage.name / "config.yaml"
@@ -278,3 +293,30 @@ def test_report_only_refuses_a_folder_without_finished_stages(tmp_path):
     with pytest.raises(SystemExit, match="holds no finished stage of the smoke profile"):
         run("smoke", str(tmp_path / "empty"), str(tmp_path / "results.md"), report_only=True)
     assert not (tmp_path / "results.md").exists()
+
+
+def test_dry_run_prints_each_stage_expected_time_from_the_measured_costs(tmp_path, capsys):
+    from study.plan import EMBEDDED_COSTS, expected_seconds
+
+    stages = run("embedded", str(tmp_path / "dry"), None, dry_run=True)
+    printed = capsys.readouterr().out
+    sizes = PROFILES["embedded"]
+    for stage in stages:
+        seconds = expected_seconds(stage, sizes)
+        assert seconds is not None, stage.name  # every embedded stage has a cost
+        assert re.search(rf"{re.escape(stage.name)}\s+expected\s+{seconds:.0f} s", printed), stage.name
+    total = sum(expected_seconds(stage, sizes) for stage in stages)
+    assert f"expected total: {total / 60:.1f} min" in printed
+    # the figures follow the sizes: twice the RL steps cost twice the RL steps' time more
+    rl = next(s for s in stages if s.name == "countdown_grpo")
+    longer = dataclasses.replace(sizes, cd_rl_steps=2 * sizes.cd_rl_steps)
+    assert expected_seconds(rl, longer) - expected_seconds(rl, sizes) == pytest.approx(EMBEDDED_COSTS["cd_rl_step"] * sizes.cd_rl_steps)
+
+
+def test_step_rewards_take_one_row_per_optimiser_step(tmp_path):
+    from study.report import step_rewards
+
+    log = tmp_path / "logs" / "version_0"
+    log.mkdir(parents=True)
+    (log / "metrics.csv").write_text("step,train/reward_mean,train/loss\n0,0.5,\n0,,0.1\n1,0.25,\n1,0.75,\n2,1.0,\n")
+    assert step_rewards(tmp_path) == [0.5, 0.25, 1.0]  # a step's repeated row is not a second step

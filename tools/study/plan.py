@@ -66,7 +66,7 @@ class Sizes:
     cd_more_steps: int = 20  # each stage continuing from the one before on problems of another seed
     cd_most_steps: int = 40
     cd_full_lr: float = 5e-5  # full fine-tuning (every weight) against LoRA at cd_sft_steps
-    cd_rloo_steps: int = 4
+    cd_rl_steps: int = 4  # Countdown RLOO and GRPO from the largest SFT, each this many optimiser steps
     cd_eval_problems: int = 32  # held-out test problems (seed 1234), greedy
     cd_eval_batch: int = 16
     cd_new_tokens: int = 160
@@ -83,14 +83,14 @@ PROFILES = {
     # (about 70 s per set); a LoRA SFT step takes about 3.5 s, an RLOO step 25-30 s, best-of-8 on 128
     # problems about 13 min.
     "embedded": Sizes(
-        policy=None, rm_backbone=None, if_prompts=128, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
+        policy=None, rm_backbone=None, if_prompts=160, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
         rm_steps=40, rloo_steps=8, rloo_checker_steps=8, cd_sft_steps=20, cd_more_steps=40, cd_most_steps=80,
-        cd_rloo_steps=20, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
+        cd_rl_steps=6, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
     ),
     "smoke": Sizes(
         policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=48, if_eval_prompts=4, if_new_tokens=12,
         if_batch_size=8, sft_steps=2, rm_steps=2, dpo_epochs=1, rloo_steps=2, rloo_checker_steps=2, cd_sft_steps=2,
-        cd_more_steps=2, cd_most_steps=2, cd_rloo_steps=2, cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2],
+        cd_more_steps=2, cd_most_steps=2, cd_rl_steps=2, cd_eval_problems=4, cd_new_tokens=12, bon_n=[1, 2],
         bon_val_problems=4, sft_min_score=0.0, trainer={"log_every_n_steps": 1},
     ),
 }
@@ -128,8 +128,37 @@ def choose_temperature(val_folders: dict[float, Path]) -> tuple[float, dict]:
     return best, figures
 
 
+# Countdown RL in the study: the settings docs/grpo.md chose on the 32 validation problems (GRPO, lr 1e-4
+# constant, 4 prompts x 8 samples, DAPO token mean, clip 0.2 / 0.28, no KL, micro-batches of 8 with
+# checkpointing), and RLOO with its own objective (leave-one-out advantages, sequence normaliser, KL 0.03
+# in the reward) on the same batches, lr and steps, so the two rows differ by objective only. Dynamic
+# sampling is off here: from this start most groups carry signal, and a second draw doubles a step's cost.
+_RL_SHARED = {"micro_batch_size": 8, "gradient_checkpointing": True, "max_grad_norm": 1.0, "dynamic_sampling": False,
+              "rollout": {"class_path": "lit_align.sampling.engines.HFGenerate", "init_args": {"max_batch_rows": 64}},
+              "min_lr_ratio": 1.0, "warmup_steps": 0, "log_completions_every_n_steps": 0,
+              "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-4, "weight_decay": 0.0}}}
+
+
+def _countdown_rl(s: Sizes, sft: str) -> list[Stage]:
+    """RLOO and GRPO with the verifier from the largest SFT model, matched in everything but the objective."""
+    stages = []
+    for name, config, label, init in (
+        ("countdown_rloo", "configs/rloo/countdown_embedded.yaml", "RLOO with the verifier (from the largest SFT)",
+         {"rloo_k": 8}),
+        ("countdown_grpo", "configs/grpo/countdown_learning_embedded.yaml", "GRPO with the verifier (from the largest SFT)",
+         {"num_generations": 8}),
+    ):
+        stages.append(Stage(name, "fit", config, label, {
+            "trainer": {"max_steps": s.cd_rl_steps, "max_time": None, "log_every_n_steps": 1},
+            "model": {"init_args": _RL_SHARED | init | {"model": sft, "generation": {"max_new_tokens": s.cd_new_tokens,
+                                                                                      "temperature": 1.0}}},
+            "data": {"batch_size": 4},
+            "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
+    return stages
+
+
 def _countdown(s: Sizes, out: str) -> list[Stage]:
-    sft_config, rloo_config = "configs/quickstart.yaml", "configs/rloo/countdown_embedded.yaml"
+    sft_config = "configs/quickstart.yaml"
     bon_config = "configs/eval/countdown_best_of_n.yaml"
     policy = {"model": s.policy} if s.policy else {}
     traces = lambda steps: steps * 4  # the quickstart's batch size: 4 fresh synthetic traces per step
@@ -151,10 +180,7 @@ def _countdown(s: Sizes, out: str) -> list[Stage]:
         "model": {"init_args": policy | {"lora": None, "optimizer": {"init_args": {"lr": s.cd_full_lr}}}},
         "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
     sft = f"{out}/countdown_sft_most/export"
-    stages.append(Stage("countdown_rloo", "fit", rloo_config, "RLOO with the verifier (from the largest SFT)", {
-        "trainer": {"max_steps": s.cd_rloo_steps},
-        "model": {"init_args": {"model": sft, "generation": {"max_new_tokens": s.cd_new_tokens}}},
-        "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
+    stages += _countdown_rl(s, sft)
     bon = lambda temperature, problems, seed: {
         "model": {"init_args": {"model": sft, "n_values": s.bon_n,
                                 "generation": {"max_new_tokens": s.cd_new_tokens, "temperature": temperature}}},
@@ -335,3 +361,56 @@ def plan(profile: str, out: str) -> list[Stage]:
         if sizes.trainer and stage.command != "pairs":
             stage.overrides.setdefault("trainer", {}).update(sizes.trainer)
     return stages
+
+
+# ----------------------------------------------------------------------------- expected stage times (dry run)
+
+# Measured unit costs of the embedded profile on a quiet 2-core x86 CPU, float32, HF `generate`, in seconds:
+# from the stage times of the embedded run at 2b8dc44 (docs/results.md), each stage's time less its fixed
+# part, divided by its size. A new run's stage table is the check on them (docs/results.md compares the two).
+EMBEDDED_COSTS = {
+    "stage": 15.0,  # start-up of a stage: models loaded, data built
+    "cd_eval_problem": 0.55,  # one held-out Countdown problem, greedy, 160 tokens, batches of 64
+    "if_eval_prompt": 0.54,  # one held-out instruction prompt, greedy, 128 tokens, judged
+    "if_sample_prompt": 2.17,  # one prompt's 4 base samples (128 tokens), checked
+    "if_sft_step": 1.7,
+    "rm_step": 1.0,
+    "dpo_pair_epoch": 1.5,  # one pair, one epoch
+    "if_rloo_step": 27.0,  # 4 prompts x k 4, 128 tokens
+    "cd_sft_step": 3.8,  # LoRA, 4 traces of <= 384 tokens
+    "cd_full_step": 6.2,  # every weight
+    "cd_rl_step": 70.0,  # 4 prompts x 8 samples, 160 tokens, one draw, micro-batches of 8 with checkpointing (estimate)
+    "bon_sample": 0.86,  # one sample of best-of-N (problems x largest N), 160 tokens
+}
+
+
+def expected_seconds(stage: Stage, s: Sizes, costs: dict | None = None, pairs: int | None = None) -> float | None:
+    """A stage's expected wall time from ``EMBEDDED_COSTS`` and the profile's sizes (None: no cost known).
+    ``pairs``: the preference pairs DPO will see (unknown before the base samples exist; default: a third
+    of the prompts, the rate measured so far)."""
+    c = costs or EMBEDDED_COSTS
+    n, fixed = stage.name, c["stage"]
+    cd_eval, if_eval = c["cd_eval_problem"] * s.cd_eval_problems, c["if_eval_prompt"] * s.if_eval_prompts
+    pairs = s.if_prompts // 3 if pairs is None else pairs
+    table = {
+        "instruction_samples": fixed + c["if_sample_prompt"] * s.if_prompts,
+        "instruction_pairs": 0.2,
+        "instruction_sft": fixed + c["if_sft_step"] * s.sft_steps,
+        "instruction_rm": fixed + c["rm_step"] * s.rm_steps,
+        "instruction_judge": fixed + c["rm_step"] * s.rm_steps,
+        "instruction_dpo": fixed + c["dpo_pair_epoch"] * (pairs // 2) * s.dpo_epochs,
+        "instruction_rloo_rm": fixed + c["if_rloo_step"] * s.rloo_steps,
+        "instruction_rloo_checker": fixed + c["if_rloo_step"] * s.rloo_checker_steps,
+        "countdown_sft": fixed + 2 * cd_eval + c["cd_sft_step"] * s.cd_sft_steps,
+        "countdown_sft_more": fixed + cd_eval + c["cd_sft_step"] * s.cd_more_steps,
+        "countdown_sft_most": fixed + cd_eval + c["cd_sft_step"] * s.cd_most_steps,
+        "countdown_sft_full": fixed + cd_eval + c["cd_full_step"] * s.cd_sft_steps,
+        "countdown_rloo": fixed + cd_eval + c["cd_rl_step"] * s.cd_rl_steps,
+        "countdown_grpo": fixed + cd_eval + c["cd_rl_step"] * s.cd_rl_steps,
+        "countdown_best_of_n": fixed + c["bon_sample"] * s.cd_eval_problems * max(s.bon_n),
+    }
+    if n.startswith("instruction_eval_"):
+        return fixed + if_eval
+    if n.startswith("countdown_best_of_n_val_"):
+        return fixed + c["bon_sample"] * s.bon_val_problems * max(s.bon_n)
+    return table.get(n)

@@ -148,7 +148,8 @@ def _figure(values: list[float], binary: bool) -> str:
 
 
 FAMILIES = {
-    "countdown": "Countdown: SFT against the base, more data, best-of-N, RLOO against SFT, LoRA against full fine-tuning",
+    "countdown": "Countdown: SFT against the base, more data, best-of-N and majority vote against greedy, RLOO and GRPO "
+                 "against SFT and against each other, LoRA against full fine-tuning",
     "instruction": "instruction following: each policy against the base (IFEval prompt-level strict, win rate) and against SFT",
 }
 
@@ -245,13 +246,20 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
                              f"greedy SFT {_figure(greedy, True)}; majority@{n} {_figure(vote[n], True)}", greedy, vote[n]))
     else:
         claims.append(_claim(family, "majority vote over N samples, no verifier, beats greedy SFT accuracy", "", None, None))
-    # 4. RLOO with the verifier beats its SFT start
-    rloo = _after(out, "countdown_rloo")
+    # 4. RLOO and GRPO with the verifier, each against its SFT start, and against each other
+    rl = {"RLOO": _after(out, "countdown_rloo"), "GRPO": _after(out, "countdown_grpo")}
+    for method, after in rl.items():
+        for key, what in ((acc, "accuracy"), (score, "verifier score")):
+            measured = (f"SFT start {_figure(largest[key], key == acc)} → {method} {_figure(after[key], key == acc)}"
+                        if largest.get(key) and after.get(key) else "")
+            claims.append(_claim(family, f"{method} with the verifier beats its SFT start (Countdown {what})", measured,
+                                largest.get(key), after.get(key), "bootstrap" if key == score else "auto"))
+    either = {"better": "GRPO better", "worse": "RLOO better", "inconclusive": "no difference resolved"}
     for key, what in ((acc, "accuracy"), (score, "verifier score")):
-        measured = (f"SFT start {_figure(largest[key], key == acc)} → RLOO {_figure(rloo[key], key == acc)}"
-                    if largest.get(key) and rloo.get(key) else "")
-        claims.append(_claim(family, f"RLOO with the verifier beats its SFT start (Countdown {what})", measured,
-                            largest.get(key), rloo.get(key), "bootstrap" if key == score else "auto"))
+        a, b = rl["RLOO"].get(key), rl["GRPO"].get(key)
+        measured = f"RLOO {_figure(a, key == acc)} → GRPO {_figure(b, key == acc)}" if a and b else ""
+        claims.append(_claim(family, f"RLOO against GRPO, same start, batches and steps (Countdown {what}; GRPO − RLOO)",
+                             measured, a, b, "bootstrap" if key == score else "auto", either))
     # 5. instruction following: each policy against the base (adherence, win rate) and against SFT
     family = "instruction"
     evals = {key: _responses(out, f"instruction_eval_{key}") for key in ("base", "sft", "dpo", "rloo_rm", "rloo_checker")}
@@ -284,6 +292,53 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
         claims.append(_claim(family, f"LoRA against full fine-tuning, SFT on Countdown (same traces; {what}; full − LoRA)", measured,
                             lora.get(key), full.get(key), "bootstrap" if key == score else "auto", both))
     return lines + _claim_rows(claims)
+
+
+RL_STAGES = ("countdown_rloo", "countdown_grpo", "instruction_rloo_rm", "instruction_rloo_checker")
+
+
+def step_rewards(folder: Path, key: str = "train/reward_mean") -> list[float]:
+    """The training reward per optimiser step (the first logged row of each step) of a stage's CSV log."""
+    seen, values = set(), []
+    for r in metric_rows(folder):
+        if r.get(key) and r.get("step") not in seen:
+            seen.add(r.get("step"))
+            values.append(float(r[key]))
+    return values
+
+
+def _reward_slopes(stages: list[Stage], out: Path) -> list[str]:
+    """Each online RL stage's training reward per optimiser step: first and last step, and the least-squares
+    slope with its 95 % t interval (``stats.slope_estimate``; at least 5 steps)."""
+    from lit_align.evaluation.stats import slope_estimate
+
+    lines = ["| stage | optimiser steps | reward, first → last step | mean reward | slope per step [95 % interval] |",
+             "|---|---|---|---|---|"]
+    for stage in stages:
+        if stage.name not in RL_STAGES:
+            continue
+        y = step_rewards(out / stage.name)
+        if not y:
+            lines.append(f"| {stage.label} | – | – | – | not run |")
+            continue
+        slope = "– (fewer than 5 steps)"
+        if len(y) >= 5:
+            e = slope_estimate(y)
+            slope = f"{e.value:+.4f} [{e.low:+.4f}, {e.high:+.4f}]"
+        lines.append(f"| {stage.label} | {len(y)} | {y[0]:.3f} → {y[-1]:.3f} | {sum(y) / len(y):.3f} | {slope} |")
+    return lines
+
+
+def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
+    """Each stage's wall time, the engine it sampled with (none: it samples nothing) and its peak RSS."""
+    lines = ["| stage | wall time (s) | sampling engine | peak RSS (MiB) |", "|---|---|---|---|"]
+    for stage in stages:
+        d = done.get(stage.name) or {}
+        peak = d.get("peak_rss_mib")
+        peak = "–" if peak is None else f"{peak:,.0f}" + ("" if d.get("peak_rss_of_stage_alone", True) else " (run so far)")
+        engine = d.get("engine") or ("–" if d else "")
+        lines.append(f"| {stage.name} | {_fmt(d.get('seconds'))} | {engine} | {peak} |")
+    return lines
 
 
 def _scaling_plot(stages: list[Stage], out: Path, image: Path) -> bool:
@@ -333,7 +388,7 @@ def _curves(stages: list[Stage], out: Path, image: Path) -> bool:
     panels = []
     for stage in stages:
         rows = metric_rows(out / stage.name)
-        key = "train/reward_mean" if "rloo" in stage.name else "train/loss"
+        key = "train/reward_mean" if stage.name in RL_STAGES else "train/loss"
         points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
         if points:
             panels.append((stage, key, points))
@@ -396,7 +451,9 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     if bon_png.is_file():
         shutil.copyfile(bon_png, results.parent / f"{stem}_best_of_n.png")
         lines += [f"![accuracy vs N]({stem}_best_of_n.png)", ""]
-    lines += ["| stage | wall time (s) |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in seconds.items()]
+    lines += ["**Online RL training reward** (per optimiser step, over all of the step's samples):", "",
+              *_reward_slopes(stages, out), ""]
+    lines += _stage_table(stages, done)
     lines.append(f"<!-- reproduce:{profile}:end -->")
     return "\n".join(lines) + "\n"
 

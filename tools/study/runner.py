@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from study.plan import PROFILE_NAMES, Stage, merge, plan
+from study.plan import PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -132,6 +132,48 @@ def provenance() -> dict:
             "machine": machine}
 
 
+def engine_of(config: dict, command: str) -> str | None:
+    """The sampling engine a stage's config uses (the class name; ``HFGenerate`` where none is set), or
+    None for a stage that samples nothing (a reward model, SFT, DPO, a split)."""
+    if command == "split":
+        return None
+    if command == "pairs":
+        rollout = config.get("rollout")
+    else:
+        init = (config.get("model") or {}).get("init_args") or {}
+        cls = (config.get("model") or {}).get("class_path", "")
+        samples = any(name in cls for name in ("RLOO", "GRPO", "OnlineRL", "Eval", "BestOfN"))
+        callbacks = ((config.get("trainer") or {}).get("callbacks") or [])
+        if not samples and not any("VerifierEval" in (c.get("class_path") or "") for c in callbacks):
+            return None
+        rollout = init.get("rollout")
+    if rollout is None:
+        return "HFGenerate"
+    return _short(rollout["class_path"]) if isinstance(rollout, dict) else str(rollout)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (Linux ``clear_refs`` 5), so that ``peak_rss_mib`` after
+    a stage is that stage's own peak. False where the kernel does not allow it (then the peak is the
+    process's so far)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size since the last reset (``VmHWM``), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def split_by_prompt(source: Path, folder: Path, parts: list[str]) -> dict[str, int]:
     """Deal the records of the JSONL file ``source`` (one per prompt, e.g. a prompt's preference pair)
     in turn into ``folder/parts[0]``, ``folder/parts[1]``, ...; returns the count written to each."""
@@ -177,8 +219,11 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
         return 0.0
     folder.mkdir(parents=True, exist_ok=True)
     config_file = folder / "config.yaml"
-    config_file.write_text(yaml.safe_dump(stage_config(stage, folder, checkpoint_every, rollout), sort_keys=False))
-    print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}")
+    config = stage_config(stage, folder, checkpoint_every, rollout)
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    engine = engine_of(config, stage.command)
+    print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}" + (f" (samples with {engine})" if engine else ""))
+    own_peak = reset_peak_rss()
     start = time.perf_counter()
     if stage.command == "split":
         counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
@@ -202,7 +247,10 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
             sys.argv = argv
     gc.collect()
     seconds = time.perf_counter() - start
-    done.write_text(json.dumps({"stage": stage.name, "label": stage.label, "seconds": seconds} | where, indent=2) + "\n")
+    # the stage's own peak RSS where the kernel let the peak be reset, else the run's so far (said by the flag)
+    record = {"stage": stage.name, "label": stage.label, "seconds": seconds, "engine": engine,
+              "peak_rss_mib": peak_rss_mib(), "peak_rss_of_stage_alone": own_peak}
+    done.write_text(json.dumps(record | where, indent=2) + "\n")
     return seconds
 
 
@@ -229,6 +277,8 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             write_results(profile, stages, out_dir, Path(results))
         return stages
     where = None if dry_run else provenance()  # the commit and machine: looked up once per run, not per stage
+    if dry_run:
+        print_expected(profile, stages, only)
     for stage in stages:
         if only and stage.name not in only:
             continue
@@ -248,6 +298,24 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
 
         write_results(profile, stages, out_dir, Path(results))
     return stages
+
+
+def print_expected(profile: str, stages: list[Stage], only: list[str] | None = None) -> float | None:
+    """Print each stage's expected wall time from the measured unit costs (``plan.EMBEDDED_COSTS``) and the
+    total; returns the total in seconds (None where the profile has no measured costs)."""
+    if profile != "embedded":
+        print(f"[reproduce] expected times: no measured unit costs for the {profile} profile"
+              + (" (GPU figures: docs/results.md, 'The paper profile on one H100')" if profile == "paper" else ""))
+        return None
+    total = 0.0
+    for stage in stages:
+        if only and stage.name not in only:
+            continue
+        seconds = expected_seconds(stage, PROFILES[profile])
+        total += seconds or 0.0
+        print(f"[reproduce] {stage.name:36s} expected {'?' if seconds is None else f'{seconds:7.0f} s'}")
+    print(f"[reproduce] expected total: {total / 60:.1f} min on a quiet 2-core CPU (float32, HF generate)")
+    return total
 
 
 def main(argv: list[str] | None = None) -> list[Stage]:
