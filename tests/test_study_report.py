@@ -121,7 +121,7 @@ def _val_stage(t):
 @pytest.fixture
 def study(tmp_path):
     """A study whose outcomes are known: the largest SFT gains 8 of 20 problems (the smallest 1),
-    best-of-4 reaches 10 of 20 (less than twice the largest SFT's greedy 8), RLOO changes nothing,
+    best-of-4 reaches 10 of 20 (less than twice the largest SFT's greedy 8), RLOO changes nothing, GRPO loses 4,
     SFT wins every prompt, DPO loses every one."""
     zeros, n = [0.0] * 20, 20
     _eval(tmp_path / "countdown_sft", (zeros, zeros), ([1.0] * 1 + [0.1] * 19, [1.0] * 1 + [0.0] * 19))
@@ -130,6 +130,7 @@ def study(tmp_path):
     _after_only(tmp_path / "countdown_sft_most", *largest)
     _after_only(tmp_path / "countdown_sft_full", [1.0] * 1 + [0.1] * 19, [1.0] * 1 + [0.0] * 19)
     _after_only(tmp_path / "countdown_rloo", *largest)
+    _after_only(tmp_path / "countdown_grpo", [1.0] * 4 + [0.1] * 16, [1.0] * 4 + [0.0] * 16)  # 4 of the largest SFT's 8 lost
     greedy = [1] * 2 + [0] * 18
     _best_of_n(tmp_path / "countdown_best_of_n", {1: greedy, 4: [1] * 10 + [0] * 10}, 1.0)
     _val(tmp_path / "countdown_best_of_n_val_t0.7", 0.2, 0.3)
@@ -142,7 +143,7 @@ def study(tmp_path):
     stages = [_stage("countdown_sft", label="SFT, LoRA, 80 synthetic traces"),
               _stage("countdown_sft_more", label="SFT, LoRA, 240 synthetic traces"),
               _stage("countdown_sft_most", label="SFT, LoRA, 560 synthetic traces"),
-              _stage("countdown_sft_full"), _stage("countdown_rloo"), _val_stage(0.7), _val_stage(1.0)]
+              _stage("countdown_sft_full"), _stage("countdown_rloo"), _stage("countdown_grpo"), _val_stage(0.7), _val_stage(1.0)]
     return stages, tmp_path
 
 
@@ -166,7 +167,7 @@ def test_claims_table_gives_each_claim_its_paired_test_holm_p_and_verdict(study)
     lines = claims_table(*study)
     assert lines[0].endswith("| Holm p | verdict |")
     rows = lines[2:]
-    assert len(rows) == 21 and not any("not run" in line for line in rows)
+    assert len(rows) == 25 and not any("not run" in line for line in rows)
     sft = _row(lines, "SFT on synthetic traces beats the base model (Countdown accuracy)")
     assert "McNemar exact p=0.008 (n=20)" in sft  # 8 gained, 0 lost: 2 × 0.5**8
     low, high = wilson_interval(8, 20)
@@ -176,15 +177,21 @@ def test_claims_table_gives_each_claim_its_paired_test_holm_p_and_verdict(study)
     assert "+0.350" in more and "McNemar exact p=0.016 (n=20)" in more  # 7 gained: 2 × 0.5**7
     assert _row(lines, "RLOO with the verifier beats its SFT start (Countdown accuracy)").endswith(
         "+0.000 [0.000, 0.000], McNemar exact p=1.000 (n=20) | 1.000 | inconclusive |")
-    # Holm within each family: 10 Countdown claims, 11 instruction claims; the printed adjusted p is Holm's
+    # GRPO against its start and against RLOO: 4 lost, none gained: 2 × 0.5**4 = 0.125, GRPO − RLOO = −0.2
+    grpo = _row(lines, "GRPO with the verifier beats its SFT start (Countdown accuracy)")
+    assert "SFT start 0.400" in grpo and "→ GRPO 0.200" in grpo and "-0.200" in grpo and "McNemar exact p=0.125 (n=20)" in grpo
+    versus = _row(lines, "RLOO against GRPO, same start, batches and steps (Countdown accuracy; GRPO − RLOO)")
+    assert "RLOO 0.400 [" in versus and "→ GRPO 0.200" in versus and "McNemar exact p=0.125 (n=20)" in versus
+    assert versus.endswith("| no difference resolved |")
+    # Holm within each family: 14 Countdown claims, 11 instruction claims; the printed adjusted p is Holm's
     # of the printed raw ones (to their rounding), and the verdict is taken on it
-    for family, size in (("countdown", 10), ("instruction", 11)):
+    for family, size in (("countdown", 14), ("instruction", 11)):
         members = [r for r in rows if _family(r) == family]
         assert len(members) == size
         raw = [_p_values(r)[0] for r in members]
         for r, expected in zip(members, holm(raw)):
             assert _p_values(r)[1] == pytest.approx(expected, abs=0.0005 * size + 0.0005), r  # raw p printed to 3 places
-    # the correction changes verdicts: p = 0.008 and 0.016 alone would reproduce; among 10 claims they do not
+    # the correction changes verdicts: p = 0.008 and 0.016 alone would reproduce; among 14 claims they do not
     vote = _row(lines, "majority vote over N samples, no verifier, beats greedy SFT accuracy (N = 4)")
     assert "greedy SFT 0.400" in vote and "majority@4 0.500" in vote  # the fixture's majority hits: 10 of 20
     assert _p_values(sft)[1] > 0.05 and sft.endswith("| inconclusive |")
