@@ -18,8 +18,9 @@ def test_each_kind_of_config_runs_for_a_few_steps_with_its_own_command():
     assert test[3] == "test" and not any("max_steps" in a for a in test)
 
 
-def test_a_child_process_peak_is_its_own(tmp_path, monkeypatch):
-    # a child that holds ~200 MiB: its peak is measured, not this process's
+def test_a_child_process_peak_counts_what_the_child_holds(tmp_path, monkeypatch):
+    # a child that touches 200 MiB: wait4's figure includes it. (It is at least the parent's RSS at the
+    # spawn, too, which is why the tool itself imports nothing heavy: its own RSS is about 15 MiB.)
     monkeypatch.setattr(config_peaks, "command", lambda *a: [sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096])"])
     row = config_peaks.run("configs/x.yaml", 1, 1)
-    assert row["exit_code"] == 0 and 200 <= row["peak_rss_mib"] < 400
+    assert row["exit_code"] == 0 and row["peak_rss_mib"] >= 200

@@ -5,8 +5,9 @@
 
 A config's peak comes from its steady state (one optimiser step's sampling, scoring and learning, and
 its held-out evaluation), so a few steps show it; the step count changes how long it runs, not what one
-step holds. Each run is a child process; its own peak is read from ``wait4``'s resource usage, so runs
-do not mix. Configs are run in an order that lets later ones read earlier outputs: the pairs before
+step holds. Each run is a child process; its peak is read from ``wait4``'s resource usage, so runs do
+not mix. That figure is at least this process's RSS at the spawn, so this tool imports nothing heavy
+(about 15 MiB): run it on its own, not from inside a process that holds a model. Configs are run in an order that lets later ones read earlier outputs: the pairs before
 the DPO that learns from them, the Countdown RM before the RLOO it rewards. Prints a markdown table,
 and writes the raw figures as JSON lines with ``--out``.
 """
