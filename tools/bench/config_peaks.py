@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import child_peak_rss_mib
+
 ROOT = Path(__file__).resolve().parents[2]
 # producers first: what later configs read (pairs → DPO, RM → RLOO rewarded by it)
 ORDER = ["configs/pairs/countdown_embedded.yaml", "configs/rm/embedded.yaml"]
@@ -46,7 +48,7 @@ def run(config: str, steps: int, prompts: int) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     err = proc.stderr.read() if proc.stderr else ""
     code = os.waitstatus_to_exitcode(status)
-    return {"config": config, "steps": steps, "exit_code": code, "peak_rss_mib": usage.ru_maxrss / 1024,
+    return {"config": config, "steps": steps, "exit_code": code, "peak_rss_mib": child_peak_rss_mib(usage),
             "seconds": time.perf_counter() - start, "error": err.strip().splitlines()[-1] if code and err.strip() else None}
 
 

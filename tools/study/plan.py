@@ -384,14 +384,13 @@ EMBEDDED_COSTS = {
 }
 
 
-def expected_seconds(stage: Stage, s: Sizes, costs: dict | None = None, pairs: int | None = None) -> float | None:
+def expected_seconds(stage: Stage, s: Sizes) -> float | None:
     """A stage's expected wall time from ``EMBEDDED_COSTS`` and the profile's sizes (None: no cost known).
-    ``pairs``: the preference pairs DPO will see (unknown before the base samples exist; default: a third
-    of the prompts, the rate measured so far)."""
-    c = costs or EMBEDDED_COSTS
+    DPO's pairs are unknown before the base samples exist: a third of the prompts, the rate measured so far."""
+    c = EMBEDDED_COSTS
     n, fixed = stage.name, c["stage"]
     cd_eval, if_eval = c["cd_eval_problem"] * s.cd_eval_problems, c["if_eval_prompt"] * s.if_eval_prompts
-    pairs = s.if_prompts // 3 if pairs is None else pairs
+    pairs = s.if_prompts // 3
     table = {
         "instruction_samples": fixed + c["if_sample_prompt"] * s.if_prompts,
         "instruction_pairs": 0.2,

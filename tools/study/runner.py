@@ -19,12 +19,14 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from bench.common import peak_rss_mib, reset_peak_rss
 from study.plan import PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,26 +154,14 @@ def engine_of(config: dict, command: str) -> str | None:
     return _short(rollout["class_path"]) if isinstance(rollout, dict) else str(rollout)
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident set size (Linux ``clear_refs`` 5), so that ``peak_rss_mib`` after
-    a stage is that stage's own peak. False where the kernel does not allow it (then the peak is the
-    process's so far)."""
+def stage_peak_rss_mib() -> float | None:
+    """This process's peak RSS since the last ``reset_peak_rss`` (``bench.common``), in MiB; None where the
+    kernel does not report it."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
+        peak = peak_rss_mib()
     except OSError:
-        return False
-
-
-def peak_rss_mib() -> float | None:
-    """This process's peak resident set size since the last reset (``VmHWM``), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+        return None
+    return None if math.isnan(peak) else peak
 
 
 def split_by_prompt(source: Path, folder: Path, parts: list[str]) -> dict[str, int]:
@@ -249,7 +239,7 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     seconds = time.perf_counter() - start
     # the stage's own peak RSS where the kernel let the peak be reset, else the run's so far (said by the flag)
     record = {"stage": stage.name, "label": stage.label, "seconds": seconds, "engine": engine,
-              "peak_rss_mib": peak_rss_mib(), "peak_rss_of_stage_alone": own_peak}
+              "peak_rss_mib": stage_peak_rss_mib(), "peak_rss_of_stage_alone": own_peak}
     done.write_text(json.dumps(record | where, indent=2) + "\n")
     return seconds
 
