@@ -192,6 +192,7 @@ class VLLM(RolloutEngine):
         if config.get("tie_word_embeddings") and "lm_head.weight" in weights:
             del weights["lm_head.weight"]  # tied: safetensors refuses shared storage, vLLM ties it back
         save_file(weights, folder / "model.safetensors")
+        del weights  # the engine reads the file: a second full copy must not stay alive beside its own
         tokenizer.save_pretrained(folder)
         kwargs = dict(model=str(folder), dtype=self.dtype, enforce_eager=self.enforce_eager,
                       gpu_memory_utilization=self.memory_utilization, max_model_len=self.max_model_len,
