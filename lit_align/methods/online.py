@@ -99,6 +99,9 @@ class OnlineRL(PolicyModule):
     """Sample once, learn in micro-batches: the loop under ``RLOO`` and ``GRPO`` (use those)."""
 
     batch_kind = PromptKind()
+    # take the sampling weights' log-probs from each micro-batch's training forward where that is exact
+    # (see _shapes_per_micro_batch); False runs the separate no-grad pass (the tests compare the two)
+    fuse_sampling_pass = True
 
     def __init__(
         self,
@@ -305,13 +308,30 @@ class OnlineRL(PolicyModule):
         elif kl_in_reward or off_policy or tis:
             old = self._logps_no_grad(self.policy, samples)
         ref = self._reference_logps(samples) if self.kl_coef > 0 else None
-        shaped = rollouts.rewards - self.kl_coef * pg.sequence_kl(old, ref, mask) if kl_in_reward else rollouts.rewards
+        advantages = self._advantages(rollouts.rewards, old, ref, mask)
+        is_weights = pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None
+        return old, ref, advantages, is_weights
+
+    def _advantages(self, rewards: torch.Tensor, old, ref, mask: torch.Tensor) -> torch.Tensor:
+        """Advantages of whole groups' rewards, the KL to the reference subtracted first where it is in the reward."""
+        kl_in_reward = self.kl_in_reward and self.kl_coef > 0
+        shaped = rewards - self.kl_coef * pg.sequence_kl(old, ref, mask) if kl_in_reward else rewards
         everyone = None  # the batch std is the global batch's, as in one process with every rank's prompts
         if self.estimator == "grpo" and self.scale_rewards == "batch" and self._trainer is not None and self.trainer.world_size > 1:
             everyone = self.all_gather(shaped).reshape(-1)
-        advantages = pg.group_advantages(shaped, self.k, self.estimator, self.scale_rewards, everyone)
-        is_weights = pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None
-        return old, ref, advantages, is_weights
+        return pg.group_advantages(shaped, self.k, self.estimator, self.scale_rewards, everyone)
+
+    def _shapes_per_micro_batch(self, samples: Samples) -> bool:
+        """Whether each micro-batch's training forward can give its own sampling-weight log-probs, KL-shaped
+        rewards and advantages, so that the no-grad pass over the whole batch is not run: on policy (one
+        step, one pass, no TIS), a KL in the reward (the only reason that pass runs then), micro-batches
+        of whole groups, and advantages that need only their group (not the batch std). The log-probs are
+        those of the same rows in the same micro-batches either way."""
+        return (self.fuse_sampling_pass and self.kl_in_reward and self.kl_coef > 0
+                and self.num_iterations == 1 and self.steps_per_generation == 1
+                and not (self.tis_cap is not None and samples.engine_logps is not None)
+                and self.micro_batch_size is not None and self.micro_batch_size % self.k == 0
+                and not (self.estimator == "grpo" and self.scale_rewards == "batch"))
 
     def _step_totals(self, loss_mask: torch.Tensor) -> tuple[float, float]:
         """(sequences, loss tokens) the aggregation divides by: this step's, scaled so that the
@@ -329,7 +349,12 @@ class OnlineRL(PolicyModule):
         keep = (~samples.truncated).to(mask.dtype) if self.mask_truncated_completions else torch.ones_like(mask[:, 0])
         loss_mask = mask * keep[:, None]
         first = self._logps(self.policy, samples, with_entropy=True) if self._one_forward(samples) else None
-        old, ref, advantages, is_weights = self._prepare(rollouts, first)
+        per_micro_batch = first is None and self._shapes_per_micro_batch(samples)
+        if per_micro_batch:  # advantages filled in micro-batch by micro-batch, below
+            old, ref, is_weights = None, self._reference_logps(samples), None
+            advantages = torch.zeros_like(rollouts.rewards)
+        else:
+            old, ref, advantages, is_weights = self._prepare(rollouts, first)
         stats = _Stats()
         rows = range(len(samples))
         size = -(-len(rows) // self.steps_per_generation)
@@ -347,6 +372,8 @@ class OnlineRL(PolicyModule):
                     else:
                         logps, entropy = self._logps(self.policy, samples.select(pick),
                                                      with_entropy=iteration == 0 or self.entropy_coef > 0)
+                    if per_micro_batch:  # these rows are whole groups, sampled from the weights just run
+                        advantages[pick] = self._advantages(rollouts.rewards[pick], logps.detach(), ref[pick], mask[pick])
                     out = pg.policy_gradient_loss(
                         logps, loss_mask[pick], advantages[pick],
                         pg.aggregation_weights(loss_mask[pick], self.loss_aggregation, sequences, tokens, self.sampling.max_new_tokens),

@@ -237,3 +237,50 @@ def _largest_difference(update: dict, grads: dict) -> float:
 def test_gradient_checkpointing_and_micro_batches_give_the_one_batch_update(monkeypatch, tokenizer):
     update, grads = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2, gradient_checkpointing=True)
     assert _largest_difference(update, grads) <= 1e-5
+
+
+def _count_sampling_passes(monkeypatch) -> list[int]:
+    """Rows of every no-grad pass the method runs for the sampling weights' log-probs (the reference's
+    are pinned by ``_pinned_update``)."""
+    calls: list[int] = []
+    original = RLOO._logps_no_grad
+
+    def counted(self, model, samples):
+        calls.append(len(samples))
+        return original(self, model, samples)
+
+    monkeypatch.setattr(RLOO, "_logps_no_grad", counted)
+    return calls
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=SETTING_IDS)
+def test_micro_batches_of_whole_groups_shape_rewards_from_their_own_training_forward(monkeypatch, tokenizer, settings):
+    """k 2 in micro-batches of 2: each micro-batch holds whole groups, so its training forward gives the
+    log-probs for the KL in its rewards and its advantages, no separate no-grad pass over the batch runs,
+    and the update is still the one-batch gradient."""
+    calls = _count_sampling_passes(monkeypatch)
+    update, grads = _pinned_update(monkeypatch, tokenizer, settings, micro_batch_size=2)
+    assert calls == []
+    assert _largest_difference(update, grads) <= 1e-5
+
+
+def test_shaping_per_micro_batch_gives_the_update_of_the_separate_pass(monkeypatch, tokenizer):
+    """The same step with the separate no-grad pass (``fuse_sampling_pass`` off) and without it: the
+    sampling log-probs are the same rows in the same micro-batches, so the updates agree to rounding."""
+    calls = _count_sampling_passes(monkeypatch)
+    monkeypatch.setattr(RLOO, "fuse_sampling_pass", False)
+    separate, _ = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2)
+    assert calls == [4]  # the whole batch, once
+    monkeypatch.setattr(RLOO, "fuse_sampling_pass", True)
+    fused, grads = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2)
+    assert calls == [4]
+    assert _largest_difference(fused, separate) <= 1e-6
+    assert any(float(u.abs().max()) > 1e-4 for u in fused.values())
+
+
+def test_micro_batches_that_split_a_group_still_run_the_separate_pass(monkeypatch, tokenizer):
+    """Micro-batches of 1 with k 2 cut every group in two: a group's advantages need both samples' KL
+    before either's loss, so the no-grad pass over the whole batch runs first."""
+    calls = _count_sampling_passes(monkeypatch)
+    _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=1)
+    assert calls == [4]
