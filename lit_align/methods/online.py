@@ -287,25 +287,30 @@ class OnlineRL(PolicyModule):
         self._learn(rollouts)
         return None
 
+    def _tis(self, samples: Samples) -> bool:
+        return self.tis_cap is not None and samples.engine_logps is not None
+
+    def _on_policy_once(self, samples: Samples) -> bool:
+        """One optimiser step over one pass, no TIS: the training forward runs the sampling weights."""
+        return self.num_iterations == 1 and self.steps_per_generation == 1 and not self._tis(samples)
+
     def _one_forward(self, samples: Samples) -> bool:
         """One micro-batch, one step, one pass, no TIS: the training forward itself can give the sampling
         weights' log-probs (detached) before the loss needs them, so no extra forward is run."""
         whole = self.micro_batch_size is None or self.micro_batch_size >= len(samples)
-        tis = self.tis_cap is not None and samples.engine_logps is not None
-        return whole and self.num_iterations == 1 and self.steps_per_generation == 1 and not tis
+        return whole and self._on_policy_once(samples)
 
     def _prepare(self, rollouts: Rollouts, first=None):
         """Reference and sampling-weight log-probs (no gradient) and the advantages of the whole batch;
         ``first``: the training forward's (log-probs, entropies) when it covers the whole batch."""
         samples = rollouts.samples
         mask = samples.completion_mask.float()
-        off_policy = self.num_iterations > 1 or self.steps_per_generation > 1
-        tis = self.tis_cap is not None and samples.engine_logps is not None
+        tis = self._tis(samples)
         kl_in_reward = self.kl_in_reward and self.kl_coef > 0
         old = None
         if first is not None:
             old = first[0].detach()
-        elif kl_in_reward or off_policy or tis:
+        elif kl_in_reward or not self._on_policy_once(samples):
             old = self._logps_no_grad(self.policy, samples)
         ref = self._reference_logps(samples) if self.kl_coef > 0 else None
         advantages = self._advantages(rollouts.rewards, old, ref, mask)
@@ -328,8 +333,7 @@ class OnlineRL(PolicyModule):
         of whole groups, and advantages that need only their group (not the batch std). The log-probs are
         those of the same rows in the same micro-batches either way."""
         return (self.fuse_sampling_pass and self.kl_in_reward and self.kl_coef > 0
-                and self.num_iterations == 1 and self.steps_per_generation == 1
-                and not (self.tis_cap is not None and samples.engine_logps is not None)
+                and self._on_policy_once(samples)
                 and self.micro_batch_size is not None and self.micro_batch_size % self.k == 0
                 and not (self.estimator == "grpo" and self.scale_rewards == "batch"))
 
