@@ -223,6 +223,23 @@ def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_p
     assert engines["instruction_rm_deberta"] is None  # a reward model samples nothing and takes no engine
 
 
+def test_a_rollout_config_replaces_a_stages_own_engine_whole(tmp_path):
+    """The embedded RL stages name HFGenerate with ``max_batch_rows``; under another engine none of its
+    arguments may be left over (vLLM's engine does not take them and the stage would not parse)."""
+    file = Path(__file__).resolve().parents[1] / "configs" / "rollout" / "vllm.yaml"
+    engine = yaml.safe_load(file.read_text())["model"]["init_args"]["rollout"]
+    run("embedded", str(tmp_path), None, dry_run=True, rollout_config=str(file))
+    sampling = {}
+    for folder in tmp_path.iterdir():
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        rollout = config.get("rollout") or config.get("model", {}).get("init_args", {}).get("rollout")
+        if rollout is not None:
+            sampling[folder.name] = rollout
+    assert {"countdown_rloo", "countdown_grpo", "instruction_samples", "countdown_best_of_n"} <= set(sampling)
+    for name, rollout in sampling.items():
+        assert rollout == engine, name
+
+
 def test_embedded_profile_sizes_reach_every_config(tmp_path):
     """The held-out sets and sample counts the claims rest on are the ones the configs run with."""
     sizes = PROFILES["embedded"]

@@ -15,6 +15,7 @@ process, one after another.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -96,11 +97,17 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
     engine): the pairs tool's own ``rollout``, or the method's where the method samples (not a reward model)."""
     if rollout is None:
         return config
+    # the engine replaces the stage's own, whole: an HFGenerate's settings (e.g. ``max_batch_rows``) are not
+    # arguments of another engine, so they must not be merged into it
     if command == "pairs":
-        return merge(config, {"rollout": rollout})
+        config = copy.deepcopy(config)
+        config["rollout"] = copy.deepcopy(rollout)
+        return config
     if config.get("model", {}).get("class_path") == "lit_align.methods.RewardModel":
         return config
-    return merge(config, {"model": {"init_args": {"rollout": rollout}}})
+    config = merge(config, {"model": {"init_args": {}}})
+    config["model"]["init_args"]["rollout"] = copy.deepcopy(rollout)
+    return config
 
 
 def provenance() -> dict:
