@@ -78,14 +78,15 @@ class Sizes:
 
 
 PROFILES = {
-    # Sized from measured stage costs to finish in about 75 minutes on a quiet 2-core CPU (docs/results.md):
+    # Sized from measured stage costs to finish within 90 minutes on a quiet 2-core CPU (docs/results.md),
+    # sampling through vLLM where its environment is present (``--rollout-config configs/rollout/vllm.yaml``):
     # held-out sets of 128 Countdown problems and 128 instruction prompts, greedy evaluation in batches of 64
-    # (about 70 s per set); a LoRA SFT step takes about 3.5 s, an RLOO step 25-30 s, best-of-8 on 128
-    # problems about 13 min.
+    # (about 90 s per Countdown set on a 2-core AMD EPYC); there a LoRA SFT step takes about 6 s, a Countdown
+    # RL step 80-100 s with vLLM, best-of-8 on 128 problems about 13 min.
     "embedded": Sizes(
         policy=None, rm_backbone=None, if_prompts=160, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
-        rm_steps=40, rloo_steps=8, rloo_checker_steps=8, cd_sft_steps=20, cd_more_steps=40, cd_most_steps=80,
-        cd_rl_steps=6, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=32, bon_batch=8,
+        rm_steps=40, rloo_steps=6, rloo_checker_steps=6, cd_sft_steps=20, cd_more_steps=30, cd_most_steps=50,
+        cd_rl_steps=4, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=16, bon_batch=8,
     ),
     "smoke": Sizes(
         policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=48, if_eval_prompts=4, if_new_tokens=12,
