@@ -100,6 +100,19 @@ def make_preference_pairs(
         counts |= {"sft_records": 0, "sft_below_min_score": 0}
         Path(sft_output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_pairs(engine, policy, tokenizer, records, reward, generation, batch_size, seed, output, sft_output,
+                     sft_min_score, counts)
+    finally:
+        engine.close()  # an engine's memory (vLLM's KV cache) must not outlive the call: the caller goes on
+    log.info("preference pairs: %s -> %s", counts, output)
+    Path(output).with_suffix(".counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    print(f"[lit_align] wrote {counts['pairs']} preference pairs to {output} ({counts})")
+    return counts
+
+
+def _write_pairs(engine, policy, tokenizer, records, reward, generation, batch_size, seed, output, sft_output,
+                 sft_min_score, counts) -> None:
     with open(output, "w", encoding="utf-8") as out, open(sft_output or os.devnull, "w", encoding="utf-8") as sft_out:
         batches = sample_and_score(engine, policy, tokenizer, records, reward, generation, batch_size, seed)
         for chunk, samples, scores in batches:
@@ -117,10 +130,6 @@ def make_preference_pairs(
                 else:
                     counts["pairs"] += 1
                     out.write(json.dumps(pair, ensure_ascii=False) + "\n")
-    log.info("preference pairs: %s -> %s", counts, output)
-    Path(output).with_suffix(".counts.json").write_text(json.dumps(counts, indent=2) + "\n")
-    print(f"[lit_align] wrote {counts['pairs']} preference pairs to {output} ({counts})")
-    return counts
 
 
 def main(args: list[str] | None = None) -> dict:

@@ -7,6 +7,7 @@ import yaml
 
 from lit_align.pairs import main, make_preference_pairs
 from lit_align.rewards.base import Reward, RewardError, checked_rewards
+from lit_align.sampling.engines import HFGenerate
 from lit_align.sampling.generate import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,37 @@ def test_pairs_keep_best_and_worst_and_count_everything(tmp_path):
     for row in rows:
         assert row["score_chosen"] == len(row["chosen"][0]["content"]) > row["score_rejected"] == len(row["rejected"][0]["content"])
         assert row["prompt"][0]["role"] == "user" and "target" in row
+
+
+class ClosingEngine(HFGenerate):
+    """HF generate that records its close, and fails its sampling after ``fail_after`` calls when set."""
+
+    def __init__(self, fail_after=None):
+        super().__init__()
+        self.closed, self.calls, self.fail_after = 0, 0, fail_after
+
+    def sample(self, *args, **kwargs):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("sampling broke")
+        return super().sample(*args, **kwargs)
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.mark.parametrize("fail_after", [None, 1])
+def test_the_engine_is_closed_when_pairs_are_written_and_when_sampling_fails(tmp_path, fail_after):
+    """vLLM's engine holds its KV cache until closed: the tool closes it, also when a batch fails."""
+    engine = ClosingEngine(fail_after)
+    call = lambda: make_preference_pairs(Prompts(), LengthReward(), "tiny:causal-lm", str(tmp_path / "p.jsonl"),  # noqa: E731
+                                         SamplingParams(max_new_tokens=4, n=2), batch_size=2, rollout=engine)
+    if fail_after is None:
+        assert call()["prompts"] == 5 and engine.calls == 3
+    else:
+        with pytest.raises(RuntimeError, match="sampling broke"):
+            call()
+    assert engine.closed == 1
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs/pairs").glob("*.yaml")), ids=lambda p: p.name)

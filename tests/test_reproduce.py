@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,37 @@ def test_embedded_profile_sizes_reach_every_config(tmp_path):
         assert "val" not in config(name)["data"], f"{name}: an evaluation reads its test split only"
 
 
+def test_a_stage_sampling_with_another_engine_runs_in_a_child_process(tmp_path, monkeypatch):
+    """Not HF generate (vLLM): the stage runs in a process of its own, whose peak RSS the stage reports."""
+    import lit_align.pairs
+    import study.runner as runner
+
+    stage = plan("smoke", str(tmp_path))[0]
+    assert stage.name == "instruction_samples" and stage.command == "pairs"  # needs no earlier stage
+    monkeypatch.setattr(runner, "engine_of", lambda config, command: "VLLM")
+    monkeypatch.setattr(lit_align.pairs, "main", lambda *a, **k: pytest.fail("the stage ran in this process"))
+    runner.run_stage(stage, tmp_path / stage.name, {"commit": "c", "dirty": False, "machine": "m"})
+    done = json.loads((tmp_path / stage.name / "done.json").read_text())
+    assert done["engine"] == "VLLM" and done["peak_rss_of_stage_alone"] is True and done["peak_rss_mib"] > 100
+    assert (tmp_path / stage.name / "pairs.jsonl").read_text().strip()
+    assert not runner.runs_in_child("HFGenerate") and not runner.runs_in_child(None)
+
+
+def test_a_child_reports_its_own_peak_and_a_failing_child_stops_the_run(tmp_path, monkeypatch):
+    import study.runner as runner
+
+    monkeypatch.chdir(tmp_path)  # the child runs modules from its working directory, as ``python -m`` does
+    (tmp_path / "big.py").write_text("b = bytearray(300 * 2**20)\nb[::4096] = b'1' * len(b[::4096])\n")
+    (tmp_path / "small.py").write_text("x = 1\n")
+    (tmp_path / "broken.py").write_text("import sys\nsys.exit(3)\n")
+    keep = bytearray(400 * 2**20)  # this process, larger than the small child: its peak must not be reported
+    keep[::4096] = b"1" * len(keep[::4096])
+    assert runner.run_child("big", "big", []) >= 300
+    assert runner.run_child("small", "small", []) < 200  # its own peak, not this process's nor the last child's
+    with pytest.raises(RuntimeError, match=r"stage broken failed in its child process \(exit status 3\): python -m broken"):
+        runner.run_child("broken", "broken", [])
+
+
 def test_provenance_is_looked_up_once_per_run_and_recorded_by_every_stage(tmp_path, monkeypatch):
     import study.runner as runner
     from study.plan import Stage
@@ -327,7 +359,28 @@ def test_dry_run_prints_each_stage_expected_time_from_the_measured_costs(tmp_pat
     # the figures follow the sizes: twice the RL steps cost twice the RL steps' time more
     rl = next(s for s in stages if s.name == "countdown_grpo")
     longer = dataclasses.replace(sizes, cd_rl_steps=2 * sizes.cd_rl_steps)
-    assert expected_seconds(rl, longer) - expected_seconds(rl, sizes) == pytest.approx(EMBEDDED_COSTS["cd_rl_step"] * sizes.cd_rl_steps)
+    assert expected_seconds(rl, longer) - expected_seconds(rl, sizes) == pytest.approx(
+        EMBEDDED_COSTS["HFGenerate"]["cd_grpo_step"] * sizes.cd_rl_steps)
+
+
+def test_dry_run_takes_the_costs_of_the_engine_it_will_sample_with(tmp_path, capsys):
+    from study.plan import expected_seconds
+
+    root = Path(__file__).resolve().parents[1]
+    stages = run("embedded", str(tmp_path / "hf"), None, dry_run=True)
+    hf = capsys.readouterr().out
+    run("embedded", str(tmp_path / "vllm"), None, dry_run=True, rollout_config=str(root / "configs" / "rollout" / "vllm.yaml"))
+    vllm = capsys.readouterr().out
+    sizes = PROFILES["embedded"]
+    for engine, printed in (("HFGenerate", hf), ("VLLM", vllm)):
+        total = sum(expected_seconds(stage, sizes, engine) for stage in stages)
+        assert f"expected total: {total / 60:.1f} min" in printed and f"sampling with {engine}" in printed
+    bon = next(s for s in stages if s.name == "countdown_best_of_n")
+    # VLLM_COSTS_CHECK
+    sft = next(s for s in stages if s.name == "instruction_sft")  # samples nothing: the same under either engine
+    assert expected_seconds(sft, sizes, "VLLM") == expected_seconds(sft, sizes, "HFGenerate")
+    with pytest.raises(ValueError, match="no measured costs for the engine 'Other'"):
+        expected_seconds(bon, sizes, "Other")
 
 
 def test_step_rewards_take_one_row_per_optimiser_step(tmp_path):

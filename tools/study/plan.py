@@ -366,32 +366,44 @@ def plan(profile: str, out: str) -> list[Stage]:
 
 # ----------------------------------------------------------------------------- expected stage times (dry run)
 
-# Measured unit costs of the embedded profile on a quiet 2-core x86 CPU, float32, HF `generate`, in seconds:
-# from the stage times of the embedded run at 2b8dc44 (docs/results.md), each stage's time less its fixed
-# part, divided by its size. A new run's stage table is the check on them (docs/results.md compares the two).
+# Measured unit costs of the embedded profile on a quiet 2-core AMD EPYC (AVX2, no bf16 units), float32, in
+# seconds, one table per sampling engine: each stage's wall time less its fixed part, divided by its size.
+# HFGenerate: the embedded run at 94832fb (HF `generate` throughout; docs/study_data at that commit).
+# VLLM: the embedded run named in docs/results.md (``--rollout-config configs/rollout/vllm.yaml``, eager).
+# Stages that sample nothing (SFT, RM, DPO) cost the same under either engine. A new run's stage table is the
+# check on them; a faster CPU (e.g. a Xeon with AVX-512) runs the HF stages about 1.3-1.9 x faster.
 EMBEDDED_COSTS = {
-    "stage": 15.0,  # start-up of a stage: models loaded, data built
-    "cd_eval_problem": 0.55,  # one held-out Countdown problem, greedy, 160 tokens, batches of 64
-    "if_eval_prompt": 0.54,  # one held-out instruction prompt, greedy, 128 tokens, judged
-    "if_sample_prompt": 2.17,  # one prompt's 4 base samples (128 tokens), checked
-    "if_sft_step": 1.7,
-    "rm_step": 1.0,
-    "dpo_pair_epoch": 1.5,  # one pair, one epoch
-    "if_rloo_step": 27.0,  # 4 prompts x k 4, 128 tokens
-    "cd_sft_step": 3.8,  # LoRA, 4 traces of <= 384 tokens
-    "cd_full_step": 6.2,  # every weight
-    "cd_rl_step": 70.0,  # 4 prompts x 8 samples, 160 tokens, one draw, micro-batches of 8 with checkpointing (estimate)
-    "bon_sample": 0.86,  # one sample of best-of-N (problems x largest N), 160 tokens
+    "HFGenerate": {
+        "stage": 15.0,  # start-up of a stage: models loaded, data built
+        "cd_base_eval_problem": 1.16,  # the base model, greedy: it never stops before 160 tokens
+        "cd_eval_problem": 0.81,  # one held-out Countdown problem, greedy, 160 tokens, batches of 64
+        "if_eval_prompt": 0.76,  # one held-out instruction prompt, greedy, 128 tokens, judged
+        "if_sample_prompt": 3.0,  # one prompt's 4 base samples (128 tokens), checked
+        "if_sft_step": 3.2,
+        "rm_step": 1.75,
+        "dpo_pair_epoch": 2.33,  # one pair, one epoch
+        "if_rloo_step": 54.0,  # 4 prompts x k 4, 128 tokens
+        "cd_sft_step": 5.6,  # LoRA, 4 traces of <= 384 tokens
+        "cd_full_step": 8.7,  # every weight
+        "cd_rloo_step": 142.0,  # 4 prompts x 8 samples, 160 tokens, micro-batches of 8 with checkpointing, KL
+        "cd_grpo_step": 106.0,  # the same batches, no KL (no reference pass)
+        "bon_sample": 1.0,  # one sample of best-of-N (problems x largest N), 160 tokens
+    },
 }
+EMBEDDED_COSTS["VLLM"] = dict(EMBEDDED_COSTS["HFGenerate"])  # filled in below from the vLLM run
+PAIRS_PER_PROMPT = 94 / 160  # prompts whose 4 base samples did not all score the same (run at 94832fb)
 
 
-def expected_seconds(stage: Stage, s: Sizes) -> float | None:
-    """A stage's expected wall time from ``EMBEDDED_COSTS`` and the profile's sizes (None: no cost known).
-    DPO's pairs are unknown before the base samples exist: a third of the prompts, the rate measured so far."""
-    c = EMBEDDED_COSTS
+def expected_seconds(stage: Stage, s: Sizes, engine: str = "HFGenerate") -> float | None:
+    """A stage's expected wall time from ``EMBEDDED_COSTS[engine]`` and the profile's sizes (None: no cost
+    known). DPO's pairs are unknown before the base samples exist: ``PAIRS_PER_PROMPT`` of the prompts, half
+    of them DPO's (the other half trains the judge)."""
+    if engine not in EMBEDDED_COSTS:
+        raise ValueError(f"no measured costs for the engine {engine!r}: choose from {sorted(EMBEDDED_COSTS)}")
+    c = EMBEDDED_COSTS[engine]
     n, fixed = stage.name, c["stage"]
     cd_eval, if_eval = c["cd_eval_problem"] * s.cd_eval_problems, c["if_eval_prompt"] * s.if_eval_prompts
-    pairs = s.if_prompts // 3
+    pairs = round(s.if_prompts * PAIRS_PER_PROMPT)
     table = {
         "instruction_samples": fixed + c["if_sample_prompt"] * s.if_prompts,
         "instruction_pairs": 0.2,
@@ -401,12 +413,12 @@ def expected_seconds(stage: Stage, s: Sizes) -> float | None:
         "instruction_dpo": fixed + c["dpo_pair_epoch"] * (pairs // 2) * s.dpo_epochs,
         "instruction_rloo_rm": fixed + c["if_rloo_step"] * s.rloo_steps,
         "instruction_rloo_checker": fixed + c["if_rloo_step"] * s.rloo_checker_steps,
-        "countdown_sft": fixed + 2 * cd_eval + c["cd_sft_step"] * s.cd_sft_steps,
+        "countdown_sft": fixed + c["cd_base_eval_problem"] * s.cd_eval_problems + cd_eval + c["cd_sft_step"] * s.cd_sft_steps,
         "countdown_sft_more": fixed + cd_eval + c["cd_sft_step"] * s.cd_more_steps,
         "countdown_sft_most": fixed + cd_eval + c["cd_sft_step"] * s.cd_most_steps,
         "countdown_sft_full": fixed + cd_eval + c["cd_full_step"] * s.cd_sft_steps,
-        "countdown_rloo": fixed + cd_eval + c["cd_rl_step"] * s.cd_rl_steps,
-        "countdown_grpo": fixed + cd_eval + c["cd_rl_step"] * s.cd_rl_steps,
+        "countdown_rloo": fixed + cd_eval + c["cd_rloo_step"] * s.cd_rl_steps,
+        "countdown_grpo": fixed + cd_eval + c["cd_grpo_step"] * s.cd_rl_steps,
         "countdown_best_of_n": fixed + c["bon_sample"] * s.cd_eval_problems * max(s.bon_n),
     }
     if n.startswith("instruction_eval_"):

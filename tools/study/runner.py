@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import peak_rss_mib, reset_peak_rss
-from study.plan import PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
+from study.plan import EMBEDDED_COSTS, PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -206,6 +207,31 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout
     return with_rollout(config, stage.command, rollout)
 
 
+def runs_in_child(engine: str | None) -> bool:
+    """Whether a stage runs in a process of its own: when it samples with an engine other than HF
+    ``generate``. vLLM's in-process engine leaves memory (and state) behind after it is shut down, so the
+    stages after it would carry it; a child process returns all of it and reports the stage's own peak."""
+    return engine not in (None, "HFGenerate")
+
+
+def run_child(name: str, module: str, args: list[str]) -> float | None:
+    """Run ``python -m module args`` (a stage) in a child process in this directory and environment; returns
+    the child's own peak RSS in MiB (None where the kernel does not report it). A failing child stops the
+    run with its exit status."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lit_align_stage_") as tmp:
+        peak_file = Path(tmp) / "peak_kib"
+        command = [sys.executable, str(Path(__file__).resolve().parent / "child.py"), str(peak_file), module, *args]
+        code = subprocess.run(command).returncode
+        if code != 0:
+            raise RuntimeError(f"stage {name} failed in its child process (exit status {code}): "
+                               f"python -m {module} {' '.join(args)}")
+        text = peak_file.read_text().strip() if peak_file.is_file() else ""
+    return int(text) / 1024 if text else None
+
+
 def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 20, rollout: dict | None = None) -> float:
     """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds. ``where``
     (``provenance()``) is recorded in its ``done.json``."""
@@ -222,31 +248,43 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}" + (f" (samples with {engine})" if engine else ""))
     own_peak = reset_peak_rss()
     start = time.perf_counter()
+    child_peak, ran_in_child = None, False
     if stage.command == "split":
         counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
         print(f"[reproduce] {stage.name}: {counts}")
-    elif stage.command == "pairs":
-        from lit_align.pairs import main as pairs_main
-
-        pairs_main(["--config", str(config_file)])
     else:
-        from lit_align.cli import main as cli_main
+        if stage.command == "pairs":
+            module, args = "lit_align.pairs", ["--config", str(config_file)]
+        else:
+            module, args = "lit_align", [stage.command, "--config", str(config_file)]
+            last = folder / "checkpoints" / "last.ckpt"
+            if stage.command == "fit" and last.is_file():
+                print(f"[reproduce] {stage.name}: resuming from {last}")
+                args += ["--ckpt_path", str(last)]
+        if runs_in_child(engine):
+            ran_in_child = True
+            child_peak = run_child(stage.name, module, args)
+        elif module == "lit_align.pairs":
+            from lit_align.pairs import main as pairs_main
 
-        args = [stage.command, "--config", str(config_file)]
-        last = folder / "checkpoints" / "last.ckpt"
-        if stage.command == "fit" and last.is_file():
-            print(f"[reproduce] {stage.name}: resuming from {last}")
-            args += ["--ckpt_path", str(last)]
-        argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``, not this tool's own options
-        try:
-            cli_main(args)
-        finally:
-            sys.argv = argv
+            pairs_main(args)
+        else:
+            from lit_align.cli import main as cli_main
+
+            argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``, not this tool's own options
+            try:
+                cli_main(args)
+            finally:
+                sys.argv = argv
     gc.collect()
     seconds = time.perf_counter() - start
     # the stage's own peak RSS where the kernel let the peak be reset, else the run's so far (said by the flag)
+    if ran_in_child:  # the child's own high-water mark: the stage alone
+        peak, own_peak = child_peak, child_peak is not None
+    else:
+        peak = stage_peak_rss_mib()
     record = {"stage": stage.name, "label": stage.label, "seconds": seconds, "engine": engine,
-              "peak_rss_mib": stage_peak_rss_mib(), "peak_rss_of_stage_alone": own_peak}
+              "peak_rss_mib": peak, "peak_rss_of_stage_alone": own_peak}
     done.write_text(json.dumps(record | where, indent=2) + "\n")
     return seconds
 
@@ -275,7 +313,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
         return stages
     where = None if dry_run else provenance()  # the commit and machine: looked up once per run, not per stage
     if dry_run:
-        print_expected(profile, stages, only)
+        print_expected(profile, stages, only, (rollout or {}).get("class_path", "HFGenerate").rsplit(".", 1)[-1])
     for stage in stages:
         if only and stage.name not in only:
             continue
@@ -297,21 +335,26 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
     return stages
 
 
-def print_expected(profile: str, stages: list[Stage], only: list[str] | None = None) -> float | None:
-    """Print each stage's expected wall time from the measured unit costs (``plan.EMBEDDED_COSTS``) and the
-    total; returns the total in seconds (None where the profile has no measured costs)."""
+def print_expected(profile: str, stages: list[Stage], only: list[str] | None = None, engine: str = "HFGenerate") -> float | None:
+    """Print each stage's expected wall time from the unit costs measured with ``engine`` (``plan.EMBEDDED_COSTS``)
+    and the total; returns the total in seconds (None where the profile has no measured costs)."""
     if profile != "embedded":
         print(f"[reproduce] expected times: no measured unit costs for the {profile} profile"
               + (" (GPU figures: docs/results.md, 'The paper profile on one H100')" if profile == "paper" else ""))
+        return None
+    if engine not in EMBEDDED_COSTS:
+        print(f"[reproduce] expected times: no measured unit costs for sampling with {engine}"
+              f" (measured: {', '.join(sorted(EMBEDDED_COSTS))})")
         return None
     total = 0.0
     for stage in stages:
         if only and stage.name not in only:
             continue
-        seconds = expected_seconds(stage, PROFILES[profile])
+        seconds = expected_seconds(stage, PROFILES[profile], engine)
         total += seconds or 0.0
         print(f"[reproduce] {stage.name:36s} expected {'?' if seconds is None else f'{seconds:7.0f} s'}")
-    print(f"[reproduce] expected total: {total / 60:.1f} min on a quiet 2-core CPU (float32, HF generate)")
+    print(f"[reproduce] expected total: {total / 60:.1f} min on a quiet 2-core CPU (float32, sampling with {engine};"
+          " costs measured on a 2-core AMD EPYC)")
     return total
 
 
