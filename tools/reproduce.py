@@ -1,6 +1,8 @@
 """Reproduce the study's two tracks, instruction following and Countdown, in one command.
 
-    python tools/reproduce.py --profile embedded   # offline on CPU, about 75 min on 2 quiet cores (docs/results.md)
+    python tools/reproduce.py --profile embedded   # offline on CPU, HF generate: about 105 min on 2 quiet cores
+    .venv-vllm/bin/python tools/reproduce.py --profile embedded --rollout-config configs/rollout/vllm.yaml
+                                                   # the same sampling with vLLM: the run in docs/results.md
     python tools/reproduce.py --profile smoke      # tiny models, the whole chain in seconds
     python tools/reproduce.py --profile paper      # configs/paper/: hub access and a GPU
     python tools/reproduce.py --profile paper-smoke  # every configs/paper/ run on tiny stand-ins, CPU

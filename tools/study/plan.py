@@ -390,8 +390,23 @@ EMBEDDED_COSTS = {
         "bon_sample": 1.0,  # one sample of best-of-N (problems x largest N), 160 tokens
     },
 }
-EMBEDDED_COSTS["VLLM"] = dict(EMBEDDED_COSTS["HFGenerate"])  # filled in below from the vLLM run
-PAIRS_PER_PROMPT = 94 / 160  # prompts whose 4 base samples did not all score the same (run at 94832fb)
+EMBEDDED_COSTS["VLLM"] = {  # the run at c2049a4 (docs/results.md): every sampling stage in a child process
+    "stage": 15.0,
+    "cd_base_eval_problem": 0.69,
+    "cd_eval_problem": 0.875,
+    "if_eval_prompt": 0.62,
+    "if_sample_prompt": 2.14,
+    "if_sft_step": 3.55,  # SFT, RM and DPO sample nothing: the same work as under HFGenerate, another day's timing
+    "rm_step": 1.51,
+    "dpo_pair_epoch": 2.45,
+    "if_rloo_step": 35.8,
+    "cd_sft_step": 5.0,
+    "cd_full_step": 6.5,
+    "cd_rloo_step": 104.5,
+    "cd_grpo_step": 89.2,
+    "bon_sample": 0.80,
+}
+PAIRS_PER_PROMPT = 97 / 160  # prompts whose 4 base samples did not all score the same (94 of 160 at 94832fb)
 
 
 def expected_seconds(stage: Stage, s: Sizes, engine: str = "HFGenerate") -> float | None:
