@@ -114,7 +114,6 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
 def provenance() -> dict:
     """Where a run's stages ran: the repository's commit (and whether the tree had uncommitted changes)
     and the machine (CPU model, cores, memory, bf16 units), for the results page."""
-    import os
     import subprocess
 
     def git(*args: str) -> str | None:
@@ -248,7 +247,8 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}" + (f" (samples with {engine})" if engine else ""))
     own_peak = reset_peak_rss()
     start = time.perf_counter()
-    child_peak, ran_in_child = None, False
+    in_child = stage.command != "split" and runs_in_child(engine)
+    child_peak = None
     if stage.command == "split":
         counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
         print(f"[reproduce] {stage.name}: {counts}")
@@ -261,8 +261,7 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
             if stage.command == "fit" and last.is_file():
                 print(f"[reproduce] {stage.name}: resuming from {last}")
                 args += ["--ckpt_path", str(last)]
-        if runs_in_child(engine):
-            ran_in_child = True
+        if in_child:
             child_peak = run_child(stage.name, module, args)
         elif module == "lit_align.pairs":
             from lit_align.pairs import main as pairs_main
@@ -279,7 +278,7 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     gc.collect()
     seconds = time.perf_counter() - start
     # the stage's own peak RSS where the kernel let the peak be reset, else the run's so far (said by the flag)
-    if ran_in_child:  # the child's own high-water mark: the stage alone
+    if in_child:  # the child's own high-water mark: the stage alone
         peak, own_peak = child_peak, child_peak is not None
     else:
         peak = stage_peak_rss_mib()
