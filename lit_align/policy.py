@@ -12,6 +12,8 @@ May import: ``lit_align.sampling``, ``lit_align.modeling``, ``lit_align.lightnin
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +36,9 @@ class PolicyBase(L.LightningModule):
     """
 
     batch_kind: BatchKind  # set by each method or evaluation class
+    # Whether running this module (fit, or the evaluation it is) draws samples from its rollout engine:
+    # tools that plan runs (the study runner's engine choice and cost table) ask this, not the class name.
+    uses_rollout_engine: ClassVar[bool] = False
 
     def __init__(
         self,
