@@ -99,6 +99,7 @@ class OnlineRL(PolicyModule):
     """Sample once, learn in micro-batches: the loop under ``RLOO`` and ``GRPO`` (use those)."""
 
     batch_kind = PromptKind()
+    uses_rollout_engine = True
     # take the sampling weights' log-probs from each micro-batch's training forward where that is exact
     # (see _shapes_per_micro_batch); False runs the separate no-grad pass (the tests compare the two)
     fuse_sampling_pass = True
