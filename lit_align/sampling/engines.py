@@ -49,7 +49,7 @@ class RolloutEngine:
     refuses_4bit = False  # true: the engine needs the policy's weights in a float dtype (no QLoRA)
 
     def sample(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-               seed: int = 0, synced: bool = False) -> Samples:
+               seed: int = 0) -> Samples:
         raise NotImplementedError
 
     def weights_changed(self) -> None:
@@ -89,12 +89,12 @@ class HFGenerate(RolloutEngine):
             raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
         self.max_batch_rows = max_batch_rows
 
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0) -> Samples:
         prompts = max(1, (self.max_batch_rows or 0) // params.n) if self.max_batch_rows else input_ids.size(0)
         if prompts >= input_ids.size(0):
-            return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed, synced=synced)
+            return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed)
         parts = [sample(model, tokenizer, input_ids[i : i + prompts], attention_mask[i : i + prompts], params,
-                        seed=seed * 1_000_003 + c, synced=synced)
+                        seed=seed * 1_000_003 + c)
                  for c, i in enumerate(range(0, input_ids.size(0), prompts))]
         return concat_samples(parts, tokenizer.pad_token_id)
 
@@ -259,7 +259,7 @@ class VLLM(RolloutEngine):
         self.syncs += 1
 
     @torch.no_grad()
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False) -> Samples:
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0) -> Samples:
         self.prepare(model, tokenizer)
         self._wake("weights")  # asleep with nothing to push: the copy taken at sleep time is current
         self._wake("kv_cache")

@@ -158,7 +158,7 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
 @torch.no_grad()
 def sample(
     model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0,
-    synced: bool = False, share_prompt: bool = True,
+    share_prompt: bool = True,
 ) -> Samples:
     """Draw ``params.n`` completions for each left-padded prompt row.
 
@@ -166,8 +166,8 @@ def sample(
     samples, instead of computing the same prompt ``n`` times (the samples are the same, up to float
     rounding).
 
-    ``synced``: keep every data-parallel rank decoding until all are done. Needed when parameters are
-    sharded (FSDP): each forward gathers shards collectively, so ranks must run the same number of steps.
+    Whether data-parallel ranks keep decoding until all are done (``synced_gpus``) is left to
+    ``generate``, which turns it on for a model it sees sharded (FSDP, DeepSpeed ZeRO-3).
     """
     was_training = model.training
     model.eval()
@@ -191,7 +191,6 @@ def sample(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=stops,
                     use_cache=True,
-                    synced_gpus=synced,
                     **({_CACHE_KWARG: shared} if shared is not None else {}),
                     **kwargs,
                 )

@@ -157,7 +157,7 @@ class VLLMServer(RolloutEngine):
 
     # --- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, model, tokenizer, input_ids, attention_mask, params: SamplingParams, seed=0, synced=False) -> Samples:
+    def sample(self, model, tokenizer, input_ids, attention_mask, params: SamplingParams, seed=0) -> Samples:
         self.prepare(model, tokenizer)
         requests = engine_requests(tokenizer, input_ids, attention_mask, params, seed)
         outputs = self._call("/generate", {"requests": requests})["outputs"]
