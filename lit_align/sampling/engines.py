@@ -33,6 +33,7 @@ import torch
 
 from lit_align.data.formats import stop_token_ids
 from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, decode_kept, sample
+from lit_align.sampling.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class HFGenerate(RolloutEngine):
         Args:
             max_batch_rows: most completions decoded at once (prompts x n); a larger call is decoded in
                 chunks of whole prompts, so the KV cache is bounded whatever the generation batch
-                (None: all at once). Chunk c samples with its own seed (from ``seed`` and c).
+                (None: all at once). Chunk c samples with its own seed, ``derive_seed(seed, c)``.
         """
         if max_batch_rows is not None and max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
@@ -94,7 +95,7 @@ class HFGenerate(RolloutEngine):
         if prompts >= input_ids.size(0):
             return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed)
         parts = [sample(model, tokenizer, input_ids[i : i + prompts], attention_mask[i : i + prompts], params,
-                        seed=seed * 1_000_003 + c)
+                        seed=derive_seed(seed, c))
                  for c, i in enumerate(range(0, input_ids.size(0), prompts))]
         return concat_samples(parts, tokenizer.pad_token_id)
 
@@ -284,7 +285,12 @@ class VLLM(RolloutEngine):
 
 def engine_requests(tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int) -> list[dict]:
     """One vLLM request per prompt row: its unpadded token ids and ``vllm.SamplingParams`` fields, as plain
-    data (the colocated engine builds its ``SamplingParams`` from them; the rollout server gets them as JSON)."""
+    data (the colocated engine builds its ``SamplingParams`` from them; the rollout server gets them as JSON).
+
+    Row r samples with ``derive_seed(seed, r)``: distinct per row and call, whatever ``seed``. vLLM seeds a
+    row's j-th sample with its seed + j; rows' seeds lie 2**62 apart on average, so their samples' seeds
+    do not meet.
+    """
     stops = stop_token_ids(tokenizer)
     greedy = params.temperature == 0
     requests = []
@@ -292,8 +298,7 @@ def engine_requests(tokenizer, input_ids, attention_mask, params: SamplingParams
         requests.append({"prompt_token_ids": ids[mask.bool()].tolist(), "params": dict(
             n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
             top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
-            # rows' seeds lie n apart or more, in case the engine derives a sample's seed as seed + j
-            seed=None if greedy else (seed * 1_000_003 + row * 1_009 * params.n) % 2**31,
+            seed=None if greedy else derive_seed(seed, row),
             skip_special_tokens=True, detokenize=False,
         )})
     return requests

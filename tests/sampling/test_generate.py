@@ -2,7 +2,9 @@ import torch
 
 from lit_align.data.collate import collate_prompts
 from lit_align.data.formats import prompt_ids
+from lit_align.sampling.engines import HFGenerate
 from lit_align.sampling.generate import SamplingParams, completion_mask, sample
+from lit_align.sampling.seeds import derive_seed
 
 from conftest import CHI2_5_DOF_P001, first_token_chi2
 
@@ -82,8 +84,6 @@ def test_shared_prompt_states_run_each_prompt_once(tokenizer, tiny_lm):
 def test_hf_engine_first_tokens_follow_softmax_over_temperature(tokenizer, tiny_lm):
     """Chi-squared over the five likeliest tokens and the rest, 4,000 draws at T = 0.7 (the same check
     tests/test_vllm.py makes of the vLLM engine)."""
-    from lit_align.sampling.engines import HFGenerate
-
     assert first_token_chi2(HFGenerate(), tiny_lm, tokenizer) < CHI2_5_DOF_P001
 
 
@@ -104,17 +104,14 @@ def test_asking_for_vllm_without_it_names_the_install_commands(tokenizer, tiny_l
 def test_hf_engine_decodes_in_chunks_of_whole_prompts_when_asked(tokenizer, tiny_lm):
     """max_batch_rows bounds what one generate call decodes: 3 prompts x 2 samples with at most 4 rows at
     a time are two calls (2 prompts, then 1), each the plain sampler's on its prompts with its own seed."""
-    from lit_align.data.collate import collate_prompts
-    from lit_align.data.formats import prompt_ids
     from lit_align.sampling.engines import HFGenerate
-    from lit_align.sampling.generate import SamplingParams, sample
 
     records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}, {"prompt": "one two"}]
     batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
     params = SamplingParams(max_new_tokens=6, temperature=1.0, n=2)
     out = HFGenerate(max_batch_rows=4).sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params, seed=3)
-    first = sample(tiny_lm, tokenizer, batch.input_ids[:2], batch.attention_mask[:2], params, seed=3 * 1_000_003)
-    last = sample(tiny_lm, tokenizer, batch.input_ids[2:], batch.attention_mask[2:], params, seed=3 * 1_000_003 + 1)
+    first = sample(tiny_lm, tokenizer, batch.input_ids[:2], batch.attention_mask[:2], params, seed=derive_seed(3, 0))
+    last = sample(tiny_lm, tokenizer, batch.input_ids[2:], batch.attention_mask[2:], params, seed=derive_seed(3, 1))
     assert out.texts == first.texts + last.texts and len(out) == 6
     width = first.completion_ids.size(1)
     assert torch.equal(out.completion_ids[:4, :width], first.completion_ids)
@@ -123,3 +120,29 @@ def test_hf_engine_decodes_in_chunks_of_whole_prompts_when_asked(tokenizer, tiny
     whole = HFGenerate().sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params, seed=3)
     assert torch.equal(whole.completion_ids, sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params,
                                                     seed=3).completion_ids)
+
+
+def test_chunked_sampling_takes_any_seed_and_gives_each_chunk_its_own(tokenizer, tiny_lm, monkeypatch):
+    """A seed as large as the training loop makes late in a long run (2**62 - 1), in a call split into
+    chunks of one prompt: no overflow (multiplying the seed by a constant per chunk overflowed torch's
+    64-bit seed), every chunk draws with a seed of its own, and the next call's chunks with other seeds."""
+    import lit_align.sampling.engines as engines
+
+    seeds: list[int] = []
+    plain = engines.sample
+
+    def recorded(*args, seed: int, **kwargs):
+        seeds.append(seed)
+        return plain(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(engines, "sample", recorded)
+    records = [{"prompt": f"prompt number {i}"} for i in range(4)]
+    batch = _batch(tokenizer, records)
+    params = SamplingParams(max_new_tokens=3, temperature=1.0, n=2)
+    engine = HFGenerate(max_batch_rows=2)  # below prompts x n = 8: four chunks of one prompt
+    for seed in (2**62 - 1, 2**62 - 2):
+        out = engine.sample(tiny_lm, tokenizer, batch.input_ids, batch.attention_mask, params, seed=seed)
+        assert len(out) == 8
+    assert len(seeds) == 8 and len(set(seeds)) == 8, seeds
+    assert all(0 <= s < 2**63 for s in seeds)
+
