@@ -16,12 +16,12 @@ import contextlib
 import logging
 import os
 import sys
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from lit_align.data.datamodule import AlignDataModule, UsesData
-from lit_align.methods.online import OnlineRL
 from lit_align.modeling.models import ModelLoadError
 
 TRACEBACK_ENV = "LIT_ALIGN_TRACEBACK"
@@ -57,6 +57,14 @@ def connect(data: AlignDataModule, method: L.LightningModule) -> AlignDataModule
     return data
 
 
+@runtime_checkable
+class ClipsByHand(Protocol):
+    """A method that optimises by hand (``automatic_optimization`` off) and clips gradients itself."""
+
+    automatic_optimization: bool
+    max_grad_norm: float | None
+
+
 class AlignCLI(LightningCLI):
     """LightningCLI that connects the data and the method (``connect``) once both are built, before
     any subcommand runs."""
@@ -65,13 +73,13 @@ class AlignCLI(LightningCLI):
         super().instantiate_classes()
         if self.datamodule is not None:
             connect(self.datamodule, self.model)
-        if isinstance(self.model, OnlineRL):
+        if isinstance(self.model, ClipsByHand) and not self.model.automatic_optimization:
             hand_over_gradient_clipping(self.trainer, self.model)
 
 
-def hand_over_gradient_clipping(trainer: L.Trainer, method: OnlineRL) -> None:
-    """Online RL optimises by hand (several steps per generation batch), which Lightning's automatic
-    clipping refuses: ``trainer.gradient_clip_val`` becomes the method's ``max_grad_norm``."""
+def hand_over_gradient_clipping(trainer: L.Trainer, method: ClipsByHand) -> None:
+    """A method that optimises by hand (online RL: several steps per generation batch) is refused Lightning's
+    automatic clipping: ``trainer.gradient_clip_val`` becomes the method's ``max_grad_norm``."""
     if not trainer.gradient_clip_val:
         return
     if trainer.gradient_clip_algorithm not in (None, "norm"):

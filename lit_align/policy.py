@@ -76,12 +76,14 @@ class PolicyBase(L.LightningModule):
                 "the default HFGenerate rollout with QLoRA, or train with LoRA on float weights (load_in_4bit: false) "
                 "to sample with vLLM")
         self.model_name, self.dtype_name, self.trust_remote_code = model, dtype, trust_remote_code
+        if isinstance(lora, dict):  # as a checkpoint's hyperparameters hold it (methods.base.plain_hyperparameters)
+            lora = models.LoRA(**lora)
         self.lora, self.load_in_4bit, self.gradient_checkpointing = lora, load_in_4bit, gradient_checkpointing
         self.disable_dropout = disable_dropout
         self.rollout = rollout or HFGenerate()
         self.tokenizer = models.load_tokenizer(model, trust_remote_code)
         self.policy = None
-        self.generation = generation or SamplingParams()
+        self.generation = SamplingParams(**generation) if isinstance(generation, dict) else generation or SamplingParams()
 
     def configure_model(self) -> None:
         if self.policy is not None:

@@ -6,6 +6,7 @@ tokenizer, rollout engine, sampling settings and export); ``RewardModel`` uses t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import lightning as L
@@ -54,6 +55,15 @@ class FreesAppliedGradients(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
 
 
+def plain_hyperparameters(hparams) -> None:
+    """Settings dataclasses (``SamplingParams``, ``LoRA``) as dicts, in place: a checkpoint's hyperparameters
+    then hold plain containers only, and it loads with ``torch.load(weights_only=True)`` (Lightning's default),
+    whether the module was built by the CLI or in Python. The classes take the dicts back (``PolicyBase``)."""
+    for name, value in list(hparams.items()):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            hparams[name] = dataclasses.asdict(value)
+
+
 class PolicyModule(PolicyBase):
     """Base of the methods that train a causal LM policy: ``PolicyBase`` (the policy, its tokenizer and
     rollout engine) plus the optimiser and its schedule, the reference model, and gradients freed
@@ -77,8 +87,9 @@ class PolicyModule(PolicyBase):
             min_lr_ratio: final lr of the default schedule, as a share of the peak.
         """
         super().__init__(*args, **kwargs)
-        # callables and loss objects are recorded by the CLI config, not as (unpicklable) hparams
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss", "rollout"])
+        # callables and loss, objective and reward objects are recorded by the CLI config, not as hparams
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss", "rollout", "objective", "reward"])
+        plain_hyperparameters(self.hparams)
         # hparams may hold plain dicts (LightningCLI records the parsed config); keep the real objects.
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio

@@ -15,8 +15,8 @@ gradient of the same KL) or k3 (GRPO's per-token form, the reverse KL's gradient
 ``policy_gradient.check_kl_setting`` refuses the placements whose gradient is not a KL's. Completions
 cut at ``max_new_tokens`` can be kept out of the loss (``mask_truncated_completions``).
 
-The loop is ``methods.online.OnlineRL``: one generation batch (``data.batch_size`` prompts x
-``rloo_k``) is sampled once and learnt from in ``micro_batch_size`` pieces; with the defaults (one
+The loop is ``methods.online.OnlineRL`` and the objective ``objectives.rl.ClippedRatio``: one
+generation batch (``data.batch_size`` prompts x ``rloo_k``) is sampled once and learnt from in ``micro_batch_size`` pieces; with the defaults (one
 pass, one optimiser step per generation batch) the update is exactly the on-policy gradient above,
 and further passes or steps use PPO's clipped ratio (``epsilon``). Rewards are not normalised.
 """
@@ -26,11 +26,12 @@ from __future__ import annotations
 from typing import Literal
 
 from lit_align.methods.online import OnlineRL
+from lit_align.objectives.rl import ClippedRatio
 from lit_align.rewards.base import Reward
 
 
 class RLOO(OnlineRL):
-    """Online RL with k samples per prompt and leave-one-out advantages."""
+    """Online RL with k samples per prompt and leave-one-out advantages (a preset of ``OnlineRL``)."""
 
     def __init__(
         self,
@@ -41,6 +42,9 @@ class RLOO(OnlineRL):
         kl_estimator: Literal["k1", "k2", "k3"] = "k1",
         kl_in_reward: bool = True,
         normalization: Literal["sequence", "sequence_mean", "token", "dr_grpo"] = "sequence",
+        entropy_coef: float = 0.0,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
         **kwargs,
     ):
         """
@@ -53,9 +57,14 @@ class RLOO(OnlineRL):
             kl_in_reward: subtract the KL from the reward (true; k1) or add it to the loss (false; k2, k3).
             normalization: how token terms are averaged: "sequence" (over completions; unbiased),
                 "token" (over the step's completion tokens), "sequence_mean" or "dr_grpo" (see docs/grpo.md).
+            entropy_coef: weight of a bonus on the mean token entropy (0: off).
+            epsilon: lower clip range of the ratio, used off the sampling weights (later passes or steps).
+            epsilon_high: upper clip range (None: epsilon).
         """
         if rloo_k < 2:
             raise ValueError(f"rloo_k must be at least 2, got {rloo_k}")
-        super().__init__(*args, reward=reward, k=rloo_k, estimator="rloo", kl_coef=kl_coef, kl_estimator=kl_estimator,
-                         kl_in_reward=kl_in_reward, loss_aggregation=normalization, **kwargs)
+        objective = ClippedRatio(estimator="rloo", aggregation=normalization, kl_coef=kl_coef, kl_estimator=kl_estimator,
+                                 kl_in_reward=kl_in_reward, entropy_coef=entropy_coef, epsilon=epsilon,
+                                 epsilon_high=epsilon_high)
+        super().__init__(*args, objective=objective, reward=reward, k=rloo_k, **kwargs)
         self.rloo_k = rloo_k

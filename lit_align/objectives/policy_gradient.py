@@ -1,4 +1,4 @@
-"""Policy-gradient objectives for online RL (RLOO, GRPO, Dr. GRPO, DAPO's pieces) as pure functions.
+"""The pure pieces of online RL's maths (RLOO, GRPO, Dr. GRPO, DAPO); ``objectives.rl`` builds the losses.
 
 For a generation batch of prompts x k completions y_i (tokens y_it, mask m_it) sampled from pi_old:
 
@@ -6,28 +6,21 @@ For a generation batch of prompts x k completions y_i (tokens y_it, mask m_it) s
     A_i   = advantages(R, k)                                rloo: R_i - mean_{j != i} R_j
                                                             grpo: (R_i - mean_group R) / (std + 1e-4)
                                                             dr_grpo: R_i - mean_group R
-    on the sampling weights (pi == pi_old):  l_it = -A_i log pi(y_it)                  (REINFORCE)
-    off them (later passes or steps):         l_it = -min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps_high) A_i),
-                                              rho_it = pi(y_it) / pi_old(y_it)
-    L     = sum_i c_i [ sum_t w_it l_it m_it + beta * KL_i ]  - entropy_coef * (token mean of the entropy)
-                                                            (beta * KL_i only with the KL in the loss)
 
-``w_it`` are truncated importance weights min(pi_old / pi_engine, cap) when an engine sampled in another
-precision than the trainer (TIS), else 1. ``c_i`` is the aggregation, always over the whole optimiser
-step so that micro-batches add up to the one-batch gradient exactly:
+and ``c_i``, the aggregation of each sequence's summed token terms, always over the whole optimiser step
+so that micro-batches add up to the one-batch gradient exactly:
 
     sequence      c_i = 1 / N                        (the unbiased REINFORCE estimator of grad E[R])
     sequence_mean c_i = 1 / (N |y_i|)                (GRPO's paper: each completion's token mean)
     token         c_i = 1 / sum_j |y_j|              (DAPO: token mean over the whole step's tokens)
     dr_grpo       c_i = 1 / (N * max_new_tokens)     (Dr. GRPO's constant normaliser)
 
-On the sampling weights rho = 1 and the clipped form has the same gradient as REINFORCE; the REINFORCE
-form is used there so that one pass of one step is today's RLOO update, value and gradient.
+Also here: the KL estimators and where each may go, DAPO's overlong punishment, the truncated importance
+weights of TIS, and the test for groups without signal.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -184,136 +177,3 @@ def aggregation_weights(mask: torch.Tensor, how: Aggregation, num_sequences: int
     if how == "dr_grpo":
         return rows / (num_sequences * max_new_tokens)
     raise ValueError(f"unknown loss aggregation {how!r}: choose from {', '.join(AGGREGATIONS)}")
-
-
-@dataclass
-class PolicyGradientResult:
-    """A policy-gradient loss and what a method logs beside it."""
-
-    loss: torch.Tensor  # scalar: policy term + KL term (in the loss) - entropy bonus
-    policy_loss: torch.Tensor  # scalar, detached
-    kl_loss: torch.Tensor  # scalar, detached; 0 when the KL is in the reward
-    clipped: torch.Tensor  # scalar: loss tokens whose ratio sits outside the clip range and is clipped
-    advantages: torch.Tensor | None = None  # (N,), filled by rloo_loss
-    shaped_rewards: torch.Tensor | None = None  # (N,) rewards minus beta * KL_k1 when the KL is in the reward
-    kl: torch.Tensor | None = None  # (N,) k1 sequence KL estimate (detached)
-
-
-def clipped_token_loss(logps, old_logps, advantages, epsilon: float, epsilon_high: float):
-    """PPO's clipped surrogate per token, ``-min(rho A, clip(rho, 1 - eps, 1 + eps_high) A)``, and
-    where the clip is active (the gradient there is zero). Shapes: (N, C), (N, C), (N,) -> (N, C), (N, C)."""
-    ratio = (logps - old_logps).exp()
-    adv = advantages[:, None]
-    unclipped, clipped = ratio * adv, ratio.clamp(1 - epsilon, 1 + epsilon_high) * adv
-    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
-
-
-def policy_gradient_loss(
-    logps: torch.Tensor,
-    mask: torch.Tensor,
-    advantages: torch.Tensor,
-    weights: torch.Tensor,
-    old_logps: torch.Tensor | None = None,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    is_weights: torch.Tensor | None = None,
-    ref_logps: torch.Tensor | None = None,
-    kl_coef: float = 0.0,
-    kl_estimator: str = "k1",
-    kl_in_reward: bool = True,
-    entropy: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    entropy_tokens: float | None = None,
-) -> PolicyGradientResult:
-    """The objective of the module docstring on one micro-batch.
-
-    Args:
-        logps: (N, C) policy log-probs of the sampled tokens at the sampling temperature (with gradient).
-        mask: (N, C) loss mask: completion tokens of the rows that carry loss.
-        advantages: (N,) advantages, computed over the whole generation batch.
-        weights: (N,) aggregation weights c_i (``aggregation_weights``), 0 for rows kept out.
-        old_logps: (N, C) log-probs under the weights that sampled; None: these are the current
-            weights (REINFORCE form, no ratio).
-        epsilon, epsilon_high: clip range 1 - epsilon .. 1 + epsilon_high (None: epsilon).
-        is_weights: (N, C) truncated importance weights (``tis_weights``) or None.
-        ref_logps: (N, C) reference log-probs, needed for the KL in the loss.
-        kl_coef, kl_estimator, kl_in_reward: the KL penalty (``check_kl_setting``); in the reward it is
-            already inside the advantages and adds nothing here.
-        entropy: (N, C) per-token entropies (needed if entropy_coef).
-        entropy_coef: weight of the entropy bonus.
-        entropy_tokens: loss tokens of the whole step the entropy's mean is taken over (default: this
-            micro-batch's).
-    """
-    check_kl_setting(kl_estimator, kl_in_reward)
-    if old_logps is None:
-        per_token, clipped = -advantages[:, None] * logps, torch.zeros_like(mask, dtype=torch.bool)
-    else:
-        per_token, clipped = clipped_token_loss(logps, old_logps, advantages, epsilon,
-                                                epsilon if epsilon_high is None else epsilon_high)
-    if is_weights is not None:
-        per_token = per_token * is_weights
-    policy_loss = (weights * (per_token * mask).sum(-1)).sum()
-    kl_loss = policy_loss.new_zeros(())
-    if not kl_in_reward and kl_coef:
-        if ref_logps is None:
-            raise ValueError("a KL in the loss needs the reference log-probs")
-        kl_loss = kl_coef * (weights * sequence_kl(logps, ref_logps, mask, kl_estimator)).sum()
-    loss = policy_loss + kl_loss
-    if entropy_coef:
-        if entropy is None:
-            raise ValueError("entropy_coef needs the per-token entropies")
-        tokens = mask.sum() if entropy_tokens is None else mask.new_tensor(float(entropy_tokens))
-        loss = loss - entropy_coef * (entropy * mask).sum() / tokens.clamp(min=1)
-    return PolicyGradientResult(loss, policy_loss.detach(), kl_loss.detach(), (clipped & mask.bool()).sum())
-
-
-def rloo_loss(
-    logps: torch.Tensor,
-    ref_logps: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    k: int,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-    kl_in_reward: bool = True,
-    normalization: str = "sequence",
-    entropy: torch.Tensor | None = None,
-    entropy_coef: float = 0.0,
-    keep: torch.Tensor | None = None,
-) -> PolicyGradientResult:
-    """On-policy RLOO on one whole batch: REINFORCE with a leave-one-out baseline on k samples per prompt.
-
-    The reference the micro-batched loop is checked against: with one pass of one optimiser step
-    the methods' update equals this function's gradient.
-
-    Args:
-        logps: (N, C) policy log-probs of the sampled tokens at the sampling temperature (with gradient).
-        ref_logps: (N, C) reference log-probs of the same tokens at the same temperature.
-        mask: (N, C) 1 on completion tokens (up to and including the stop token).
-        rewards: (N,) reward of each completion.
-        k: samples per prompt (N = B * k).
-        kl_coef: beta, the weight of the KL penalty.
-        kl_estimator, kl_in_reward: where the KL goes (``check_kl_setting`` lists the valid pairs).
-        normalization: "sequence": the summed token terms are averaged over the N sequences (the
-            unbiased estimator of grad E[R]); "token": divided by the number of loss tokens.
-        entropy: (N, C) per-token entropies at the sampling temperature (needed if entropy_coef).
-        entropy_coef: weight of a bonus on the mean token entropy (0: off).
-        keep: (N,) bool, rows that carry loss (False: e.g. truncated completions masked out). They
-            still count in their group's baselines.
-
-    Returns:
-        ``PolicyGradientResult`` with the advantages, shaped rewards and k1 KL filled in.
-    """
-    check_kl_setting(kl_estimator, kl_in_reward)
-    if normalization not in ("sequence", "token"):
-        raise ValueError(f"normalization must be 'sequence' or 'token', got {normalization!r}")
-    kl = sequence_kl(logps.detach(), ref_logps, mask, "k1")
-    shaped = rewards - kl_coef * kl if kl_in_reward else rewards
-    advantages = rloo_advantages(shaped, k)
-    loss_mask = mask if keep is None else mask * keep[:, None].to(mask.dtype)
-    weights = aggregation_weights(loss_mask, normalization, mask.size(0), float(loss_mask.sum()), 1)
-    out = policy_gradient_loss(logps, loss_mask, advantages, weights, ref_logps=ref_logps, kl_coef=kl_coef,
-                               kl_estimator=kl_estimator, kl_in_reward=kl_in_reward, entropy=entropy,
-                               entropy_coef=entropy_coef)
-    out.advantages, out.shaped_rewards, out.kl = advantages, shaped, kl
-    return out

@@ -12,6 +12,7 @@ import torch
 
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.methods import GRPO
+from lit_align.methods.grpo import LOSS_TYPES
 from lit_align.rewards.base import Reward
 from lit_align.sampling.generate import SamplingParams
 
@@ -51,7 +52,9 @@ def _mean_reward(module):
     return TokenShare()(None, out.texts, None).mean().item()
 
 
-def test_grpo_learns_over_several_passes_with_the_clipped_ratio_in_micro_batches():
+def test_grpo_learns_over_several_passes_with_the_clipped_ratio_in_micro_batches(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
     torch.manual_seed(0)
     module = GRPO(model="tiny:causal-lm", reward=TokenShare(), num_generations=4, num_iterations=2,
                   steps_per_generation=2, micro_batch_size=4, loss_type="grpo",
@@ -59,12 +62,13 @@ def test_grpo_learns_over_several_passes_with_the_clipped_ratio_in_micro_batches
                   optimizer=lambda p: torch.optim.Adam(p, lr=1e-2))
     module.configure_model()
     before = _mean_reward(module)
-    t = _fit(module, Prompts(8 * 6), steps=24, batch_size=8)
+    t = _fit(module, Prompts(8 * 6), steps=24, batch_size=8, logger=CSVLogger(tmp_path, name="logs"))
     after = _mean_reward(module)
     assert after > before + 0.05, (before, after)
     # 6 generation batches x 2 passes x 2 steps; 8 prompts x 4 samples each
     assert t.global_step == 24 and t.callback_metrics["train/completions_seen"] == 6 * 8 * 4
-    assert t.callback_metrics["train/clipped_share"] > 0, "later passes move the ratio out of the clip range"
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    assert max(float(r["train/clipped_share"]) for r in rows) > 0, "later passes move the ratio out of the clip range"
     assert module.reference_model is None, "beta 0: no reference copy is loaded"
 
 
@@ -91,6 +95,9 @@ def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_its_draws(tmp
     assert metrics["train/zero_variance_groups"] == 0.0
     assert metrics["train/draws"] == 2 and metrics["train/groups_drawn"] == 4 and metrics["train/groups_dropped"] == 2
     assert metrics["train/prompts_seen"] == 12
+    # each step learns from the 2 "vary" groups of 2 draws; the policy's reward is over all 4 groups drawn,
+    # the 2 "same" groups (reward 1 each) included
+    assert metrics["train/drawn_reward_mean"] == pytest.approx((4 * float(metrics["train/reward_mean"]) + 4 * 1.0) / 8)
 
 
 def test_completions_go_to_a_jsonl_file_beside_the_csv_logs(tmp_path):
@@ -110,6 +117,10 @@ def test_completions_go_to_a_jsonl_file_beside_the_csv_logs(tmp_path):
     (dict(num_generations=1), "num_generations must be at least 2"),
     (dict(loss_type="mean"), "unknown loss_type"),
     (dict(micro_batch_size=0), "micro_batch_size must be at least 1"),
+    (dict(tis_cap=0.0), "tis_cap must be > 0"),
+    (dict(epsilon=1.5), "epsilon must be in"),
+    (dict(delta=1.1, epsilon_high=0.28), "delta must be above"),
+    (dict(loss_type="cispo", delta=2.0), "delta .* applies to the clipped-ratio loss types"),
     (dict(overlong_buffer=500, generation=SamplingParams(max_new_tokens=100)), "overlong buffer"),
 ])
 def test_settings_that_cannot_work_are_refused_with_a_reason(settings, message):
@@ -117,7 +128,13 @@ def test_settings_that_cannot_work_are_refused_with_a_reason(settings, message):
         GRPO(model="tiny:causal-lm", reward=TokenShare(), **settings)
 
 
-def test_loss_types_map_to_the_aggregations_they_name():
-    got = {t: GRPO(model="tiny:causal-lm", reward=TokenShare(), loss_type=t).loss_aggregation
-           for t in ("grpo", "bnpo", "dapo", "dr_grpo", "sequence")}
-    assert got == {"grpo": "sequence_mean", "bnpo": "token", "dapo": "token", "dr_grpo": "dr_grpo", "sequence": "sequence"}
+def test_loss_types_map_to_the_objectives_and_aggregations_they_name():
+    got = {t: (type(o).__name__, o.aggregation, o.importance_sampling_level) for t in LOSS_TYPES
+           for o in [GRPO(model="tiny:causal-lm", reward=TokenShare(), loss_type=t).objective]}
+    assert got == {"grpo": ("ClippedRatio", "sequence_mean", "token"), "bnpo": ("ClippedRatio", "token", "token"),
+                   "dapo": ("ClippedRatio", "token", "token"), "dr_grpo": ("ClippedRatio", "dr_grpo", "token"),
+                   "sequence": ("ClippedRatio", "sequence", "token"), "luspo": ("ClippedRatio", "sequence", "token"),
+                   "cispo": ("CISPO", "token", "token"), "sapo": ("SAPO", "sequence_mean", "token"),
+                   "vespo": ("VESPO", "token", "token")}
+    gspo = GRPO(model="tiny:causal-lm", reward=TokenShare(), loss_type="grpo", importance_sampling_level="sequence")
+    assert gspo.objective.importance_sampling_level == "sequence"

@@ -7,10 +7,12 @@ from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import prompt_ids
 from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.methods.rloo import RLOO
+from lit_align.methods.rollouts import Plan
 from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
 
 from conftest import completion_logits, trainer
+from oracles import rloo_loss
 
 
 def test_rloo_advantages_by_hand_for_two_groups_of_three():
@@ -169,7 +171,7 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     """One optimiser step of plain SGD (lr 1) on pinned samples, rewards and reference log-probs:
     the weights' change is minus the gradient. Returns it with what the one-batch ``rloo_loss``
     gives on the same inputs from the same start."""
-    from lit_align.objectives import logprobs, policy_gradient
+    from lit_align.objectives import logprobs
 
     torch.manual_seed(0)
     module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.2,
@@ -184,7 +186,7 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     pinned.truncated = torch.tensor([True, False, False, True])
     ref = -torch.rand(4, pinned.completion_ids.size(1))
     monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
-    monkeypatch.setattr(module, "_reference_logps", lambda samples: ref)
+    monkeypatch.setattr(module, "with_reference", lambda fn: ref)
 
     class Once:
         def records(self):
@@ -202,7 +204,7 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     logps, entropy = logprobs.completion_logprobs(fresh.policy, pinned, with_entropy=True)
     rewards = CharSum()(None, pinned.texts, None)
     keep = ~pinned.truncated if settings.get("mask_truncated_completions") else None
-    expected = policy_gradient.rloo_loss(logps, ref, pinned.completion_mask.float(), rewards, 2, 0.2,
+    expected = rloo_loss(logps, ref, pinned.completion_mask.float(), rewards, 2, 0.2,
                                          settings.get("kl_estimator", "k1"), settings.get("kl_in_reward", True),
                                          settings.get("normalization", "sequence"), entropy,
                                          settings.get("entropy_coef", 0.0), keep)
@@ -265,13 +267,16 @@ def test_micro_batches_of_whole_groups_shape_rewards_from_their_own_training_for
 
 
 def test_shaping_per_micro_batch_gives_the_update_of_the_separate_pass(monkeypatch, tokenizer):
-    """The same step with the separate no-grad pass (``fuse_sampling_pass`` off) and without it: the
-    sampling log-probs are the same rows in the same micro-batches, so the updates agree to rounding."""
+    """The same step with the separate no-grad pass (the plan forced to it) and without it: the sampling
+    log-probs are the same rows in the same micro-batches, so the updates agree to rounding."""
+    import lit_align.methods.online as online
+
     calls = _count_sampling_passes(monkeypatch)
-    monkeypatch.setattr(RLOO, "fuse_sampling_pass", False)
+    chosen = online.plan_sampling_pass
+    monkeypatch.setattr(online, "plan_sampling_pass", lambda *a: (Plan.SEPARATE_PASS, "forced by the test"))
     separate, _ = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2)
     assert calls == [4]  # the whole batch, once
-    monkeypatch.setattr(RLOO, "fuse_sampling_pass", True)
+    monkeypatch.setattr(online, "plan_sampling_pass", chosen)
     fused, grads = _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=2)
     assert calls == [4]
     assert _largest_difference(fused, separate) <= 1e-6

@@ -1,4 +1,4 @@
-"""RLOO's objective (``policy_gradient.rloo_loss``): hand-worked values, and on a toy policy small enough to
+"""RLOO's objective (``objectives.rl.ClippedRatio`` with leave-one-out advantages, one batch: ``oracles.rloo_loss``): hand-worked values, and on a toy policy small enough to
 enumerate, its expected gradient against the exact gradient of what it claims to optimise."""
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import pytest
 import torch
 
 from lit_align.objectives import policy_gradient
+from lit_align.objectives.rl import ClippedRatio, PolicyGradientBatch
+
+from oracles import rloo_loss
 
 T, BETA, K = 0.7, 0.3, 3
 VOCAB, EOS = 4, 3  # tokens 0..2 and EOS; completions of at most two tokens
@@ -26,11 +29,11 @@ def test_k1_in_the_reward_sequence_and_token_normalisation_by_hand():
     # KL_k1: row 0 (-1 + 1.5) + (-2 + 2) = 0.5; row 1: 0.  R = [1 - 0.1 * 0.5, 0] = [0.95, 0]; A = [0.95, -0.95]
     # summed token log-probs: row 0 -3, row 1 -0.5 (its second token is masked)
     # sequence: -(0.95 * -3 + -0.95 * -0.5) / 2 = 1.1875;  token (3 loss tokens): 2.375 / 3
-    out = policy_gradient.rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1)
+    out = rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1)
     assert out.loss.item() == pytest.approx(1.1875)
     assert out.advantages.tolist() == pytest.approx([0.95, -0.95])
     assert out.kl.tolist() == pytest.approx([0.5, 0.0]) and out.kl_loss.item() == 0.0
-    token = policy_gradient.rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, normalization="token")
+    token = rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, normalization="token")
     assert token.loss.item() == pytest.approx(2.375 / 3)
 
 
@@ -39,18 +42,18 @@ def test_k3_in_the_loss_and_the_entropy_bonus_by_hand():
     # k3 per token with log-ratio l = log pi - log ref: exp(-l) + l - 1; row 0 token 1: l = 0.5
     k3 = math.exp(-0.5) + 0.5 - 1
     entropy = torch.tensor([[1.0, 2.0], [3.0, 9.0]])  # the masked 9 must not count: mean (1 + 2 + 3) / 3 = 2
-    out = policy_gradient.rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator="k3", kl_in_reward=False,
+    out = rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator="k3", kl_in_reward=False,
                            entropy=entropy, entropy_coef=0.05)
     assert out.policy_loss.item() == pytest.approx(1.25)
     assert out.kl_loss.item() == pytest.approx(0.1 * k3 / 2)
     assert out.loss.item() == pytest.approx(1.25 + 0.1 * k3 / 2 - 0.05 * 2.0)
-    k2 = policy_gradient.rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator="k2", kl_in_reward=False)
+    k2 = rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator="k2", kl_in_reward=False)
     assert k2.kl_loss.item() == pytest.approx(0.1 * (0.5 * 0.5**2) / 2)  # half the squared sequence log-ratio
 
 
 def test_rows_kept_out_carry_no_loss_but_stay_in_the_baselines():
     logps = LOGPS.clone().requires_grad_(True)
-    out = policy_gradient.rloo_loss(logps, REF, MASK, REWARDS, k=2, kl_coef=0.1, keep=torch.tensor([True, False]))
+    out = rloo_loss(logps, REF, MASK, REWARDS, k=2, kl_coef=0.1, keep=torch.tensor([True, False]))
     out.loss.backward()
     assert (logps.grad[1] == 0).all() and (logps.grad[0] != 0).all()
     assert out.advantages.tolist() == pytest.approx([0.95, -0.95])  # row 1's reward still sets row 0's baseline
@@ -60,7 +63,7 @@ def test_rows_kept_out_carry_no_loss_but_stay_in_the_baselines():
 @pytest.mark.parametrize("estimator, in_reward", [("k1", False), ("k2", True), ("k3", True)])
 def test_unsound_kl_settings_are_refused_naming_the_valid_ones(estimator, in_reward):
     with pytest.raises(ValueError, match="k1 in the reward.*k2 in the loss.*k3 in the loss"):
-        policy_gradient.rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator=estimator, kl_in_reward=in_reward)
+        rloo_loss(LOGPS, REF, MASK, REWARDS, k=2, kl_coef=0.1, kl_estimator=estimator, kl_in_reward=in_reward)
 
 
 # --- exact expectations on an enumerable toy policy ----------------------------------------------
@@ -102,7 +105,7 @@ def _expected_rloo_gradient(estimator: str, in_reward: bool):
     total = 0.0
     for tup in itertools.product(range(len(SEQUENCES)), repeat=K):
         idx = torch.tensor(tup)
-        out = policy_gradient.rloo_loss(logps[idx], ref[idx], mask[idx], SEQ_REWARDS[idx], K, BETA, estimator, in_reward)
+        out = rloo_loss(logps[idx], ref[idx], mask[idx], SEQ_REWARDS[idx], K, BETA, estimator, in_reward)
         total = total + seq_prob[idx].prod() * out.loss
     total.backward()
     return z1.grad, z2.grad
@@ -160,7 +163,8 @@ def test_dr_grpo_expected_gradient_is_k_minus_one_over_k_of_the_objective_gradie
         idx = torch.tensor(tup)
         shaped = SEQ_REWARDS[idx] - BETA * policy_gradient.sequence_kl(logps[idx].detach(), ref[idx], mask[idx])
         advantages = policy_gradient.group_advantages(shaped, k, "dr_grpo")
-        out = policy_gradient.policy_gradient_loss(logps[idx], mask[idx], advantages, torch.full((k,), 1 / k))
+        out = ClippedRatio(estimator="grpo", scale_rewards="none")(PolicyGradientBatch(
+            logps=logps[idx], mask=mask[idx], advantages=advantages, step_sequences=k, step_tokens=0.0, max_new_tokens=2))
         total = total + seq_prob[idx].prod() * out.loss
     total.backward()
     exact = _exact_gradient("forward")

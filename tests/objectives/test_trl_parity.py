@@ -1,8 +1,10 @@
-"""Our GRPO objective against TRL's ``GRPOTrainer`` on the same pinned inputs (skipped without TRL, the
+"""Our online-RL objectives against TRL's ``GRPOTrainer._compute_loss`` on the same pinned inputs, every TRL
+loss type (GSPO, CISPO, SAPO, VESPO, LUSPO and the two-sided clip included), loss and gradient (skipped without TRL, the
 ``bench`` extra; ``.ci/run`` installs it).
 
 The policy's log-probs come from ``logprobs.model_token_logprobs`` on a tiny model and are handed to
-TRL's loss in place of its own forward, so both sides see the same log-probs; advantages, old and
+TRL's loss in place of its own forward as a leaf tensor, so both sides see the same log-probs and the
+gradients with respect to them are compared; advantages, old and
 reference log-probs and masks are pinned, the old log-probs moved away from the policy's so that both
 sides of the clip occur.
 """
@@ -19,8 +21,8 @@ trl = pytest.importorskip("trl")
 from lit_align.data.formats import IGNORE_INDEX  # noqa: E402
 from lit_align.modeling import tiny  # noqa: E402
 from lit_align.objectives import logprobs, ops  # noqa: E402
-from lit_align.objectives import policy_gradient as pg  # noqa: E402
-from lit_align.methods.grpo import LOSS_TYPES  # noqa: E402
+from lit_align.methods.grpo import grpo_objective  # noqa: E402
+from lit_align.objectives.rl import PolicyGradientBatch  # noqa: E402
 
 B, P, C, MAX_NEW = 4, 3, 5, 6
 
@@ -58,33 +60,51 @@ def _inputs(vocab: int):
     }
 
 
-def _ours(model, inputs, old, aggregation: str, beta: float):
+CASES = [  # (loss_type, importance_sampling_level, epsilon_high, delta): every loss type of TRL 1.16
+    ("grpo", "token", 0.28, None), ("bnpo", "token", 0.28, None), ("dr_grpo", "token", 0.28, None),
+    ("dapo", "token", 0.28, None), ("dapo", "token", 0.28, 1.4),  # the two-sided clip
+    ("grpo", "sequence", 0.28, None),  # GSPO
+    ("luspo", "sequence", 0.28, None), ("cispo", "token", 1.3, None), ("sapo", "token", 0.28, None),
+    ("vespo", "token", 0.28, None),
+]
+
+
+def _token_logps(model, inputs) -> torch.Tensor:
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     labels = torch.cat([torch.full_like(inputs["prompt_ids"], IGNORE_INDEX),
                         inputs["completion_ids"].masked_fill(inputs["completion_mask"] == 0, IGNORE_INDEX)], 1)
-    token_logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask))
-    token_logps = token_logps[:, P - 1 :]
-    loss_mask = inputs["completion_mask"].float()
-    weights = pg.aggregation_weights(loss_mask, aggregation, B, float(loss_mask.sum()), MAX_NEW)
-    return pg.policy_gradient_loss(token_logps, loss_mask, inputs["advantages"], weights, old_logps=old, epsilon=0.2,
-                                   epsilon_high=0.28, ref_logps=inputs["ref_per_token_logps"], kl_coef=beta,
-                                   kl_estimator="k3", kl_in_reward=False), token_logps
+    with torch.no_grad():
+        token_logps, _ = logprobs.model_token_logprobs(model, ids, mask, labels, ops.position_ids_from_mask(mask))
+    return token_logps[:, P - 1 :]
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("loss_type, level, epsilon_high, delta", CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("beta", [0.0, 0.05])
-def test_our_loss_equals_trl_grpo_loss_on_pinned_inputs(grpo_trainer, loss_type, beta):
+def test_our_objectives_equal_trl_grpo_loss_and_gradient_on_pinned_inputs(grpo_trainer, loss_type, level,
+                                                                         epsilon_high, delta, beta):
     model = grpo_trainer.model
     inputs = _inputs(model.config.vocab_size)
-    with torch.no_grad():
-        _, current = _ours(model, inputs, None, "token", 0.0)
-    # old log-probs away from the current ones: ratios from about 0.6 to 1.6, both sides of the clip
-    old = current - torch.linspace(-0.5, 0.5, B * C).view(B, C)
-    ours, _ = _ours(model, inputs, old, LOSS_TYPES[loss_type], beta)
-    _, pinned = _ours(model, inputs, old, LOSS_TYPES[loss_type], beta)
-    grpo_trainer.loss_type, grpo_trainer.beta = loss_type, beta
-    grpo_trainer._get_per_token_logps_and_entropies = lambda *a, **k: (pinned, torch.zeros_like(pinned), None)
+    current = _token_logps(model, inputs)
+    # old log-probs away from the current ones: token ratios from about 0.37 to 2.7, sequence ratios from
+    # about 0.45 to 1.8, both sides of the clip
+    old = current - torch.linspace(-1.0, 1.0, B * C).view(B, C)
+    objective = grpo_objective(loss_type, beta, 0.2, epsilon_high, delta, "group", level, 0.0)
+    ours_logps = current.clone().requires_grad_(True)
+    loss_mask = inputs["completion_mask"].float()
+    ours = objective(PolicyGradientBatch(logps=ours_logps, mask=loss_mask, advantages=inputs["advantages"],
+                                         step_sequences=float(B), step_tokens=float(loss_mask.sum()),
+                                         max_new_tokens=MAX_NEW, old_logps=old, ref_logps=inputs["ref_per_token_logps"]))
+    ours.loss.backward()
+    theirs_logps = current.clone().requires_grad_(True)
+    grpo_trainer.loss_type, grpo_trainer.beta, grpo_trainer.importance_sampling_level = loss_type, beta, level
+    grpo_trainer.epsilon_high, grpo_trainer.args.delta = epsilon_high, delta
+    grpo_trainer._get_per_token_logps_and_entropies = lambda *a, **k: (theirs_logps, torch.zeros_like(theirs_logps), None)
     theirs = grpo_trainer._compute_loss(model, dict(inputs, old_per_token_logps=old))
-    assert ours.clipped > 0, "the pinned ratios must reach the clip for the check to mean something"
+    theirs.backward()
+    if loss_type not in ("sapo", "vespo"):  # soft gates clip nothing
+        assert ours.clipped > 0, "the pinned ratios must reach the clip for the check to mean something"
     assert ours.loss.item() == pytest.approx(theirs.item(), abs=1e-6, rel=1e-6)
+    assert ours_logps.grad.abs().max() > 1e-3
+    assert torch.allclose(ours_logps.grad, theirs_logps.grad, atol=1e-6, rtol=1e-6), \
+        (ours_logps.grad - theirs_logps.grad).abs().max()
