@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import transformers
 from packaging.version import Version
-from transformers import GenerationConfig
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from lit_align.objectives import logprobs, ops
 from lit_align.data.formats import stop_token_ids
@@ -29,16 +29,31 @@ _CACHE_KWARG = "cache" if Version(transformers.__version__) >= Version("5.24") e
 
 @dataclass
 class SamplingParams:
-    """How completions are drawn."""
+    """How completions are drawn. Settings out of range are refused when built, naming the setting.
+
+    >>> SamplingParams(top_p=1.5)
+    Traceback (most recent call last):
+    ...
+    ValueError: SamplingParams.top_p must be in (0, 1] (1: no nucleus cut), got 1.5
+    """
 
     max_new_tokens: int = 128
-    """Longest completion in tokens."""
+    """Longest completion in tokens (at least 1)."""
     temperature: float = 1.0
-    """Softmax temperature; 0 means greedy decoding."""
+    """Softmax temperature, at least 0; 0 means greedy decoding."""
     top_p: float = 1.0
-    """Nucleus sampling mass."""
+    """Nucleus sampling mass, in (0, 1]; 1 samples from the whole distribution."""
     n: int = 1
-    """Completions per prompt."""
+    """Completions per prompt (at least 1)."""
+
+    def __post_init__(self) -> None:
+        refused = [(not self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+                   (not self.temperature >= 0, "temperature", "must be at least 0 (0: greedy)"),
+                   (not 0 < self.top_p <= 1, "top_p", "must be in (0, 1] (1: no nucleus cut)"),
+                   (not self.n >= 1, "n", "must be at least 1")]
+        for out_of_range, name, allowed in refused:
+            if out_of_range:
+                raise ValueError(f"SamplingParams.{name} {allowed}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -157,8 +172,8 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0,
-    share_prompt: bool = True,
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    params: SamplingParams, seed: int = 0, share_prompt: bool = True,
 ) -> Samples:
     """Draw ``params.n`` completions for each left-padded prompt row.
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lit_align.data.collate import collate_prompts
@@ -90,8 +91,6 @@ def test_hf_engine_first_tokens_follow_softmax_over_temperature(tokenizer, tiny_
 def test_asking_for_vllm_without_it_names_the_install_commands(tokenizer, tiny_lm):
     import importlib.util
 
-    import pytest
-
     from lit_align.sampling.engines import VLLM
 
     if importlib.util.find_spec("vllm") is not None:
@@ -146,3 +145,16 @@ def test_chunked_sampling_takes_any_seed_and_gives_each_chunk_its_own(tokenizer,
     assert len(seeds) == 8 and len(set(seeds)) == 8, seeds
     assert all(0 <= s < 2**63 for s in seeds)
 
+
+@pytest.mark.parametrize(("setting", "value", "allowed"), [
+    ("top_p", 1.5, r"in \(0, 1\]"), ("top_p", 0.0, r"in \(0, 1\]"), ("top_p", -0.2, r"in \(0, 1\]"),
+    ("temperature", -0.5, "at least 0"), ("max_new_tokens", 0, "at least 1"), ("n", 0, "at least 1"),
+])
+def test_sampling_settings_out_of_range_are_refused_when_built(setting, value, allowed):
+    with pytest.raises(ValueError, match=rf"SamplingParams\.{setting} must be {allowed}.*got {value}"):
+        SamplingParams(**{setting: value})
+
+
+def test_sampling_settings_at_the_edges_of_their_ranges_are_taken():
+    assert SamplingParams(max_new_tokens=1, temperature=0.0, top_p=1.0, n=1).top_p == 1.0
+    assert SamplingParams(top_p=1e-3, temperature=1e3).top_p == 1e-3
