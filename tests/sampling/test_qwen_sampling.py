@@ -32,19 +32,23 @@ def test_base_layout_stops_at_eos_and_at_the_template_end_of_turn(qwen_tokenizer
 
 
 def test_sampling_stops_at_im_end_and_masks_end_there(qwen_tokenizer, qwen_lm):
+    """Every row here ends with <|im_end|> long before max_new_tokens, at lengths that differ: generation
+    must stop once the last row has ended, and each row's mask must end on its first <|im_end|>. A
+    sampler that does not stop at the end-of-turn token decodes on to max_new_tokens (the batch comes
+    back that wide) or leaves the rows cut; with a row cut at max_new_tokens in the batch, as the study's
+    settings give, the width would be max_new_tokens either way and the check could not fail."""
+    params = SamplingParams(max_new_tokens=48, temperature=0.7, n=4)
     batch = _batch(qwen_tokenizer)
-    out = sample(qwen_lm, qwen_tokenizer, batch.input_ids, batch.attention_mask, STUDY, seed=0)
+    out = sample(qwen_lm, qwen_tokenizer, batch.input_ids, batch.attention_mask, params, seed=0)
     eot = qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
-    lengths = out.completion_mask.sum(1)
-    ended = ~out.truncated
-    assert ended.sum() >= 4 and out.truncated.any(), "the fixture should give both finished and cut rows"
-    for row, n in enumerate(lengths.tolist()):
-        if ended[row]:  # the mask ends on the first <|im_end|>, and it is the last kept token
-            assert out.completion_ids[row, n - 1] == eot and (out.completion_ids[row, : n - 1] != eot).all()
-        else:
-            assert n == STUDY.max_new_tokens and (out.completion_ids[row] != eot).all()
+    lengths = out.completion_mask.sum(1).tolist()
+    assert not out.truncated.any(), "every row ends at a stop token"
+    assert len(set(lengths)) > 1, "the rows end at different lengths"
+    for row, n in enumerate(lengths):  # the mask ends on the first <|im_end|>, and it is the last kept token
+        assert out.completion_ids[row, n - 1] == eot and (out.completion_ids[row, : n - 1] != eot).all()
+        assert (out.completion_ids[row, n:] == qwen_tokenizer.pad_token_id).all()
     # generation stopped once every row had ended, not at max_new_tokens regardless
-    assert out.completion_ids.size(1) == int(lengths.max())
+    assert out.completion_ids.size(1) == max(lengths) < params.max_new_tokens
 
 
 def test_texts_are_decoded_from_the_kept_tokens_only(qwen_tokenizer, qwen_lm):
