@@ -8,16 +8,13 @@
     python tools/reproduce.py --profile paper-smoke  # every configs/paper/ run on tiny stand-ins, CPU
 
 The stage plans and the runner live in ``tools/study/`` beside this script, with the ``configs/`` they
-read: they belong to a checkout of the repository, not to the installed package. See
-``tools/study/runner.py`` for the options.
+read: they belong to a checkout of the repository, not to the installed package. Run as a script, this
+file's folder is the first entry of Python's path, so the ``study`` package beside it imports as it is.
+See ``tools/study/runner.py`` for the options.
 """
 
-import sys
-from pathlib import Path
+from study.runner import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from study.runner import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

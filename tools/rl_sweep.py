@@ -1,6 +1,6 @@
 """Choose the learning run's RL settings on the 32 Countdown validation problems, never the test problems.
 
-    python tools/rl_sweep.py --start outputs/reproduce/embedded/countdown_sft_most/export --steps 3
+    python -m tools.rl_sweep --start outputs/reproduce/embedded/countdown_sft_most/export --steps 3
 
 Each candidate is ``configs/grpo/countdown_learning_embedded.yaml`` with a few settings changed, run
 from the same start for ``--steps`` optimiser steps (same seed, same training prompts), then scored

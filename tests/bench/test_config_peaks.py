@@ -1,11 +1,8 @@
 """The config peak-memory tool's own logic: the command each config runs with, the order, the child's own peak."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
-
-import config_peaks  # noqa: E402
+from tools.bench import config_peaks
 
 
 def test_each_kind_of_config_runs_for_a_few_steps_with_its_own_command():

@@ -2,17 +2,10 @@
 
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
-
-common = pytest.importorskip("common")
-data = pytest.importorskip("data")
-report = pytest.importorskip("report")
-worker = pytest.importorskip("worker")
+from tools.bench import common, data, report, run, worker
 
 
 def test_synthetic_data_is_fixed_by_the_seed_and_lengths_vary(tmp_path):
@@ -105,13 +98,10 @@ def test_gpu_runs_compare_gpu_memory_and_say_so():
 
 
 def test_bf16_mixed_runs_drop_the_fused_optimizer_everywhere():
-    from common import Settings
-
-    assert Settings().fused_adamw and not Settings(precision="bf16-mixed", device="cuda").fused_adamw
+    assert common.Settings().fused_adamw and not common.Settings(precision="bf16-mixed", device="cuda").fused_adamw
 
 
 def test_ablation_rows_are_divided_by_the_bare_loop_with_every_optimisation_on():
-    run = pytest.importorskip("run")
     assert run.contenders("rloo", False) == run.CONTENDERS["rloo"]
     assert {"bare+no_unpad", "bare+no_shared_prompt"} <= set(run.contenders("rloo", True))
     runs = [_run("bare", 0, [1.0, 2.0], [5, 5], 800), _run("bare+no_unpad", 0, [1.5, 3.0], [5, 5], 900)]
@@ -119,7 +109,7 @@ def test_ablation_rows_are_divided_by_the_bare_loop_with_every_optimisation_on()
 
 
 def test_trl_rl_contenders_sample_once_per_step_and_learn_in_the_same_micro_batches():
-    trl_contenders = pytest.importorskip("trl_contenders")
+    trl_contenders = pytest.importorskip("tools.bench.trl_contenders")
     s = common.Settings(rloo_batch=8, rloo_k=8, rl_micro_batch=8)
     layout = trl_contenders.online_layout(s)
     assert layout["per_device_train_batch_size"] == 8  # the micro-batch, in completions
@@ -129,3 +119,11 @@ def test_trl_rl_contenders_sample_once_per_step_and_learn_in_the_same_micro_batc
     assert whole["per_device_train_batch_size"] == 8 and whole["gradient_accumulation_steps"] == 1
     with pytest.raises(ValueError, match="must divide"):
         common.Settings(rloo_batch=2, rloo_k=4, rl_micro_batch=3).rl_accumulation()
+
+
+def test_a_contender_runs_in_a_worker_started_as_a_module_and_its_failure_is_a_row(tmp_path):
+    """``run_one`` starts ``python -m tools.bench.worker``, which imports the contender's module of the package."""
+    spec = common.Spec("no_such_method", "bare", common.Settings(threads=1), str(tmp_path))
+    result = run.run_one(spec, tmp_path / "worker.log", timeout=300)
+    assert result["error"] == "KeyError: 'no_such_method'", (tmp_path / "worker.log").read_text()
+    assert result["process_peak_rss_mib"] > 0 and result["contender"] == "bare"

@@ -1,6 +1,6 @@
 """What Lightning's uncached autocast costs a step run as several forwards, and what ``logprobs.cast_weights_once`` wins back.
 
-    python tools/bench/autocast_cache.py --threads 1
+    python -m tools.bench.autocast_cache --threads 1
 
 Forward + backward of ``logprobs.model_token_logprobs`` on SmolLM2 for 4 rows of 120, 180, 300 and 480
 tokens (regrouped into several forwards on CPU), under bf16 autocast, in three settings, each in its

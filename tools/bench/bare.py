@@ -9,10 +9,7 @@ Trainer, no callbacks, no logging. The ``logprobs`` method compares the chunked 
 from __future__ import annotations
 
 import torch
-from common import POLICY, RM_BACKBONE, Spec, StepClock, autocast, summary
-from data import ordered_batches
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lit import word_variety
 
 from lit_align.objectives import logprobs, losses, ops, policy_gradient
 from lit_align.modeling import models
@@ -25,6 +22,10 @@ from lit_align.data.collate import (
 from lit_align.data.formats import IGNORE_INDEX
 from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.rewards.model import reward_scores
+
+from .common import POLICY, RM_BACKBONE, Spec, StepClock, autocast, summary
+from .data import ordered_batches
+from .lit import word_variety
 
 
 def _plain(spec: Spec) -> dict:

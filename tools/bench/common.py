@@ -1,16 +1,15 @@
-"""Shared pieces of the benchmark: settings, the run spec, step clocks, memory readings."""
+"""Shared pieces of the benchmark: settings, the run spec, step clocks (memory readings: ``tools/study/memory.py``)."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+
+from ..study.memory import peak_rss_mib, reset_peak_rss, rss_mib
 
 # The models every contender trains; a machine without the embedded copies (a GPU box) may point these
 # at folders of the same architecture (``tools/bench/random_models.py`` writes randomly initialised ones).
@@ -133,37 +132,6 @@ def _sync() -> None:
         import torch
 
         torch.cuda.synchronize()
-
-
-def _status_kib(key: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return float(line.split()[1])
-    return math.nan
-
-
-def rss_mib() -> float:
-    """Resident memory of this process now."""
-    return _status_kib("VmRSS") / 1024
-
-
-def peak_rss_mib() -> float:
-    """Highest resident memory of this process so far (or since ``reset_peak_rss``)."""
-    return _status_kib("VmHWM") / 1024
-
-
-def reset_peak_rss() -> bool:
-    """Start the peak-RSS reading again from the current RSS (Linux ``clear_refs`` 5); False where refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def child_peak_rss_mib(rusage: resource.struct_rusage) -> float:
-    """``ru_maxrss`` of one waited-for child (kilobytes on Linux)."""
-    return rusage.ru_maxrss / 1024
 
 
 def set_threads(n: int) -> None:

@@ -1,7 +1,7 @@
 """Peak RSS of the embedded configs, each run for a few optimiser steps in a process of its own.
 
-    python tools/bench/config_peaks.py                       # every configs/**/*embedded*.yaml, 3 steps each
-    python tools/bench/config_peaks.py --configs configs/dpo/embedded.yaml --steps 2
+    python -m tools.bench.config_peaks                       # every configs/**/*embedded*.yaml, 3 steps each
+    python -m tools.bench.config_peaks --configs configs/dpo/embedded.yaml --steps 2
 
 A config's peak comes from its steady state (one optimiser step's sampling, scoring and learning, and
 its held-out evaluation), so a few steps show it; the step count changes how long it runs, not what one
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import child_peak_rss_mib
+from ..study.memory import child_peak_rss_mib
 
 ROOT = Path(__file__).resolve().parents[2]
 # producers first: what later configs read (pairs → DPO, RM → RLOO rewarded by it)

@@ -13,12 +13,12 @@ import math
 import random
 from pathlib import Path
 
-from common import POLICY, RM_BACKBONE, Settings, Spec
-
 from lit_align.modeling import models
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.kinds import PreferenceKind, PromptKind, RewardKind, SFTKind
 from lit_align.data.sources import LocalFile
+
+from .common import POLICY, RM_BACKBONE, Settings, Spec
 
 # A small fixed vocabulary of plain English words; texts are random draws from it, so token counts
 # follow the word counts closely (about 1.1-1.3 tokens per word with the SmolLM2 tokenizer).

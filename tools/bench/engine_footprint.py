@@ -1,7 +1,7 @@
 """The colocated vLLM engine's own memory: RSS before it starts (the policy loaded) and the peak after it
 samples a generation batch, in one process with no training. Run from the vLLM environment:
 
-    .venv-vllm/bin/python tools/bench/engine_footprint.py --prompts 8 --k 8 --max-new-tokens 160
+    .venv-vllm/bin/python -m tools.bench.engine_footprint --prompts 8 --k 8 --max-new-tokens 160
 
 The engine is set up as the benchmark's ``lit_align+vllm`` contender (float32, eager, ``max_model_len``
 1024, ``cpu_kv_cache_gib`` 2) and samples the benchmark's prompts; the difference of the two readings
@@ -11,15 +11,13 @@ is the engine's share of a training process's peak.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import POLICY, Settings, Spec, peak_rss_mib, rss_mib, set_threads  # noqa: E402
-from data import datamodule, write_data  # noqa: E402
+from ..study.memory import peak_rss_mib, rss_mib
+from .common import POLICY, Settings, Spec, set_threads
+from .data import datamodule, write_data
 
 
 def main() -> None:

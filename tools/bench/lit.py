@@ -6,14 +6,15 @@ from functools import partial
 
 import lightning as L
 import torch
-from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
-from data import datamodule
 
 from lit_align.cli import connect, hand_over_gradient_clipping
 from lit_align.sampling.generate import SamplingParams
 from lit_align.methods import DPO, GRPO, RLOO, SFT, RewardModel
 from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
+
+from .common import POLICY, RM_BACKBONE, Spec, StepClock, summary
+from .data import datamodule
 
 
 def word_variety(completions: list[str]) -> list[float]:

@@ -1,7 +1,7 @@
 """Peak memory held by tensors during one SFT step: lit_align's log-prob path vs the model's own loss.
 
-    python tools/bench/live_memory.py                      # this CPU, bf16 autocast
-    python tools/bench/live_memory.py --device cuda        # a GPU: the same, plus CUDA's allocator peak
+    python -m tools.bench.live_memory                      # this CPU, bf16 autocast
+    python -m tools.bench.live_memory --device cuda        # a GPU: the same, plus CUDA's allocator peak
 
 Peak RSS mixes tensors with the allocator's caching and the rest of the process; this counts tensor
 memory only. Two paths train the policy one optimiser step (foreach AdamW, clipping at 1) on each of
@@ -20,15 +20,12 @@ allocator's own peak (``max_memory_allocated`` above the step's start) is printe
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import POLICY, Settings, Spec, autocast
-from data import ordered_batches, write_data
+from .common import POLICY, Settings, Spec, autocast
+from .data import ordered_batches, write_data
 
 
 def _loss(path: str, model, batch):

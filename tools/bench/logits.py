@@ -1,6 +1,6 @@
 """Output head only: ``logprobs.model_token_logprobs`` (chunked) vs full-vocabulary logits, as positions grow.
 
-    python tools/bench/logits.py --rows 1024 4096 8192
+    python -m tools.bench.logits --rows 1024 4096 8192
 
 The transformer body is cut away: a stand-in model hands ``logprobs.model_token_logprobs`` fixed hidden
 states, so the time and memory measured are those of the output head (SmolLM2-135M's, 49,152 words),
@@ -14,13 +14,11 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import POLICY, peak_rss_mib, reset_peak_rss, rss_mib, set_threads
+from ..study.memory import peak_rss_mib, reset_peak_rss, rss_mib
+from .common import POLICY, set_threads
 
 
 class HeadOnly:
@@ -78,7 +76,7 @@ def main() -> None:
     print("| positions | path | s (fwd+bwd, best of steps) | peak RSS above start, MiB |\n|---|---|---|---|")
     for rows in args.rows:
         for path in ("chunked", "full"):
-            cmd = [sys.executable, __file__, "--one", str(rows), path, "--steps", str(args.steps),
+            cmd = [sys.executable, "-m", __spec__.name, "--one", str(rows), path, "--steps", str(args.steps),
                    "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip().splitlines()
             r = json.loads(out[-1]) if out else {"step_s": float("nan"), "extra_peak_mib": float("nan")}

@@ -1,6 +1,6 @@
 """Model FLOPs utilisation of lit_align's SFT on a Qwen2.5-0.5B-sized model (randomly initialised).
 
-    python tools/bench/mfu.py --batch 8 --seq 2048 --steps 10 --warmup 3 --precision bf16-mixed
+    python -m tools.bench.mfu --batch 8 --seq 2048 --steps 10 --warmup 3 --precision bf16-mixed
 
 Runs the real ``SFT`` LightningModule under a Lightning ``Trainer`` on one GPU, on full rows of random
 token ids (every position but the first carries loss), and reports seconds per optimiser step,
@@ -19,13 +19,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 # dense bf16 peaks in TFLOP/s (no sparsity), from the vendors' data sheets, SXM parts
 PEAKS = {"H200": 989.4, "H100": 989.4, "A100": 312.0}

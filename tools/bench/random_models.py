@@ -1,6 +1,6 @@
 """Randomly initialised copies of the benchmark's models, for machines without the embedded weights.
 
-    python tools/bench/random_models.py --skeletons .bench_models --out /tmp/bench_models
+    python -m tools.bench.random_models --skeletons .bench_models --out /tmp/bench_models
     export LIT_ALIGN_BENCH_POLICY=/tmp/bench_models/smollm2-135m-instruct LIT_ALIGN_BENCH_RM=/tmp/bench_models/all-minilm-l6-v2
 
 ``--write-skeletons DIR`` (run where the embedded models are cached) copies each model's config and

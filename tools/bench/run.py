@@ -1,6 +1,6 @@
 """lit_align vs TRL vs a bare PyTorch loop, side by side, in one command.
 
-    python tools/bench/run.py --methods sft rm dpo rloo logprobs --steps 8 --repeats 3
+    python -m tools.bench.run --methods sft rm dpo rloo logprobs --steps 8 --repeats 3
 
 Every run is its own process (its peak RSS is read with ``wait4`` when it exits). Runs alternate
 between contenders (a b c a b c ...), so slow drifts of the machine spread over all of them, and
@@ -20,12 +20,11 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import RESULT_TAG, Settings, Spec, child_peak_rss_mib
-from data import write_data
-from report import aggregate, busy, machine, markdown, with_ratios
+from ..study.memory import child_peak_rss_mib
+from .common import RESULT_TAG, Settings, Spec
+from .data import write_data
+from .report import aggregate, busy, machine, markdown, with_ratios
 
 CONTENDERS = {
     "sft": ["lit_align", "lit_align+packing", "trl", "trl+padding_free", "bare", "bare+packing"],
@@ -62,7 +61,7 @@ def child_env(threads: int) -> dict:
 def run_one(spec: Spec, log: Path, timeout: float) -> dict:
     """Run one contender in a fresh process; its result line, plus its whole-process peak RSS."""
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(HERE / "worker.py"), spec.to_json()], stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", f"{__package__}.worker", spec.to_json()], stdout=out,
                                 stderr=subprocess.STDOUT, env=child_env(spec.settings.threads))
         started = time.monotonic()
         while True:

@@ -1,6 +1,6 @@
 """Scaling curve: lit_align SFT time and memory per step as sequence length and batch grow.
 
-    python tools/bench/scaling.py --lengths 128 256 512 1024 --batches 1 2 4 --steps 2
+    python -m tools.bench.scaling --lengths 128 256 512 1024 --batches 1 2 4 --steps 2
 
 Every row is exactly ``length`` tokens (long records cut at max_length), each point is its own
 process (peak RSS from ``wait4``), and the plot goes to ``docs/benchmarks_scaling.png``.
@@ -14,13 +14,11 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
-from common import Settings, Spec
-from data import write_data
-from report import machine
-from run import run_one
+from .common import Settings, Spec
+from .data import write_data
+from .report import machine
+from .run import run_one
 
 
 def point(length: int, batch: int, args: argparse.Namespace) -> dict:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import tempfile
 
 import torch
-from common import POLICY, RM_BACKBONE, Spec, StepClock, summary
-from data import ordered_batches
 from datasets import Dataset
-from lit import word_variety
 from transformers import TrainerCallback
 
 from lit_align.modeling import models
 from lit_align.data.formats import IGNORE_INDEX
+
+from .common import POLICY, RM_BACKBONE, Spec, StepClock, summary
+from .data import ordered_batches
+from .lit import word_variety
 
 
 class Clock(TrainerCallback):

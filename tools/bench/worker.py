@@ -1,4 +1,4 @@
-"""One benchmark run in its own process: ``python tools/bench/worker.py '<spec json>'``.
+"""One benchmark run in its own process: ``python -m tools.bench.worker '<spec json>'``.
 
 The orchestrator (``run.py``) reads the process's peak RSS when it exits; the worker prints one
 ``BENCH_RESULT {...}`` line with its step times, tokens and its own memory readings.
@@ -6,12 +6,13 @@ The orchestrator (``run.py``) reads the process's peak RSS when it exits; the wo
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
 import warnings
 
-from common import Spec, emit, set_threads
+from .common import Spec, emit, set_threads
 
 
 def family(contender: str) -> str:
@@ -29,7 +30,7 @@ def main(raw: str) -> int:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     try:
-        module = __import__(family(spec.contender))
+        module = importlib.import_module(f".{family(spec.contender)}", __package__)
         result = module.run(spec)
     except Exception as e:  # noqa: BLE001 - reported in the table instead of stopping the other runs
         traceback.print_exc()

@@ -1,7 +1,7 @@
 """How far the offline sentence splitter can move IFEval's two sentence-based checks.
 
-    python tools/ifeval/punkt_agreement.py                       # the repository's docs as the text sample
-    python tools/ifeval/punkt_agreement.py --texts answers.jsonl # or model answers ({"response": ...} per line)
+    python -m tools.ifeval.punkt_agreement                       # the repository's docs as the text sample
+    python -m tools.ifeval.punkt_agreement --texts answers.jsonl # or model answers ({"response": ...} per line)
 
 IFEval splits sentences with NLTK's Punkt English model, which is fetched from the network and is not on
 this machine; lit_align then runs NLTK's Punkt algorithm with the parameters the ``nupunkt`` package

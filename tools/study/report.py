@@ -16,7 +16,7 @@ from lit_align.evaluation.stats import Comparison, compare, holm, with_interval
 from lit_align.tasks.constraints.reward import FOUR
 import yaml
 
-from study.plan import Stage, choose_temperature
+from .plan import Stage, choose_temperature
 
 log = logging.getLogger(__name__)
 

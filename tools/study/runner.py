@@ -28,8 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import peak_rss_mib, reset_peak_rss
-from study.plan import EMBEDDED_COSTS, PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
+from .memory import peak_rss_mib, reset_peak_rss
+from .plan import EMBEDDED_COSTS, PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def engine_of(config: dict, command: str) -> str | None:
 
 
 def stage_peak_rss_mib() -> float | None:
-    """This process's peak RSS since the last ``reset_peak_rss`` (``bench.common``), in MiB; None where the
+    """This process's peak RSS since the last ``reset_peak_rss`` (``memory``), in MiB; None where the
     kernel does not report it."""
     try:
         peak = peak_rss_mib()
@@ -222,7 +222,8 @@ def run_child(name: str, module: str, args: list[str]) -> float | None:
 
     with tempfile.TemporaryDirectory(prefix="lit_align_stage_") as tmp:
         peak_file = Path(tmp) / "peak_kib"
-        command = [sys.executable, str(Path(__file__).resolve().parent / "child.py"), str(peak_file), module, *args]
+        child = (Path(__file__).resolve().parent / "child.py").read_text()
+        command = [sys.executable, "-c", child, str(peak_file), module, *args]
         code = subprocess.run(command).returncode
         if code != 0:
             raise RuntimeError(f"stage {name} failed in its child process (exit status {code}): "
@@ -306,7 +307,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
         if not any((out_dir / s.name / "done.json").is_file() for s in stages):
             raise SystemExit(f"--report-only: {out_dir} holds no finished stage of the {profile} profile (no */done.json)")
         if results:
-            from study.report import write_results
+            from .report import write_results
 
             write_results(profile, stages, out_dir, Path(results))
         return stages
@@ -324,11 +325,11 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             continue
         run_stage(stage, out_dir / stage.name, where, checkpoint_every, rollout)
     if data and not dry_run:
-        from study.report import collect
+        from .report import collect
 
         print(f"[reproduce] copied {len(collect(stages, out_dir, Path(data)))} outcome files to {data}")
     if results and not dry_run:
-        from study.report import write_results
+        from .report import write_results
 
         write_results(profile, stages, out_dir, Path(results))
     return stages
