@@ -212,7 +212,7 @@ def test_stand_ins_swap_model_names_and_hub_datasets_and_name_a_missing_sample(t
         stand_in(config, {"org/data": str(tmp_path / "gone.jsonl")})
 
 
-def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_path):
+def test_a_rollout_config_reaches_every_sampling_stage_and_no_other(tmp_path):
     root = Path(__file__).resolve().parents[1]
     run("paper-smoke", str(tmp_path), None, dry_run=True, rollout_config=str(root / "configs" / "rollout" / "vllm.yaml"))
     engines = {}
@@ -220,8 +220,52 @@ def test_a_rollout_config_reaches_every_sampling_stage_and_no_reward_model(tmp_p
         init = yaml.safe_load((folder / "config.yaml").read_text())["model"]["init_args"]
         engines[folder.name] = init.get("rollout", {}).get("class_path")
     assert engines["instruction_rloo_rm"] == engines["countdown_best_of_n"] == "lit_align.sampling.engines.VLLM"
-    assert engines["instruction_eval_base"] == engines["instruction_sft"] == "lit_align.sampling.engines.VLLM"
+    assert engines["instruction_eval_base"] == "lit_align.sampling.engines.VLLM"
+    assert engines["countdown_sft"] == "lit_align.sampling.engines.VLLM"  # SFT whose VerifierEval samples in fit
     assert engines["instruction_rm_deberta"] is None  # a reward model samples nothing and takes no engine
+    assert engines["instruction_sft"] is engines["instruction_dpo"] is None  # nor SFT or DPO with nothing that samples
+
+
+class GRPOLookalike:
+    """Named like an RL method, and declares that it samples nothing."""
+
+    uses_rollout_engine = False
+
+
+class Drafts:
+    """A name the runner has never heard of, and declares that it samples."""
+
+    uses_rollout_engine = True
+
+
+def _fit_config(model: str, *callbacks: str) -> dict:
+    return {"model": {"class_path": model, "init_args": {}},
+            "trainer": {"callbacks": [{"class_path": callback, "init_args": {}} for callback in callbacks]}}
+
+
+def test_a_stage_samples_where_its_classes_declare_it_whatever_their_names():
+    """The runner imports each class a stage names and reads its ``uses_rollout_engine``, never its name."""
+    import study.runner as runner
+
+    here, vllm = __name__, {"class_path": "lit_align.sampling.engines.VLLM"}
+    assert runner.engine_of(_fit_config(f"{here}.GRPOLookalike"), "fit") is None
+    assert runner.with_rollout(_fit_config(f"{here}.GRPOLookalike"), "fit", vllm)["model"]["init_args"] == {}
+    assert runner.engine_of(_fit_config(f"{here}.Drafts"), "fit") == "HFGenerate"
+    assert runner.engine_of(_fit_config("lit_align.methods.SFT", f"{here}.Drafts"), "fit") == "HFGenerate"  # a callback
+    assert runner.with_rollout(_fit_config(f"{here}.Drafts"), "fit", vllm)["model"]["init_args"]["rollout"] == vllm
+    assert runner.engine_of(_fit_config("lit_align.methods.reward.BradleyTerry"), "fit") is None  # no declaration: no sampling
+    with pytest.raises(ValueError, match="'SFT': the study runner needs the full import path"):
+        runner.engine_of(_fit_config("SFT"), "fit")
+
+
+def test_the_package_declares_which_of_its_modules_and_callbacks_sample():
+    from study.runner import declares_sampling
+
+    sampling = ["lit_align.methods.RLOO", "lit_align.methods.GRPO", "lit_align.evaluation.best_of_n.BestOfN",
+                "lit_align.evaluation.instruction.InstructionEval", "lit_align.evaluation.verifier.VerifierEval"]
+    quiet = ["lit_align.methods.SFT", "lit_align.methods.DPO", "lit_align.methods.RewardModel",
+             "lit_align.lightning.callbacks.HFExport", "lightning.pytorch.callbacks.ModelCheckpoint"]
+    assert [declares_sampling(c) for c in sampling + quiet] == [True] * len(sampling) + [False] * len(quiet)
 
 
 def test_a_rollout_config_replaces_a_stages_own_engine_whole(tmp_path):

@@ -91,6 +91,7 @@ class BestOfN(PolicyBase):
     """Evaluate a policy by best-of-N, pass@k and majority vote (``python -m lit_align test``)."""
 
     batch_kind = PromptKind()
+    uses_rollout_engine = True
 
     def __init__(
         self,

@@ -76,6 +76,7 @@ class InstructionEval(PolicyBase):
     """Win rate against a reference (RM-judged), mean reward, length and adherence (``lit_align test``)."""
 
     batch_kind = PromptKind()
+    uses_rollout_engine = True
 
     def __init__(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -89,6 +90,8 @@ class VerifierEval(L.Callback):
     It evaluates the module's policy (``lit_align.policy.PolicyBase``: SFT, DPO, RLOO), sampled
     through the module's rollout engine; any other module is refused when fit starts.
     """
+
+    uses_rollout_engine: ClassVar[bool] = True  # as ``PolicyBase`` declares it: a run with this callback samples
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ import argparse
 import copy
 import dataclasses
 import gc
+import importlib
 import json
 import logging
 import math
@@ -93,9 +94,28 @@ def _retarget(config: dict, stage: Stage, folder: Path, checkpoint_every: int) -
     return config
 
 
+def declares_sampling(class_path: str | None) -> bool:
+    """Whether the class ``class_path`` names says it samples from its module's rollout engine (its
+    ``uses_rollout_engine``, as ``lit_align.policy.PolicyBase`` declares it); a class that does not say
+    so does not sample."""
+    if not class_path:
+        return False
+    module, _, name = class_path.rpartition(".")
+    if not module:
+        raise ValueError(f"class_path {class_path!r}: the study runner needs the full import path (module.Class)")
+    return bool(getattr(getattr(importlib.import_module(module), name), "uses_rollout_engine", False))
+
+
+def samples(config: dict) -> bool:
+    """Whether a LightningCLI stage draws samples: its module, or one of its callbacks (an evaluation of
+    the module's policy during fit), declares that it uses the rollout engine."""
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    return any(declares_sampling(node.get("class_path")) for node in [config.get("model") or {}, *callbacks])
+
+
 def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
     """``config`` sampling through ``rollout`` (a ``class_path`` dict, e.g. ``configs/rollout/vllm.yaml``'s
-    engine): the pairs tool's own ``rollout``, or the method's where the method samples (not a reward model)."""
+    engine): the pairs tool's own ``rollout``, or the module's where the stage samples (``samples``)."""
     if rollout is None:
         return config
     # the engine replaces the stage's own, whole: an HFGenerate's settings (e.g. ``max_batch_rows``) are not
@@ -104,7 +124,7 @@ def with_rollout(config: dict, command: str, rollout: dict | None) -> dict:
         config = copy.deepcopy(config)
         config["rollout"] = copy.deepcopy(rollout)
         return config
-    if config.get("model", {}).get("class_path") == "lit_align.methods.RewardModel":
+    if not samples(config):
         return config
     config = merge(config, {"model": {"init_args": {}}})
     config["model"]["init_args"]["rollout"] = copy.deepcopy(rollout)
@@ -143,19 +163,15 @@ def provenance() -> dict:
 
 def engine_of(config: dict, command: str) -> str | None:
     """The sampling engine a stage's config uses (the class name; ``HFGenerate`` where none is set), or
-    None for a stage that samples nothing (a reward model, SFT, DPO, a split)."""
+    None for a stage that samples nothing (a reward model, SFT or DPO without an evaluation, a split)."""
     if command == "split":
         return None
     if command == "pairs":
         rollout = config.get("rollout")
+    elif samples(config):
+        rollout = ((config.get("model") or {}).get("init_args") or {}).get("rollout")
     else:
-        init = (config.get("model") or {}).get("init_args") or {}
-        cls = (config.get("model") or {}).get("class_path", "")
-        samples = any(name in cls for name in ("RLOO", "GRPO", "OnlineRL", "Eval", "BestOfN"))
-        callbacks = ((config.get("trainer") or {}).get("callbacks") or [])
-        if not samples and not any("VerifierEval" in (c.get("class_path") or "") for c in callbacks):
-            return None
-        rollout = init.get("rollout")
+        return None
     if rollout is None:
         return "HFGenerate"
     return _short(rollout["class_path"]) if isinstance(rollout, dict) else str(rollout)
