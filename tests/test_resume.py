@@ -183,16 +183,20 @@ def test_online_rl_resumes_from_a_checkpoint_between_the_draws_of_one_generation
     steps = record["steps"]
     draw_only = [i + 1 for i in range(1, len(steps)) if steps[i] == steps[i - 1] and (i + 1) % PER_EPOCH]
     assert draw_only, f"no mid-epoch batch only drew; the test says nothing: {steps}"
-    save = {"class_path": "fault_injection.SaveAtBatch", "init_args": {"batch": draw_only[0], "path": str(ckpt)}}
-    main(["fit", "--config", str(_config("GRPO", tmp_path / "saving", "saving", [save]))])
-    saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # plain containers: loads with weights_only
-    assert saved["online_rl"]["draws"] > 0 and saved["online_rl"]["pending"], "no groups waiting in the checkpoint"
+    for batch in draw_only:  # the first batch that only drew and left groups with signal waiting
+        save = {"class_path": "fault_injection.SaveAtBatch", "init_args": {"batch": batch, "path": str(ckpt)}}
+        main(["fit", "--config", str(_config("GRPO", tmp_path / f"saving{batch}", "saving", [save]))])
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")  # plain containers: loads with weights_only
+        dynamic = saved["online_rl"]["ranks"][0]["dynamic"]  # one rank's state per rank
+        if any(part["prompts"] for part in dynamic["pending"]):
+            break
+    assert dynamic["draws"] > 0 and any(part["prompts"] for part in dynamic["pending"]), "no groups waiting"
     main(["fit", "--config", str(_config("GRPO", tmp_path / "resumed", "resumed")), "--ckpt_path", str(ckpt)])
     resumed_record, resumed = _recorded(tmp_path / "resumed", "resumed")
     assert resumed_record["start_step"] == saved["global_step"]
     differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
     assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
-    saved["online_rl"].update(pending=[], set_aside=[], draws=0)
+    dynamic.update(pending=[], set_aside=[], rewards=[], draws=0)
     torch.save(saved, tmp_path / "emptied.ckpt")
     main(["fit", "--config", str(_config("GRPO", tmp_path / "emptied", "emptied")), "--ckpt_path", str(tmp_path / "emptied.ckpt")])
     _, emptied = _recorded(tmp_path / "emptied", "emptied")
