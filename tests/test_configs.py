@@ -108,8 +108,8 @@ def test_config_runs_one_step_on_tiny_model(config, tmp_path, monkeypatch):
 def _samples(config: Path) -> bool:
     """The run samples from its policy: RLOO, an evaluation, or a VerifierEval callback."""
     text = config.read_text()
-    return any(name in text for name in ("lit_align.methods.RLOO", "lit_align.methods.GRPO", "lit_align.evaluation.",
-                                         "VerifierEval"))
+    return any(name in text for name in ("lit_align.methods.RLOO", "lit_align.methods.GRPO", "lit_align.methods.OnlineRL",
+                                         "lit_align.evaluation.", "VerifierEval"))
 
 
 SAMPLING_CONFIGS = [p for p in METHOD_CONFIGS if _samples(p)]
@@ -125,6 +125,28 @@ def test_sampling_configs_cover_rloo_evaluation_and_verifier_callbacks():
     names = {str(p.relative_to(CONFIGS)) for p in SAMPLING_CONFIGS}
     assert {"rloo/countdown_embedded.yaml", "grpo/countdown_embedded.yaml", "eval/countdown_best_of_n.yaml", "eval/instruction_embedded.yaml",
             "quickstart.yaml", "paper/rloo_qwen2.5-0.5b_deberta.yaml"} <= names
+
+
+ONLINE_RL = [p for p in METHOD_CONFIGS if any(f"lit_align.methods.{m}" in p.read_text() for m in ("RLOO", "GRPO", "OnlineRL"))]
+
+
+@pytest.mark.parametrize("config", ONLINE_RL, ids=_id)
+def test_every_online_rl_config_checkpoints_so_that_a_run_can_resume(config, capsys):
+    parsed = _print_config(capsys, config)
+    checkpoints = [c for c in parsed["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert parsed["trainer"]["enable_checkpointing"] is not False and checkpoints  # None: on (the default)
+    assert checkpoints[0]["init_args"]["save_last"] and checkpoints[0]["init_args"]["every_n_train_steps"] > 0
+
+
+@pytest.mark.parametrize("name, objective", [("countdown_gspo_embedded.yaml", "GSPO"),
+                                             ("countdown_cispo_embedded.yaml", "CISPO")])
+def test_an_objective_chosen_by_class_path_reaches_the_loop(name, objective, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--config", str(CONFIGS / "grpo" / name), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
+                "--model.init_args.model", "tiny:causal-lm", "--trainer.fast_dev_run", "1", "--trainer.logger", "false",
+                "--data.limit", "4"])
+    assert type(cli.model.objective).__name__ == objective and cli.model.objective.estimator == "grpo"
+    assert cli.trainer.global_step == 2  # two optimiser steps per generation batch
 
 
 def test_trainer_gradient_clipping_is_applied_by_online_rl(tmp_path, monkeypatch):
