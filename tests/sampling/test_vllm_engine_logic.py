@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from lit_align.data.formats import stop_token_ids
-from lit_align.sampling.engines import VLLM, engine_samples
+from lit_align.sampling import vllm_engine
+from lit_align.sampling.engines import VLLM
 from lit_align.sampling.generate import SamplingParams
+from lit_align.sampling.vllm_engine import engine_samples
 
 
 def _output(*completions):
-    """What an engine's completions become: (token ids, log-probs, finish reason) per completion."""
-    return [(ids, [-0.5] * len(ids), reason) for ids, reason in completions]
+    """What ``vllm_engine.generate`` answers for one prompt with these ``(token ids, finish reason)`` completions."""
+    return [{"completions": [{"token_ids": ids, "logprobs": [-0.5] * len(ids), "finish_reason": reason}
+                             for ids, reason in completions]}]
 
 
 def test_truncation_comes_from_the_engines_finish_reason_not_from_the_pad_id(qwen_tokenizer):
@@ -61,8 +64,9 @@ def test_sleep_mode_wakes_the_weights_then_pushes_then_wakes_the_cache(monkeypat
         engine.stale = False
 
     monkeypatch.setattr(engine, "sync", sync)
-    monkeypatch.setattr(engine, "_generate", lambda *args: calls.append("generate"))
-    monkeypatch.setattr("lit_align.sampling.engines.engine_samples", lambda *args: None)
+    monkeypatch.setattr(vllm_engine, "requests", lambda *args: [])
+    monkeypatch.setattr(vllm_engine, "generate", lambda *args: calls.append("generate"))
+    monkeypatch.setattr(vllm_engine, "engine_samples", lambda *args: None)
     ids = torch.tensor([[1, 2]])
     engine.sample(None, None, ids, torch.ones_like(ids), SamplingParams())  # the first sampling: awake already
     assert calls == ["generate", "sleep(1)"]
@@ -95,8 +99,9 @@ def test_weights_are_pushed_in_the_engines_dtype(tiny_lm):
             received.extend((name, tensor.dtype) for name, tensor in weights_iterator)
 
     engine = VLLM(dtype="bfloat16")
-    engine.llm = SimpleNamespace(reset_prefix_cache=lambda: None)
-    engine._runner = lambda: Runner()
+    worker = SimpleNamespace(worker=SimpleNamespace(model_runner=Runner()))  # where vLLM keeps it, in-process
+    engine.llm = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=worker)),
+                                 reset_prefix_cache=lambda: None)
     assert next(tiny_lm.parameters()).dtype == torch.float32
     engine.sync(tiny_lm)
     assert len(received) == len(tiny_lm.state_dict()) and {dtype for _, dtype in received} == {torch.bfloat16}

