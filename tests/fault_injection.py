@@ -162,7 +162,7 @@ class PromptSeededGenerate(HFGenerate):
     token ended it there. One process and two DDP ranks then learn from the same samples, with token
     counts that differ between ranks."""
 
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0):
         import zlib
 
         from lit_align.sampling.generate import Samples, concat_samples, sample
@@ -170,8 +170,7 @@ class PromptSeededGenerate(HFGenerate):
         parts, keys = [], []
         for i in range(input_ids.size(0)):
             key = zlib.crc32(input_ids[i][attention_mask[i].bool()].cpu().numpy().tobytes())
-            parts.append(sample(model, tokenizer, input_ids[i : i + 1], attention_mask[i : i + 1], params, seed=key,
-                                synced=synced))
+            parts.append(sample(model, tokenizer, input_ids[i : i + 1], attention_mask[i : i + 1], params, seed=key))
             keys += [key + j for j in range(params.n)]
         s = concat_samples(parts, tokenizer.pad_token_id)
         ids, mask = s.completion_ids.clone(), s.completion_mask.clone()
@@ -238,7 +237,7 @@ class CopyingEngine(RolloutEngine):
         self.stale = False
 
     @torch.no_grad()
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0):
         import dataclasses
 
         from lit_align.objectives.logprobs import completion_logprobs

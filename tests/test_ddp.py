@@ -53,6 +53,12 @@ def _config(method: str, folder: Path, devices: int) -> Path:
     return folder / "config.yaml"
 
 
+def _metrics(folder: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader((folder / "logs" / "version_0" / "metrics.csv").open()))
+
+
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -76,6 +82,15 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(method, 
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+    # the logged metrics are over every rank's samples: those of the one process with the same prompts
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == ["2", "4"]
+    for name in ("train/reward_mean", "train/reward_std", "train/drawn_reward_mean", "train/advantage_abs_mean",
+                 "train/completion_length", "train/zero_variance_groups", "train/group_reward_std", "train/kl",
+                 "train/entropy", "train/prompts_seen", "train/completions_seen", "train/clipped_share"):
+        got, want = [float(r[name]) for r in two], [float(r[name]) for r in one]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), name
+    assert float(one[-1]["train/completions_seen"]) == 2 * 4 * 2  # 2 generation batches of 4 prompts x 2
 
 
 def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp(tmp_path):
@@ -87,7 +102,9 @@ def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp
         "seed_everything": 5,
         "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 4, "logger": False,
                     "enable_checkpointing": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
-                    "callbacks": [{"class_path": "fault_injection.RunRecord", "init_args": {"path": str(tmp_path / "run.json")}}]},
+                    "callbacks": [{"class_path": "fault_injection.RunRecord", "init_args": {"path": str(tmp_path / "run.json")}},
+                                  *[{"class_path": "fault_injection.SaveAtBatch",
+                                     "init_args": {"batch": b, "path": str(tmp_path / f"batch{b}.ckpt")}} for b in (1, 2, 3)]]},
         "model": {"class_path": "lit_align.methods.GRPO", "init_args": {
             "model": "tiny:causal-lm", "lora": LORA, "num_generations": 2, "dynamic_sampling": True, "max_draws": 3,
             "steps_per_generation": 2, "micro_batch_size": 1, "reward": {"class_path": "fault_injection.HalfFlat"},
@@ -103,13 +120,21 @@ def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["steps"][-1] == 4
     assert any(a == b for a, b in zip(record["steps"], record["steps"][1:])), "no batch only drew: the test says nothing"
+    # a checkpoint holds every rank's dynamic-sampling buffer and counters, each rank's own
+    states = [torch.load(tmp_path / f"batch{b}.ckpt", weights_only=True)["online_rl"]["ranks"] for b in (1, 2, 3)]
+    assert all(len(ranks) == 2 for ranks in states)
+    waiting = [ranks for ranks in states if all(r["dynamic"]["draws"] > 0 for r in ranks)]
+    assert waiting, "no checkpoint between draws: the test says nothing"
+    prompts = [[q for part in r["dynamic"]["pending"] + r["dynamic"]["set_aside"] for q in part["prompts"]] for r in waiting[0]]
+    assert prompts[0] and prompts[1] and prompts[0] != prompts[1], "each rank keeps the groups it drew"
 
 
 def _online_config(folder: Path, devices: int) -> Path:
     config = {
         "seed_everything": 5,
         "trainer": {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
-                    "precision": "32-true", "max_steps": 4, "logger": False, "enable_checkpointing": False,
+                    "precision": "32-true", "max_steps": 4, "enable_checkpointing": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder), "name": "logs"}},
                     "enable_progress_bar": False, "default_root_dir": str(folder),
                     "callbacks": [{"class_path": "lit_align.lightning.callbacks.HFExport",
                                    "init_args": {"dirpath": str(folder / "export")}}]},
@@ -149,3 +174,12 @@ def test_online_rl_under_two_process_ddp_matches_one_process_with_the_same_promp
     assert any(not torch.equal(w1[n], start[n]) for n in w1 if n in start), "the one-process run did not train"
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+    # the logged metrics are over every rank's samples: those of the one process with the same prompts
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == ["2", "4"]
+    for name in ("train/reward_mean", "train/reward_std", "train/drawn_reward_mean", "train/advantage_abs_mean",
+                 "train/completion_length", "train/zero_variance_groups", "train/group_reward_std", "train/kl",
+                 "train/entropy", "train/prompts_seen", "train/completions_seen", "train/clipped_share"):
+        got, want = [float(r[name]) for r in two], [float(r[name]) for r in one]
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), name
+    assert float(one[-1]["train/completions_seen"]) == 2 * 4 * 2  # 2 generation batches of 4 prompts x 2

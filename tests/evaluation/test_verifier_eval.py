@@ -86,9 +86,9 @@ class Recording(HFGenerate):
     def __init__(self):
         self.calls = []
 
-    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0, synced=False):
+    def sample(self, model, tokenizer, input_ids, attention_mask, params, seed=0):
         self.calls.append((model, params))
-        return super().sample(model, tokenizer, input_ids, attention_mask, params, seed, synced)
+        return super().sample(model, tokenizer, input_ids, attention_mask, params, seed)
 
 
 @pytest.mark.parametrize("before", [True, False])
