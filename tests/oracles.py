@@ -28,13 +28,13 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 def rloo_loss(logps, ref_logps, mask, rewards, k: int, kl_coef: float, kl_estimator: str = "k1",
               kl_in_reward: bool = True, normalization: str = "sequence", entropy=None, entropy_coef: float = 0.0,
-              keep=None):
+              keep=None, is_weights=None):
     """On-policy RLOO on one whole batch, from the package's objective (``objectives.rl.ClippedRatio``) in one
     call: the one-batch update the micro-batched loop is checked against, and the objective the hand-worked
     tests read. Returns the objective's result with ``advantages`` (N,) and ``kl`` (N,) k1 added.
 
-    Shapes: logps, ref_logps, mask, entropy (N, C); rewards (N,); keep (N,) bool, rows that carry loss
-    (the others still count in their group's baselines).
+    Shapes: logps, ref_logps, mask, entropy, is_weights (TIS) (N, C); rewards (N,); keep (N,) bool, rows that
+    carry loss (the others still count in their group's baselines).
     """
     from lit_align.objectives import policy_gradient as pg
     from lit_align.objectives.rl import ClippedRatio, PolicyGradientBatch
@@ -46,6 +46,7 @@ def rloo_loss(logps, ref_logps, mask, rewards, k: int, kl_coef: float, kl_estima
     loss_mask = mask if keep is None else mask * keep[:, None].to(mask.dtype)
     out = objective(PolicyGradientBatch(logps=logps, mask=loss_mask, advantages=advantages,
                                         step_sequences=float(mask.size(0)), step_tokens=float(loss_mask.sum()),
-                                        max_new_tokens=1, ref_logps=ref_logps, entropy=entropy))
+                                        max_new_tokens=1, ref_logps=ref_logps, entropy=entropy,
+                                        is_weights=is_weights))
     out.advantages, out.kl = advantages, kl
     return out

@@ -167,7 +167,7 @@ SETTINGS = [
 SETTING_IDS = ["default", "token", "k3-loss-entropy", "k2-loss-masked"]
 
 
-def _pinned_update(monkeypatch, tokenizer, settings, **loop):
+def _pinned_update(monkeypatch, tokenizer, settings, engine_gap: float = 0.0, **loop):
     """One optimiser step of plain SGD (lr 1) on pinned samples, rewards and reference log-probs:
     the weights' change is minus the gradient. Returns it with what the one-batch ``rloo_loss``
     gives on the same inputs from the same start."""
@@ -184,6 +184,11 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
     pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=4)
     pinned.truncated = torch.tensor([True, False, False, True])
+    if engine_gap:  # an engine whose log-probs differ from the trainer's by up to engine_gap nats a token
+        with torch.no_grad():
+            trainer_logps, _ = logprobs.completion_logprobs(module.policy, pinned)
+        gap = (torch.rand(trainer_logps.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * engine_gap
+        pinned.engine_logps = trainer_logps + gap
     ref = -torch.rand(4, pinned.completion_ids.size(1))
     monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
     monkeypatch.setattr(module, "with_reference", lambda fn: ref)
@@ -204,10 +209,14 @@ def _pinned_update(monkeypatch, tokenizer, settings, **loop):
     logps, entropy = logprobs.completion_logprobs(fresh.policy, pinned, with_entropy=True)
     rewards = CharSum()(None, pinned.texts, None)
     keep = ~pinned.truncated if settings.get("mask_truncated_completions") else None
+    is_weights = None
+    if loop.get("tis_cap") is not None and pinned.engine_logps is not None:
+        is_weights = policy_gradient.tis_weights(logps.detach(), pinned.engine_logps, loop["tis_cap"])
+        assert is_weights.max() > 1.05 and is_weights.min() < 0.95, "weights away from 1 for the check to mean something"
     expected = rloo_loss(logps, ref, pinned.completion_mask.float(), rewards, 2, 0.2,
                                          settings.get("kl_estimator", "k1"), settings.get("kl_in_reward", True),
                                          settings.get("normalization", "sequence"), entropy,
-                                         settings.get("entropy_coef", 0.0), keep)
+                                         settings.get("entropy_coef", 0.0), keep, is_weights)
     expected.loss.backward()
     assert rewards.std() > 0, "rewards must vary for the check to mean something"
     return update, {n: p.grad for n, p in fresh.policy.named_parameters()}
@@ -228,6 +237,17 @@ def test_micro_batches_add_up_to_the_one_batch_update(monkeypatch, tokenizer, se
     one-batch gradient: every normaliser is the optimiser step's, not the micro-batch's."""
     update, grads = _pinned_update(monkeypatch, tokenizer, settings, micro_batch_size=1)
     assert _largest_difference(update, grads) <= 1e-5
+
+
+def test_tis_weights_against_the_engine_reach_the_update(monkeypatch, tokenizer):
+    """An engine whose log-probs are off the trainer's: with ``tis_cap`` the one-batch gradient weighted by
+    min(pi_old / pi_engine, cap) per token is the update, also in micro-batches (a separate no-grad pass
+    gives pi_old)."""
+    calls = _count_sampling_passes(monkeypatch)
+    for micro in (None, 1):
+        update, grads = _pinned_update(monkeypatch, tokenizer, {}, engine_gap=0.4, tis_cap=1.2, micro_batch_size=micro)
+        assert _largest_difference(update, grads) <= 1e-5
+    assert calls == [4, 4]
 
 
 def _largest_difference(update: dict, grads: dict) -> float:
