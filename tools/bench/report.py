@@ -21,6 +21,13 @@ def bare_same_layout(contender: str) -> str:
     return "bare+packing" if contender.endswith("+packing") else "bare"
 
 
+def baseline_of(contender: str, names) -> str | None:
+    """The ``--baseline`` twin of a contender among ``names``: ``lit_align`` -> ``lit_align@REV`` (itself for
+    ``lit_align@REV``); None if there is none, or more than one to choose from."""
+    twins = [n for n in names if n.startswith(contender.split("@")[0] + "@")]
+    return twins[0] if len(twins) == 1 else None
+
+
 def aggregate(runs: list[dict]) -> dict:
     """Per-contender figures over its repeats: median step time, spread, tokens/s, memory."""
     ok = [r for r in runs if "error" not in r and r.get("step_s")]
@@ -55,7 +62,8 @@ def paired_time_ratio(runs_a: list[dict], runs_b: list[dict]) -> float | None:
 
 
 def with_ratios(table: dict[str, dict[str, dict]], runs: list[dict]) -> dict[str, dict[str, dict]]:
-    """Add time ratios (paired by step) and peak-memory ratios against TRL, TRL with the same layout, and bare."""
+    """Add time ratios (paired by step) and peak-memory ratios against TRL, TRL with the same layout, bare,
+    and, for ``lit_align`` beside a ``--baseline`` run, against ``lit_align@REV``."""
     def of(method: str, contender: str) -> list[dict]:
         return [r for r in runs if r["method"] == method and r["contender"] == contender]
 
@@ -70,6 +78,11 @@ def with_ratios(table: dict[str, dict[str, dict]], runs: list[dict]) -> dict[str
             row["mem_vs_trl"] = row[key] / trl[key] if trl and "error" not in trl and trl.get(key) else None
             row["time_vs_trl_same_layout"] = paired_time_ratio(mine, of(method, same)) if same != TRL_BASELINE else None
             row["time_vs_bare"] = paired_time_ratio(mine, of(method, bare_same_layout(name)))
+            twin = baseline_of(name, rows)
+            if twin:  # a failed baseline leaves its ratios empty
+                row["baseline"] = twin
+                row["time_vs_baseline"] = paired_time_ratio(mine, of(method, twin))
+                row["mem_vs_baseline"] = row[key] / rows[twin][key] if rows[twin].get(key) else None
     return table
 
 
@@ -79,15 +92,18 @@ def _f(value, fmt: str) -> str:
 
 def markdown(table: dict[str, dict[str, dict]]) -> str:
     gpu = any(r.get("cuda_peak_mib") is not None for rows in table.values() for r in rows.values())
-    memory = "peak GPU MiB | peak GPU ÷ TRL" if gpu else "peak RSS MiB | peak RSS ÷ TRL"
+    peak = "peak GPU" if gpu else "peak RSS"
+    twins = sorted({r["baseline"] for rows in table.values() for r in rows.values() if r.get("baseline")})
+    twin = twins[0] if len(twins) == 1 else "lit_align@REV"  # the columns appear only beside a --baseline run
     head = ("| method | contender | s/step median | s/step mean | run medians (min–max) | real tokens/step "
-            f"| real tokens/s | {memory.split(' | ')[0]} | time ÷ TRL | {memory.split(' | ')[1]} | time ÷ TRL same layout "
-            "| time ÷ bare |")
-    lines = [head, "|" + "---|" * 12]
+            f"| real tokens/s | {peak} MiB | time ÷ TRL | {peak} ÷ TRL | time ÷ TRL same layout | time ÷ bare |"
+            + (f" time ÷ {twin} | {peak} ÷ {twin} |" if twins else ""))
+    columns = head.count("|") - 1
+    lines = [head, "|" + "---|" * columns]
     for method, rows in table.items():
         for name, r in rows.items():
             if "error" in r:
-                lines.append(f"| {method} | {name} | failed: {r['error']} |" + " |" * 9)
+                lines.append(f"| {method} | {name} | failed: {r['error']} |" + " |" * (columns - 3))
                 continue
             lines.append(
                 f"| {method} | {name} | {r['step_s']:.2f} | {r['mean_step_s']:.2f} | {r['step_s_min']:.2f}–{r['step_s_max']:.2f} "
@@ -95,6 +111,8 @@ def markdown(table: dict[str, dict[str, dict]]) -> str:
                 f"| {_f(r['cuda_peak_mib'] if gpu else r['peak_rss_mib'], '.0f')} "
                 f"| {_f(r['time_vs_trl'], '.2f')} | {_f(r['mem_vs_trl'], '.2f')} "
                 f"| {_f(r['time_vs_trl_same_layout'], '.2f')} | {_f(r['time_vs_bare'], '.2f')} |"
+                + (f" {_f(r.get('time_vs_baseline'), '.2f')} | {_f(r.get('mem_vs_baseline'), '.2f')} |"
+                   if twins else "")
             )
     return "\n".join(lines)
 

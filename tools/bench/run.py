@@ -7,6 +7,10 @@ between contenders (a b c a b c ...), so slow drifts of the machine spread over 
 the table reports, per contender, the median over repeats of each run's median step time, with
 ratios against TRL and against the bare loop of the same maths. Raw runs and the table are written
 to ``--out`` (default ``outputs/bench``).
+
+``--baseline REV`` adds ``lit_align@REV`` right after each method's ``lit_align``: the same worker and
+workload with ``lit_align`` imported from a checkout of REV (``baseline.py``), for an A/B of two commits
+in one command; the table then also divides each ``lit_align`` row by its ``@REV`` row.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 
 from ..study.memory import child_peak_rss_mib
+from . import baseline
 from .common import RESULT_TAG, Settings, Spec
 from .data import write_data
 from .report import aggregate, busy, machine, markdown, with_ratios
@@ -45,9 +50,17 @@ ABLATIONS = {
 }
 
 
-def contenders(method: str, ablations: bool, vllm: bool = False) -> list[str]:
-    return (CONTENDERS[method] + (VLLM_CONTENDERS.get(method, []) if vllm else [])
-            + (ABLATIONS.get(method, []) if ablations else []))
+def contenders(method: str, ablations: bool, vllm: bool = False, baselines: tuple[str, ...] = ()) -> list[str]:
+    """A method's contenders in run order; ``lit_align@B`` for each baseline B right after ``lit_align``."""
+    names = (CONTENDERS[method] + (VLLM_CONTENDERS.get(method, []) if vllm else [])
+             + (ABLATIONS.get(method, []) if ablations else []))
+    at = names.index("lit_align") + 1 if "lit_align" in names else len(names)
+    return names[:at] + ([f"lit_align@{b}" for b in baselines] if "lit_align" in names else []) + names[at:]
+
+
+def chosen(contender: str, wanted: list[str] | None) -> bool:
+    """Whether ``--contenders`` asks for this one; naming ``lit_align`` also asks for its ``@REV`` twin."""
+    return not wanted or contender in wanted or contender.split("@")[0] in wanted
 
 
 def child_env(threads: int) -> dict:
@@ -90,6 +103,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--contenders", nargs="+", help="only these contenders (default: all of each method)")
     p.add_argument("--ablations", action="store_true", help="also the bare loop with each optimisation off")
     p.add_argument("--vllm", action="store_true", help="also RLOO with vLLM rollouts on both sides (vLLM environment)")
+    p.add_argument("--baseline", metavar="REV", help="also lit_align at this git revision, as lit_align@REV (checked "
+                   f"out under {baseline.WORKTREES}/), beside each method's lit_align")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1800, help="seconds before one run is killed")
     p.add_argument("--out", type=Path, default=Path("outputs/bench"))
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         methods = [m for m in CONTENDERS if any(r["method"] == m for r in runs)]
         return write_report(runs, methods, {"machine": machine(), "argv": sys.argv}, args.out)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    base = baseline.checkout(args.baseline) if args.baseline else None
+    labels = (base.short,) if base else ()
     data_dir = write_data(settings, args.out / "data")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     kept = args.out / "runs.jsonl"
@@ -116,12 +133,15 @@ def main(argv: list[str] | None = None) -> dict:
         kept.unlink(missing_ok=True)
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; busy: {info['busy'] or 'no'}", file=sys.stderr)
+    if base:
+        print(f"baseline: {base.contender()} imports lit_align from {base.path} ({base.commit})", file=sys.stderr)
     for repeat in range(args.repeats):
         for method in args.methods:
-            for contender in contenders(method, args.ablations, args.vllm):
-                if (args.contenders and contender not in args.contenders) or (method, contender, repeat) in done:
+            for contender in contenders(method, args.ablations, args.vllm, labels):
+                if not chosen(contender, args.contenders) or (method, contender, repeat) in done:
                     continue
-                spec = Spec(method, contender, settings, str(data_dir))
+                extra = {"lit_align_checkout": str(base.path)} if "@" in contender else {}
+                spec = Spec(method, contender, settings, str(data_dir), extra)
                 result = run_one(spec, args.out / "logs" / f"{method}-{contender}-{repeat}.log", args.timeout)
                 runs.append(result | {"repeat": repeat})
                 with (args.out / "runs.jsonl").open("a") as f:  # kept even if the command is stopped early
@@ -129,13 +149,17 @@ def main(argv: list[str] | None = None) -> dict:
                 shown = result.get("error") or f"median {sorted(result['step_s'])[len(result['step_s']) // 2]:.2f} s/step"
                 print(f"[{repeat}] {method:8s} {contender:18s} {shown}, peak {result['process_peak_rss_mib']:.0f} MiB",
                       file=sys.stderr, flush=True)
-    return write_report(runs, args.methods, {"machine": info, "settings": asdict(settings), "argv": sys.argv}, args.out)
+    header = {"machine": info, "settings": asdict(settings), "argv": sys.argv}
+    if base:
+        header["baseline"] = {"rev": args.baseline, "commit": base.commit, "path": str(base.path)}
+    return write_report(runs, args.methods, header, args.out)
 
 
 def write_report(runs: list[dict], methods: list[str], header: dict, out: Path) -> dict:
     """Aggregate the runs into the table; write results.json and results.md under ``out``; print the table."""
+    labels = tuple(dict.fromkeys(r["contender"].split("@")[1] for r in runs if "@" in r["contender"]))
     table = {m: {c: aggregate([r for r in runs if r["method"] == m and r["contender"] == c])
-                 for c in contenders(m, True, True) if any(r["method"] == m and r["contender"] == c for r in runs)}
+                 for c in contenders(m, True, True, labels) if any(r["method"] == m and r["contender"] == c for r in runs)}
              for m in methods}
     table = with_ratios(table, runs)
     report = header | {"table": table, "runs": runs, "busy_during_runs": sorted({b for r in runs for b in r["busy"]})}
