@@ -236,3 +236,37 @@ def test_online_rl_killed_between_draws_resumes_like_uninterrupted(signal_name, 
     assert resumed_record["start_step"] == saved["global_step"]
     differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
     assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
+
+
+def test_an_online_rl_module_built_in_python_checkpoints_plain_and_resumes(tmp_path):
+    """Built in Python (no CLI), with a reward object, ``SamplingParams`` and ``LoRA`` as arguments: the
+    checkpoint's hyperparameters hold plain containers, so it loads with ``weights_only`` (Lightning's
+    default), a run resumes from it, and ``load_from_checkpoint`` gets the settings back."""
+    import lightning as L
+
+    from lit_align.data.datamodule import AlignDataModule
+    from lit_align.methods import GRPO
+    from lit_align.modeling.models import LoRA
+    from lit_align.sampling.generate import SamplingParams
+    from lit_align.tasks.countdown import CountdownSource
+    from fault_injection import DistinctCharacters
+
+    def build():
+        return GRPO(model="tiny:causal-lm", reward=DistinctCharacters(), num_generations=2, lora=LoRA(r=4, alpha=8),
+                    generation=SamplingParams(max_new_tokens=5, temperature=0.9))
+
+    def fit(module, steps, ckpt_path=None):
+        data = AlignDataModule(CountdownSource(num_problems=8, with_traces=False), batch_size=2)
+        trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path, use_distributed_sampler=False,
+                            callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+        trainer.fit(module, data.connect(module.tokenizer, module.batch_kind), ckpt_path=ckpt_path)
+        return trainer
+
+    fit(build(), 1)
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["generation"]["temperature"] == 0.9
+    assert saved["hyper_parameters"]["lora"]["r"] == 4 and "reward" not in saved["hyper_parameters"]
+    assert fit(build(), 2, ckpt_path=tmp_path / "last.ckpt").global_step == 2
+    loaded = GRPO.load_from_checkpoint(tmp_path / "last.ckpt", reward=DistinctCharacters())
+    assert loaded.generation == SamplingParams(max_new_tokens=5, temperature=0.9) and loaded.lora.r == 4

@@ -60,6 +60,8 @@ def grpo_objective(loss_type: str, beta: float, epsilon: float, epsilon_high: fl
 class GRPO(OnlineRL):
     """Online RL with group-normalised advantages and TRL's loss types (a preset of ``OnlineRL``)."""
 
+    preset_arguments = ("k",)
+
     def __init__(
         self,
         *args,

@@ -52,6 +52,7 @@ class OnlineRL(PolicyModule):
 
     batch_kind = PromptKind()
     uses_rollout_engine = True
+    preset_arguments: tuple[str, ...] = ()  # loop arguments a preset sets from its own (kept out of hparams)
 
     def __init__(
         self,
@@ -96,6 +97,8 @@ class OnlineRL(PolicyModule):
             disable_dropout: switch the policy's dropout off (LoRA's included): log-probs and KL not noisy.
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
+        for name in self.preset_arguments:  # else load_from_checkpoint would pass them twice
+            self.hparams.pop(name, None)
         check_sampling(self.generation)
         check_loop(k=k, micro_batch_size=micro_batch_size, steps_per_generation=steps_per_generation,
                    num_iterations=num_iterations, max_draws=max_draws, tis_cap=tis_cap, max_grad_norm=max_grad_norm,

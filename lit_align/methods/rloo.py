@@ -33,6 +33,8 @@ from lit_align.rewards.base import Reward
 class RLOO(OnlineRL):
     """Online RL with k samples per prompt and leave-one-out advantages (a preset of ``OnlineRL``)."""
 
+    preset_arguments = ("k",)
+
     def __init__(
         self,
         *args,
