@@ -309,3 +309,31 @@ def test_micro_batches_that_split_a_group_still_run_the_separate_pass(monkeypatc
     calls = _count_sampling_passes(monkeypatch)
     _pinned_update(monkeypatch, tokenizer, {}, micro_batch_size=1)
     assert calls == [4]
+
+
+def test_draw_seeds_never_overflow_and_differ_per_step_draw_and_chunk(monkeypatch, tokenizer):
+    """Every draw's seed comes from its optimiser step, batch index and rank, and every chunk of an engine
+    call from that seed: at step 282 and far beyond (where a product of the coordinates overflowed a 64-bit
+    seed) sampling still runs, and no two draws or chunks share a seed."""
+    import lit_align.sampling.engines as engines
+    from lit_align.sampling.engines import HFGenerate
+
+    seeds = []
+
+    def recording(*args, seed=0, **kwargs):
+        seeds.append(seed)
+        return sample(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(engines, "sample", recording)
+    module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.0, rollout=HFGenerate(max_batch_rows=2),
+                  generation=SamplingParams(max_new_tokens=3, temperature=0.7))
+    module.configure_model()
+    records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}]
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id,
+                            [r["prompt"] for r in records])
+    for step in (0, 1, 282, 10**9):
+        monkeypatch.setattr(RLOO, "global_step", property(lambda self, step=step: step))
+        for batch_idx in (0, 1):
+            assert len(module._draw(batch, batch_idx).samples) == 4
+    assert len(seeds) == 4 * 2 * 2  # two chunks of one prompt each per draw
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
