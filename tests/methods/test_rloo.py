@@ -328,6 +328,13 @@ def test_draw_seeds_never_overflow_and_differ_per_step_draw_and_chunk(monkeypatc
     module = RLOO(model="tiny:causal-lm", reward=CharSum(), rloo_k=2, kl_coef=0.0, rollout=HFGenerate(max_batch_rows=2),
                   generation=SamplingParams(max_new_tokens=3, temperature=0.7))
     module.configure_model()
+    draws, engine_sample = [], module.rollout.sample
+
+    def draw(*args, seed=0, **kwargs):
+        draws.append(seed)
+        return engine_sample(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(module.rollout, "sample", draw)
     records = [{"prompt": "hello"}, {"prompt": "the quick brown fox"}]
     batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id,
                             [r["prompt"] for r in records])
@@ -337,3 +344,4 @@ def test_draw_seeds_never_overflow_and_differ_per_step_draw_and_chunk(monkeypatc
             assert len(module._draw(batch, batch_idx).samples) == 4
     assert len(seeds) == 4 * 2 * 2  # two chunks of one prompt each per draw
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**63 for s in seeds)
+    assert len(set(draws)) == len(draws) == 8 and all(0 <= s < 2**63 for s in draws)  # a signed 64-bit seed
