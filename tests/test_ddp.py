@@ -82,15 +82,6 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(method, 
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
-    # the logged metrics are over every rank's samples: those of the one process with the same prompts
-    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    assert [r["step"] for r in one] == [r["step"] for r in two] == ["2", "4"]
-    for name in ("train/reward_mean", "train/reward_std", "train/drawn_reward_mean", "train/advantage_abs_mean",
-                 "train/completion_length", "train/zero_variance_groups", "train/group_reward_std", "train/kl",
-                 "train/entropy", "train/prompts_seen", "train/completions_seen", "train/clipped_share"):
-        got, want = [float(r[name]) for r in two], [float(r[name]) for r in one]
-        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), name
-    assert float(one[-1]["train/completions_seen"]) == 2 * 4 * 2  # 2 generation batches of 4 prompts x 2
 
 
 def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp(tmp_path):
