@@ -16,9 +16,9 @@ A training step takes G prompts from the data module (``data.batch_size``) and:
 4. **reports** the step's metrics over every rank's samples, and every ``log_completions_every_n_steps``
    steps a few completions, as plain rows returned to Lightning; ``RolloutLog`` writes them to the loggers.
 
-Optimisation is manual (several optimiser steps per batch), so gradient clipping is ``max_grad_norm``.
-Simplifications: rows are split into steps and micro-batches in order, not shuffled; with dynamic
-sampling the surplus groups of the last draw are dropped (counted in ``train/groups_dropped``).
+Optimisation is manual, so gradient clipping is ``max_grad_norm``. Simplifications: rows are split into
+steps and micro-batches in order, not shuffled; with dynamic sampling the surplus groups of the last
+draw are dropped (counted in ``train/groups_dropped``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from lit_align.lightning.rollout_log import RolloutLog
 from lit_align.methods.base import PolicyModule
 from lit_align.methods.rl_metrics import StepStats, completion_rows, step_metrics
 from lit_align.methods.rollouts import (DynamicSampling, Plan, RolloutBatch, Rollouts, check_loop, check_sampling,
-                                       plan_sampling_pass)
+                                       every_rank, plan_sampling_pass, this_rank)
 from lit_align.objectives import logprobs
 from lit_align.objectives import policy_gradient as pg
 from lit_align.objectives.rl import PolicyGradient
@@ -82,7 +82,7 @@ class OnlineRL(PolicyModule):
             reward: reward source: CountdownVerifier, RewardModelScorer, WeightedSum, ...
             k: completions sampled per prompt (at least 2).
             reference: "adapter_off" (policy with LoRA disabled; needs lora) or "copy" (frozen start model).
-            mask_truncated_completions: completions cut at max_new_tokens carry no loss (still in the baselines).
+            mask_truncated_completions: completions cut at max_new_tokens carry no loss (still in baselines).
             micro_batch_size: sequences per forward/backward pass (None: a whole optimiser step at once).
             steps_per_generation: optimiser steps each generation batch is split into.
             num_iterations: passes over each generation batch.
@@ -97,8 +97,7 @@ class OnlineRL(PolicyModule):
             disable_dropout: switch the policy's dropout off (LoRA's included): log-probs and KL not noisy.
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
-        for name in self.preset_arguments:  # else load_from_checkpoint would pass them twice
-            self.hparams.pop(name, None)
+        [self.hparams.pop(name, None) for name in self.preset_arguments]  # else load_from_checkpoint passes them twice
         check_sampling(self.generation)
         check_loop(k=k, micro_batch_size=micro_batch_size, steps_per_generation=steps_per_generation,
                    num_iterations=num_iterations, max_draws=max_draws, tis_cap=tis_cap, max_grad_norm=max_grad_norm,
@@ -109,8 +108,8 @@ class OnlineRL(PolicyModule):
         self.steps_per_generation, self.num_iterations = steps_per_generation, num_iterations
         self.dynamic = DynamicSampling(k, max_draws) if dynamic_sampling else None
         self.overlong_buffer, self.overlong_penalty, self.tis_cap = overlong_buffer, overlong_penalty, tis_cap
-        self.max_grad_norm = max_grad_norm
-        self.log_completions_every_n_steps, self.log_completions_count = log_completions_every_n_steps, log_completions_count
+        self.max_grad_norm, self.log_completions_count = max_grad_norm, log_completions_count
+        self.log_completions_every_n_steps = log_completions_every_n_steps
         self.sampling = dataclasses.replace(self.generation, n=k)
         self.automatic_optimization = False
         self.prompts_seen = self.completions_seen = 0
@@ -121,7 +120,7 @@ class OnlineRL(PolicyModule):
         if self.objective.needs_reference:  # without a KL the reference is never run: no copy in memory
             self.load_reference_copy()
 
-    def configure_callbacks(self):
+    def configure_callbacks(self):  # the rows training_step returns go to the loggers through it
         return [RolloutLog()]
 
     def setup(self, stage: str) -> None:
@@ -191,8 +190,9 @@ class OnlineRL(PolicyModule):
         old = self._logps_no_grad(self.policy, samples) if plan is Plan.SEPARATE_PASS else None
         advantages = (torch.zeros_like(rollouts.rewards) if plan is Plan.TRAINING_FORWARD
                       else self._advantages(rollouts.rewards, old, ref, mask))
-        return RolloutBatch(rollouts, self.k, mask * keep[:, None], plan, reason, advantages, old, ref,
-                            pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None)
+        return RolloutBatch(rollouts, self.k, plan=plan, reason=reason, loss_mask=mask * keep[:, None],
+                            advantages=advantages, old_logps=old, ref_logps=ref,
+                            is_weights=pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None)
 
     def _advantages(self, rewards: torch.Tensor, old, ref, mask: torch.Tensor) -> torch.Tensor:
         shaped = self.objective.shaped_rewards(rewards, old, ref, mask)
@@ -275,7 +275,7 @@ class OnlineRL(PolicyModule):
 
     @property
     def _world_size(self) -> int:
-        return self.trainer.world_size if self._trainer is not None else 1
+        return 1 if self._trainer is None else self.trainer.world_size
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
         return self.all_gather(values).reshape(-1) if self._world_size > 1 else values
@@ -287,23 +287,12 @@ class OnlineRL(PolicyModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = {"dynamic": None if self.dynamic is None else self.dynamic.state(),
                  "prompts_seen": self.prompts_seen, "completions_seen": self.completions_seen}
-        ranks = [state]
-        if self._world_size > 1 and torch.distributed.is_initialized():
-            ranks = [None] * self._world_size
-            torch.distributed.all_gather_object(ranks, state)
-        checkpoint["online_rl"] = {"ranks": ranks}
+        checkpoint["online_rl"] = {"ranks": every_rank(state, self._world_size)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("online_rl")
-        if saved is None:
+        if "online_rl" not in checkpoint:
             return
-        ranks = saved["ranks"]
-        world, rank = self._world_size, self.global_rank
-        if len(ranks) != world and any(r["dynamic"] and r["dynamic"]["draws"] for r in ranks):
-            raise ValueError(f"this checkpoint holds dynamic-sampling groups of {len(ranks)} ranks, and the run "
-                             f"resumes on {world}: resume on {len(ranks)} ranks")
-        state = ranks[min(rank, len(ranks) - 1)]
+        state = this_rank(checkpoint["online_rl"]["ranks"], self._world_size, self.global_rank)
         self.prompts_seen, self.completions_seen = state["prompts_seen"], state["completions_seen"]
         if self.dynamic is not None and state["dynamic"] is not None:
             self.dynamic.load_state(state["dynamic"])
-

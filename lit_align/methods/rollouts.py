@@ -98,6 +98,23 @@ class DynamicSampling:
         self.rewards, self.draws = list(state.get("rewards", [])), state["draws"]
 
 
+
+def every_rank(state: dict, world: int) -> list[dict]:
+    """This rank's checkpoint ``state`` beside every other rank's (a collective: every rank calls it)."""
+    if world > 1 and torch.distributed.is_initialized():
+        ranks = [None] * world
+        torch.distributed.all_gather_object(ranks, state)
+        return ranks
+    return [state]
+
+
+def this_rank(ranks: list[dict], world: int, rank: int) -> dict:
+    """This rank's state of a checkpoint's ``every_rank`` list; refused where waiting groups would be lost."""
+    if len(ranks) != world and any(r["dynamic"] and r["dynamic"]["draws"] for r in ranks):
+        raise ValueError(f"this checkpoint holds dynamic-sampling groups of {len(ranks)} ranks, and the run "
+                         f"resumes on {world}: resume on {len(ranks)} ranks")
+    return ranks[min(rank, len(ranks) - 1)]
+
 class Plan(enum.Enum):
     """How the sampling weights' log-probs (and with them any KL-shaped advantages) are obtained."""
 
