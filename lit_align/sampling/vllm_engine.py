@@ -87,7 +87,17 @@ def start(model: str, dtype: str, enforce_eager: bool, memory_utilization: float
                   # a prompt prefilled in pieces makes vLLM (0.32, CPU) rewind a seeded sampler, which CPU
                   # generators refuse; whole prefills keep per-request seeds usable
                   enable_chunked_prefill=False)
-    return LLM(**(kwargs | dict(engine_kwargs or {})))
+    # vLLM's CPU backend takes threads for serving ("Reducing Torch threads from 2 to 1 for serving") and
+    # may pin the process to some cores: the trainer sharing this process keeps what it had
+    threads = torch.get_num_threads()
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        return LLM(**(kwargs | dict(engine_kwargs or {})))
+    finally:
+        if cores is not None and os.sched_getaffinity(0) != cores:
+            os.sched_setaffinity(0, cores)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def model_runner(llm: Any) -> Any:

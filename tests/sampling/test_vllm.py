@@ -237,3 +237,34 @@ def test_a_row_cut_by_max_model_len_stays_truncated_on_the_qwen_layout():
     assert samples.completion_ids.size(1) > 8 and lengths[1] == 8, lengths  # padded wider than the cut row
     assert samples.truncated[1].item() is True
     assert (samples.completion_ids[1, 8:] == tokenizer.pad_token_id).all()
+
+
+def test_the_trainer_keeps_its_threads_and_cores_after_the_engine_starts(model_dir, tmp_path):
+    """vLLM's CPU backend reduces torch's threads for serving when it starts; the trainer in the same process
+    must keep the threads (and the cores) it had. A fresh process with OMP_NUM_THREADS unset, as a user's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import json, os, torch
+from lit_align.modeling import models
+from lit_align.sampling.engines import VLLM
+from lit_align.sampling.generate import SamplingParams
+torch.set_num_threads(2)
+before = (torch.get_num_threads(), sorted(os.sched_getaffinity(0)))
+tokenizer, model = models.load_tokenizer({str(model_dir)!r}), models.load_causal_lm({str(model_dir)!r})
+ids = tokenizer(["hello there"], return_tensors="pt")
+engine = VLLM(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
+engine.sample(model, tokenizer, ids.input_ids, ids.attention_mask, SamplingParams(max_new_tokens=4, temperature=1.0))
+after = (torch.get_num_threads(), sorted(os.sched_getaffinity(0)))
+engine.close()
+print("THREADS", json.dumps([before, after]))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("THREADS"))[8:])
+    assert before[0] == 2 and after == before
