@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from lit_align.cli import main
+from lit_align.methods.rollouts import Plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINER_OVERRIDES = sorted((CONFIGS / "trainer").glob("*.yaml"))
@@ -143,10 +144,13 @@ def test_every_online_rl_config_checkpoints_so_that_a_run_can_resume(config, cap
 def test_an_objective_chosen_by_class_path_reaches_the_loop(name, objective, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = main(["fit", "--config", str(CONFIGS / "grpo" / name), "--config", str(CONFIGS / "trainer" / "cpu.yaml"),
-                "--model.init_args.model", "tiny:causal-lm", "--trainer.fast_dev_run", "1", "--trainer.logger", "false",
-                "--data.limit", "4"])
+                "--model.init_args.model", "tiny:causal-lm", "--trainer.max_steps", "2", "--trainer.logger", "false",
+                "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--data.limit", "4"])
     assert type(cli.model.objective).__name__ == objective and cli.model.objective.estimator == "grpo"
-    assert cli.trainer.global_step == 2  # two optimiser steps per generation batch
+    # one generation batch, two optimiser steps: the second off the sampling weights, whose log-probs a
+    # separate pass took first
+    assert cli.trainer.global_step == 2 and cli.model.prompts_seen == 4
+    assert cli.model._plan_logged is Plan.SEPARATE_PASS
 
 
 def test_trainer_gradient_clipping_is_applied_by_online_rl(tmp_path, monkeypatch):
