@@ -13,6 +13,7 @@ module without vLLM installed.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -87,17 +88,30 @@ def start(model: str, dtype: str, enforce_eager: bool, memory_utilization: float
                   # a prompt prefilled in pieces makes vLLM (0.32, CPU) rewind a seeded sampler, which CPU
                   # generators refuse; whole prefills keep per-request seeds usable
                   enable_chunked_prefill=False)
-    # vLLM's CPU backend takes threads for serving ("Reducing Torch threads from 2 to 1 for serving") and
-    # may pin the process to some cores: the trainer sharing this process keeps what it had
-    threads = torch.get_num_threads()
+    with trainer_threads_kept():
+        return LLM(**(kwargs | dict(engine_kwargs or {})))
+
+
+@contextlib.contextmanager
+def trainer_threads_kept():
+    """Around every call into an in-process engine: the trainer sharing the process keeps its threads.
+
+    vLLM 0.32's CPU worker binds its threads at start, asks torch for one thread for serving, and replaces
+    ``torch.set_num_threads`` with a no-op for the rest of the process. Seen here (2 cores, OMP_NUM_THREADS
+    unset): the thread count stayed 2 (the one-thread request met the no-op), but nothing in the process
+    could change it afterwards. This puts back torch's own ``set_num_threads``, the thread count and the
+    calling thread's cores after each call, whichever of them vLLM changed.
+    """
+    set_num_threads, threads = torch.set_num_threads, torch.get_num_threads()
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
-        return LLM(**(kwargs | dict(engine_kwargs or {})))
+        yield
     finally:
+        torch.set_num_threads = set_num_threads
         if cores is not None and os.sched_getaffinity(0) != cores:
             os.sched_setaffinity(0, cores)
         if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+            set_num_threads(threads)
 
 
 def model_runner(llm: Any) -> Any:
@@ -159,8 +173,9 @@ def generate(llm: Any, batch: Sequence[dict]) -> list[dict]:
     ``token_ids``, their ``logprobs`` and the engine's ``finish_reason`` (plain data, JSON as it stands)."""
     from vllm import SamplingParams as EngineParams
 
-    outputs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in batch],
-                           [EngineParams(**r["params"]) for r in batch], use_tqdm=False)
+    with trainer_threads_kept():
+        outputs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in batch],
+                               [EngineParams(**r["params"]) for r in batch], use_tqdm=False)
     return [{"completions": [{"token_ids": list(c.token_ids),
                               "logprobs": [next(iter(step.values())).logprob for step in c.logprobs or []],
                               "finish_reason": c.finish_reason} for c in out.outputs]} for out in outputs]
