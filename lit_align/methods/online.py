@@ -97,7 +97,8 @@ class OnlineRL(PolicyModule):
             disable_dropout: switch the policy's dropout off (LoRA's included): log-probs and KL not noisy.
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
-        [self.hparams.pop(name, None) for name in self.preset_arguments]  # else load_from_checkpoint passes them twice
+        for name in self.preset_arguments:  # else load_from_checkpoint would pass them twice
+            self.hparams.pop(name, None)
         check_sampling(self.generation)
         check_loop(k=k, micro_batch_size=micro_batch_size, steps_per_generation=steps_per_generation,
                    num_iterations=num_iterations, max_draws=max_draws, tis_cap=tis_cap, max_grad_norm=max_grad_norm,
@@ -196,9 +197,8 @@ class OnlineRL(PolicyModule):
 
     def _advantages(self, rewards: torch.Tensor, old, ref, mask: torch.Tensor) -> torch.Tensor:
         shaped = self.objective.shaped_rewards(rewards, old, ref, mask)
-        everyone = None  # the batch std is the global batch's, as in one process with every rank's prompts
-        if self.objective.advantages_need_the_batch and self._world_size > 1:
-            everyone = self.all_gather(shaped).reshape(-1)
+        # the batch std is the global batch's, as in one process with every rank's prompts
+        everyone = self._gather(shaped) if self.objective.advantages_need_the_batch else None
         return self.objective.advantages(shaped, self.k, everyone)
 
     def _logps(self, model, samples: Samples, with_entropy: bool = False):

@@ -59,12 +59,12 @@ def step_metrics(batch, stats: StepStats, counts: dict[str, float], num_iteratio
     sums = total(torch.tensor([
         stats.loss, stats.policy_loss, stats.kl_loss, float(max(1, stats.steps)), stats.clipped,
         float(batch.loss_mask.sum()) * num_iterations, stats.entropy, stats.entropy_tokens, stats.engine_gap,
-        stats.engine_gap_tokens, counts["prompts_seen"], counts["completions_seen"], 1.0,
-        float(rollouts.drawn * len(rollouts.prompts)), float(len(rollouts.prompts)), float(rollouts.dropped),
+        stats.engine_gap_tokens, counts["prompts_seen"], counts["completions_seen"],
+        float(rollouts.drawn * len(rollouts.prompts)), float(rollouts.dropped),
         float(rollouts.all_drawn_rewards.sum()), float(rollouts.all_drawn_rewards.numel()),
     ], dtype=torch.float64, device=rewards.device)).tolist()
     (loss, policy_loss, kl_loss, steps, clipped, tokens, entropy, entropy_tokens, gap, gap_tokens, prompts,
-     completions, ranks, groups_drawn, groups_used, dropped, drawn_sum, drawn_count) = sums
+     completions, groups_drawn, dropped, drawn_sum, drawn_count) = sums
     uniform = pg.uniform_groups(rewards, k)
     metrics = {
         "train/loss": loss / steps, "train/policy_loss": policy_loss / steps, "train/kl_loss": kl_loss / steps,

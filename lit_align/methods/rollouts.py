@@ -98,7 +98,6 @@ class DynamicSampling:
         self.rewards, self.draws = list(state.get("rewards", [])), state["draws"]
 
 
-
 def every_rank(state: dict, world: int) -> list[dict]:
     """This rank's checkpoint ``state`` beside every other rank's (a collective: every rank calls it)."""
     if world > 1 and torch.distributed.is_initialized():
@@ -114,6 +113,7 @@ def this_rank(ranks: list[dict], world: int, rank: int) -> dict:
         raise ValueError(f"this checkpoint holds dynamic-sampling groups of {len(ranks)} ranks, and the run "
                          f"resumes on {world}: resume on {len(ranks)} ranks")
     return ranks[min(rank, len(ranks) - 1)]
+
 
 class Plan(enum.Enum):
     """How the sampling weights' log-probs (and with them any KL-shaped advantages) are obtained."""
