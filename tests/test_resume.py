@@ -270,3 +270,21 @@ def test_an_online_rl_module_built_in_python_checkpoints_plain_and_resumes(tmp_p
     assert fit(build(), 2, ckpt_path=tmp_path / "last.ckpt").global_step == 2
     loaded = GRPO.load_from_checkpoint(tmp_path / "last.ckpt", reward=DistinctCharacters())
     assert loaded.generation == SamplingParams(max_new_tokens=5, temperature=0.9) and loaded.lora.r == 4
+
+
+def test_an_online_rl_checkpoint_of_the_earlier_layout_still_loads():
+    """Before every rank's state was kept, ``online_rl`` held rank 0's buffer and counters flat."""
+    from lit_align.methods import GRPO
+    from lit_align.methods.rollouts import Rollouts
+    from lit_align.sampling.generate import Samples
+    from fault_injection import DistinctCharacters
+
+    module = GRPO(model="tiny:causal-lm", reward=DistinctCharacters(), num_generations=2, dynamic_sampling=True)
+    samples = Samples(prompt_ids=torch.ones(2, 3, dtype=torch.long), prompt_mask=torch.ones(2, 3, dtype=torch.long),
+                      completion_ids=torch.ones(2, 2, dtype=torch.long), completion_mask=torch.ones(2, 2, dtype=torch.long),
+                      texts=["a", "b"], truncated=torch.zeros(2, dtype=torch.bool))
+    waiting = Rollouts(samples, torch.tensor([0.0, 1.0]), ["p"]).state()
+    module.on_load_checkpoint({"online_rl": {"pending": [waiting], "set_aside": [], "draws": 1, "prompts_seen": 6,
+                                             "completions_seen": 12}})
+    assert module.prompts_seen == 6 and module.completions_seen == 12
+    assert module.dynamic.draws == 1 and module.dynamic.pending[0].prompts == ["p"]

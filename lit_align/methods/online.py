@@ -292,7 +292,7 @@ class OnlineRL(PolicyModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "online_rl" not in checkpoint:
             return
-        state = this_rank(checkpoint["online_rl"]["ranks"], self._world_size, self.global_rank)
+        state = this_rank(checkpoint["online_rl"], self._world_size, self.global_rank)
         self.prompts_seen, self.completions_seen = state["prompts_seen"], state["completions_seen"]
         if self.dynamic is not None and state["dynamic"] is not None:
             self.dynamic.load_state(state["dynamic"])

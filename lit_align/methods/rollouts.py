@@ -107,8 +107,13 @@ def every_rank(state: dict, world: int) -> list[dict]:
     return [state]
 
 
-def this_rank(ranks: list[dict], world: int, rank: int) -> dict:
-    """This rank's state of a checkpoint's ``every_rank`` list; refused where waiting groups would be lost."""
+def this_rank(saved: dict, world: int, rank: int) -> dict:
+    """This rank's state of a checkpoint's ``{"ranks": every_rank(...)}``; refused where waiting groups would
+    be lost. A checkpoint of the earlier layout (one flat state, rank 0's) reads as one rank's."""
+    ranks = saved.get("ranks")
+    if ranks is None:
+        ranks = [{"dynamic": {key: saved[key] for key in ("pending", "set_aside", "draws")},
+                  "prompts_seen": saved["prompts_seen"], "completions_seen": saved["completions_seen"]}]
     if len(ranks) != world and any(r["dynamic"] and r["dynamic"]["draws"] for r in ranks):
         raise ValueError(f"this checkpoint holds dynamic-sampling groups of {len(ranks)} ranks, and the run "
                          f"resumes on {world}: resume on {len(ranks)} ranks")
