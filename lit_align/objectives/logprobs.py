@@ -17,7 +17,7 @@ from lit_align.data.formats import IGNORE_INDEX
 from lit_align.objectives.ops import position_ids_from_mask
 
 
-def _head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0,
+def head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, with_entropy: bool, temperature: float = 1.0,
                    entropy_grad: bool = True):
     # log_softmax keeps only its output for backward (the logits can go): ~10 % faster than
     # logsumexp + gather on CPU, and one (positions x V) buffer less
@@ -230,7 +230,7 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
     for start in range(0, picked_targets.numel(), chunk_size):
         args = (head, picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size], with_entropy,
                 temperature, entropy_grad)
-        p, e = checkpoint(_head_logprobs, *args, use_reentrant=False) if checkpointed else _head_logprobs(*args)
+        p, e = checkpoint(head_logprobs, *args, use_reentrant=False) if checkpointed else head_logprobs(*args)
         picked.append(p)
         entropy.append(e)
 
