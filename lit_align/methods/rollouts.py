@@ -129,15 +129,17 @@ class Plan(enum.Enum):
 
 
 def plan_sampling_pass(on_policy_once: bool, shapes_rewards: bool, needs_the_batch: bool,
-                       micro_batch_size: int | None, k: int, rows: int) -> tuple[Plan, str]:
-    """The plan for a batch of ``rows`` samples, and why, as the learning step will follow it."""
+                       micro_batches: list[range], k: int) -> tuple[Plan, str]:
+    """The plan for a batch learnt in these ``micro_batches`` (row ranges), and why, as the learning step
+    will follow it."""
     if not on_policy_once:
         return Plan.SEPARATE_PASS, ("the batch is learnt over several steps or passes, or TIS corrects the engine: "
                                     "the ratio needs the sampling weights' log-probs fixed before any update")
     if not shapes_rewards:
         return Plan.NOT_NEEDED, "one step on the sampling weights and no KL in the reward"
-    whole = micro_batch_size is None or micro_batch_size >= rows
-    if whole or (micro_batch_size % k == 0 and not needs_the_batch):
+    whole = len(micro_batches) <= 1
+    whole_groups = all(r.start % k == 0 and r.stop % k == 0 for r in micro_batches)
+    if whole or (whole_groups and not needs_the_batch):
         return Plan.TRAINING_FORWARD, ("one step on the sampling weights and micro-batches of whole groups whose "
                                        "advantages need only their group: each forward shapes its own rewards")
     return Plan.SEPARATE_PASS, ("the KL in the reward needs a whole group's (or the batch's) log-probs before "
@@ -192,7 +194,8 @@ def check_sampling(generation: SamplingParams) -> None:
             "gradient; use top_p: 1.0 (lower the temperature to sharpen sampling instead)")
 
 
-def check_loop(*, k: int, micro_batch_size: int | None, steps_per_generation: int, num_iterations: int,
+def check_loop(*, k: int, micro_batch_size: int | None, max_tokens_per_micro_batch: int | None,
+               activation_memory_budget_gib: float | None, steps_per_generation: int, num_iterations: int,
                max_draws: int, tis_cap: float | None, max_grad_norm: float | None, overlong_buffer: int | None,
                max_new_tokens: int) -> None:
     """Refuse loop settings out of range, naming the setting."""
@@ -200,10 +203,12 @@ def check_loop(*, k: int, micro_batch_size: int | None, steps_per_generation: in
         raise ValueError(f"k (samples per prompt) must be at least 2, got {k}")
     for name, value in (("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size),
                         ("steps_per_generation", steps_per_generation), ("num_iterations", num_iterations),
-                        ("max_draws", max_draws)):
+                        ("max_draws", max_draws),
+                        ("max_tokens_per_micro_batch", 1 if max_tokens_per_micro_batch is None else max_tokens_per_micro_batch)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
-    for name, value in (("tis_cap", tis_cap), ("max_grad_norm", max_grad_norm)):
+    for name, value in (("tis_cap", tis_cap), ("max_grad_norm", max_grad_norm),
+                        ("activation_memory_budget_gib", activation_memory_budget_gib)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0 (or null: off), got {value}")
     if overlong_buffer is not None:

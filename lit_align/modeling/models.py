@@ -288,6 +288,12 @@ def _nf4_kwargs(compute_dtype: torch.dtype) -> dict:
     return dict(quantization_config=config, device_map=device_map)
 
 
+def text_config(model):
+    """The decoder's config of ``model`` (the text part of a multimodal config; the config itself otherwise)."""
+    config = model.config
+    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+
+
 def enable_activation_checkpointing(model) -> None:
     """Recompute each block's activations in backward instead of keeping them (non-reentrant)."""
     # transformers 5 renamed the switch; older releases only have the second name.

@@ -38,6 +38,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
+from lit_align.modeling import models
 from lit_align.objectives.logprobs import cast_weights_once, head_logprobs, plan_row_groups, default_group_overhead
 
 
@@ -77,8 +78,9 @@ def _cache_argument(model: torch.nn.Module) -> str:
 def _run_prompt(model, prompt: torch.Tensor, cache_name: str):
     """(keys and values per layer, last hidden state (d,)) of one prompt (P,)."""
     positions = torch.arange(prompt.numel(), device=prompt.device)[None]
-    out = model(input_ids=prompt[None], position_ids=positions, use_cache=True, logits_to_keep=1,
-                output_hidden_states=True)
+    with layer_checkpointing_off(model):
+        out = model(input_ids=prompt[None], position_ids=positions, use_cache=True, logits_to_keep=1,
+                    output_hidden_states=True)
     cache = getattr(out, "cache", None) or out.past_key_values
     return [tuple(layer[:2]) for layer in cache], out.hidden_states[-1][0, -1]
 
@@ -88,16 +90,12 @@ def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name:
     whose keys and values are ``kv``. Padding after a row's end is harmless: attention is causal."""
     n, width = ids.shape
     cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
-                         config=_text_config(model))
+                         config=models.text_config(model))
     positions = torch.arange(start, start + width, device=ids.device).expand(n, width)
-    out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, output_hidden_states=True,
-                **{cache_name: cache})
+    with layer_checkpointing_off(model):  # also when ``checkpoint`` replays this in backward
+        out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, output_hidden_states=True,
+                    **{cache_name: cache})
     return out.hidden_states[-1]
-
-
-def _text_config(model):
-    config = model.config
-    return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
 def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_grad: bool = True,
@@ -113,7 +111,7 @@ def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_g
     overhead = default_group_overhead(device) if group_overhead is None else group_overhead
     cache_name = _cache_argument(model)
     hidden, targets, places = [], [], []  # labelled positions: hidden state, token, flat index in (N, C)
-    with cast_weights_once(device), layer_checkpointing_off(model):
+    with cast_weights_once(device):
         for group in prompt_groups(samples.prompt_ids, samples.prompt_mask):
             members = [r for r in group if lengths[r] > 0]
             if not members:

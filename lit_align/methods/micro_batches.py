@@ -1,0 +1,91 @@
+"""How online RL cuts a step's rows into forward/backward passes, and which passes recompute.
+
+``plan_micro_batches`` cuts rows (groups of k adjacent rows share a prompt) into runs of at most
+``max_rows`` rows and ``max_tokens`` forwarded tokens, the tokens counted as the passes run them: each
+row's completion less its last token (which predicts nothing) and, with the prompt shared, each group's
+prompt once per micro-batch it appears in (else once per row). Groups are kept whole wherever one fits
+in a micro-batch; a group larger than the budget is split. The token budget follows veRL's dynamic
+batch size (``ppo_max_token_len_per_gpu``) under the name the loop uses: ``max_tokens_per_micro_batch``.
+
+``needs_recompute`` decides activation checkpointing per micro-batch: only where its activations,
+estimated by ``activation_bytes``, exceed the memory budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RowTokens:
+    """Per row: completion length (tokens with a mask of 1) and prompt length (without padding)."""
+
+    completion: list[int]
+    prompt: list[int]
+
+    @classmethod
+    def of(cls, samples) -> RowTokens:
+        """The lengths of a ``Samples``' rows."""
+        return cls(samples.completion_mask.sum(1).tolist(), samples.prompt_mask.sum(1).tolist())
+
+    def forwarded(self, rows: range, share_prompt: bool, k: int) -> int:
+        """Tokens a pass over ``rows`` forwards."""
+        body = sum(max(self.completion[r] - 1, 0) for r in rows)
+        starts = [r for r in rows if r == rows.start or r % k == 0] if share_prompt else list(rows)
+        return body + sum(self.prompt[r] for r in starts)
+
+
+def plan_micro_batches(rows: range, tokens: RowTokens, k: int, max_rows: int | None, max_tokens: int | None,
+                       share_prompt: bool = True) -> list[range]:
+    """Contiguous runs of ``rows`` within both limits (None: no limit). With a token budget, whole groups
+    wherever they fit; with a row limit alone, runs of ``max_rows`` rows as they come.
+
+    >>> t = RowTokens(completion=[5, 5, 9, 9], prompt=[3, 3, 4, 4])
+    >>> plan_micro_batches(range(4), t, k=2, max_rows=None, max_tokens=20)  # groups of 11 and 20 tokens
+    [range(0, 2), range(2, 4)]
+    >>> plan_micro_batches(range(4), t, k=2, max_rows=None, max_tokens=12)  # the second group is split
+    [range(0, 2), range(2, 3), range(3, 4)]
+    """
+    if max_tokens is None:  # rows alone: runs of max_rows, as they come
+        size = max_rows or max(len(rows), 1)
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    fits = (lambda run: _fits(run, tokens, k, max_rows, max_tokens, share_prompt))
+    out, current = [], range(rows.start, rows.start)
+    bounds = [rows.start] + [b for b in range(0, rows.stop, k) if b > rows.start] + [rows.stop]
+    for group in (range(a, b) for a, b in zip(bounds, bounds[1:])):  # groups of k (the ends may be parts)
+        if fits(range(current.start, group.stop)):
+            current = range(current.start, group.stop)
+            continue
+        if len(current):
+            out.append(current)
+        current = range(group.start, group.start)
+        for row in group:  # the group alone if it fits, else in parts, each as large as fits
+            if len(current) and not fits(range(current.start, row + 1)):
+                out.append(current)
+                current = range(row, row)
+            current = range(current.start, row + 1)
+    if len(current):
+        out.append(current)
+    return out
+
+
+def _fits(rows: range, tokens: RowTokens, k: int, max_rows, max_tokens, share_prompt: bool) -> bool:
+    if max_rows is not None and len(rows) > max_rows:
+        return False
+    return max_tokens is None or tokens.forwarded(rows, share_prompt, k) <= max_tokens
+
+
+def activation_bytes(config, tokens: int, element_bytes: int = 4, lora: bool = False) -> int:
+    """Estimated bytes autograd keeps for a training forward over ``tokens`` tokens of a decoder
+    described by ``config`` (hidden_size, intermediate_size, num_hidden_layers):
+    ``layers x 6 x (hidden + intermediate) x element bytes`` per token, twice that with LoRA. Measured
+    on SmolLM2-135M in float32 (peak RSS of a forward with grad, 1-2 k tokens): 1.48 MiB a token with
+    full fine-tuning (the formula: 1.45), 3.0 with LoRA r16 (the formula: 2.9)."""
+    per_token = config.num_hidden_layers * 6 * (config.hidden_size + config.intermediate_size) * element_bytes
+    return tokens * per_token * (2 if lora else 1)
+
+
+def needs_recompute(asked: bool, budget_gib: float | None, estimate: int) -> bool:
+    """Recompute a micro-batch's activations in backward: where asked (``gradient_checkpointing``) and,
+    with a memory budget, only where the estimate exceeds it."""
+    return asked and (budget_gib is None or estimate > budget_gib * 2**30)

@@ -1,0 +1,105 @@
+"""Token-budget micro-batches and the prompt forwarded once leave the update unchanged, for every GRPO
+loss type, with and without LoRA; the budget cuts rows as documented and recomputes only above its
+memory budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_align.data.collate import collate_prompts
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.formats import prompt_ids
+from lit_align.methods import GRPO, micro_batches, online
+from lit_align.methods.grpo import LOSS_TYPES
+from lit_align.modeling.models import LoRA
+from lit_align.rewards.base import Reward
+from lit_align.sampling.generate import SamplingParams, sample
+
+from conftest import trainer
+
+RECORDS = [{"prompt": "hello"}, {"prompt": "the quick brown fox jumps over the lazy dog"}, {"prompt": "say a"}]
+K = 3
+
+
+class CharSum(Reward):
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([float(sum(map(ord, c)) % 7) for c in completions])
+
+
+def _update(monkeypatch, tokenizer, loss_type: str, lora: bool, **loop) -> tuple[dict, list[range]]:
+    """The weights' change after one plain-SGD step (lr 1) on pinned samples, and the micro-batches learnt."""
+    torch.manual_seed(0)
+    module = GRPO(model="tiny:causal-lm", reward=CharSum(), num_generations=K, loss_type=loss_type, beta=0.1,
+                  lora=LoRA(r=2, alpha=4, dropout=0.0) if lora else None,
+                  generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+                  optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
+                  scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0), **loop)
+    module.configure_model()
+    start = {n: t.detach().clone() for n, t in module.policy.named_parameters() if t.requires_grad}
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in RECORDS], RECORDS, tokenizer.pad_token_id)
+    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
+    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
+    learnt: list[range] = []
+    plan = online.plan_micro_batches
+    monkeypatch.setattr(online, "plan_micro_batches", lambda *a, **k: learnt.append(plan(*a, **k)) or learnt[-1])
+
+    class Once:
+        def records(self):
+            yield from (("m", r) for r in RECORDS)
+
+    trainer(max_steps=1, limit_val_batches=0).fit(
+        module, AlignDataModule(Once(), batch_size=len(RECORDS)).connect(module.tokenizer, module.batch_kind))
+    assert CharSum()(None, pinned.texts, None).std() > 0, "rewards must vary for the check to mean something"
+    return {n: start[n] - p.detach() for n, p in module.policy.named_parameters() if p.requires_grad}, learnt[-1], pinned
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    scale = max(1.0, max(float(t.abs().max()) for t in b.values()))
+    return max(float((a[n] - t).abs().max()) for n, t in b.items()) / scale
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
+def test_token_budgets_and_the_shared_prompt_give_the_whole_batch_update(monkeypatch, tokenizer, loss_type, lora):
+    expected, whole, pinned = _update(monkeypatch, tokenizer, loss_type, lora, share_prompt=False)
+    assert len(whole) == 1 and any(float(t.abs().max()) > 1e-4 for t in expected.values())
+    tokens = micro_batches.RowTokens.of(pinned)
+    groups = [tokens.forwarded(range(g, g + K), True, K) for g in range(0, len(pinned), K)]
+    for budget, whole_groups in ((max(groups), True), (min(groups) - 1, False)):
+        got, learnt, _ = _update(monkeypatch, tokenizer, loss_type, lora, max_tokens_per_micro_batch=budget)
+        assert all(tokens.forwarded(r, True, K) <= budget or len(r) == 1 for r in learnt)
+        assert all(r.start % K == 0 and r.stop % K == 0 for r in learnt) == whole_groups, learnt
+        assert len(learnt) > 1
+        assert _largest_difference(got, expected) <= 1e-5, (budget, learnt)
+
+
+def test_recompute_follows_the_memory_budget():
+    config = type("C", (), dict(num_hidden_layers=30, hidden_size=576, intermediate_size=1536))
+    per_token = micro_batches.activation_bytes(config, 1)
+    assert per_token == 30 * 6 * (576 + 1536) * 4
+    assert micro_batches.activation_bytes(config, 1000, lora=True) == 2000 * per_token
+    gib = 2**30
+    assert micro_batches.needs_recompute(True, None, 1)  # no budget: every micro-batch recomputes
+    assert not micro_batches.needs_recompute(True, 1.0, gib) and micro_batches.needs_recompute(True, 1.0, gib + 1)
+    assert not micro_batches.needs_recompute(False, 1.0, 10 * gib)
+
+
+def test_the_budget_counts_each_groups_prompt_once_per_micro_batch_and_keeps_groups_whole():
+    t = micro_batches.RowTokens(completion=[5, 1, 9, 9, 0, 3], prompt=[4, 4, 2, 2, 6, 6])
+    assert t.forwarded(range(0, 6), True, 2) == (4 + 0 + 8 + 8 + 0 + 2) + 4 + 2 + 6
+    assert t.forwarded(range(1, 4), True, 2) == (0 + 8 + 8) + 4 + 2  # a group's tail still pays its prompt
+    assert t.forwarded(range(0, 2), False, 2) == 4 + 0 + 8
+    assert micro_batches.plan_micro_batches(range(6), t, 2, None, 30) == [range(0, 4), range(4, 6)]
+    assert micro_batches.plan_micro_batches(range(6), t, 2, None, 12) == [range(0, 2), range(2, 3), range(3, 4),
+                                                                          range(4, 6)]
+    assert micro_batches.plan_micro_batches(range(6), t, 2, 3, None) == [range(0, 3), range(3, 6)]
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_tokens_per_micro_batch=0), "max_tokens_per_micro_batch must be at least 1"),
+    (dict(activation_memory_budget_gib=0.0), "activation_memory_budget_gib must be > 0"),
+])
+def test_budgets_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GRPO(model="tiny:causal-lm", reward=CharSum(), **settings)
