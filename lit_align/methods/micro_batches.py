@@ -13,7 +13,7 @@ estimated by ``activation_bytes``, exceed the memory budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,26 @@ def needs_recompute(asked: bool, budget_gib: float | None, estimate: int) -> boo
     """Recompute a micro-batch's activations in backward: where asked (``gradient_checkpointing``) and,
     with a memory budget, only where the estimate exceeds it."""
     return asked and (budget_gib is None or estimate > budget_gib * 2**30)
+
+
+@dataclass(frozen=True)
+class MicroBatching:
+    """The loop's micro-batch settings: how a step's rows are cut and which passes recompute."""
+
+    k: int
+    max_rows: int | None = None
+    max_tokens: int | None = None
+    share_prompt: bool = True
+    recompute_asked: bool = False  # the policy's gradient_checkpointing
+    memory_budget_gib: float | None = None
+    lora: bool = field(default=False)
+
+    def plan(self, samples, rows: range) -> list[range]:
+        return plan_micro_batches(rows, RowTokens.of(samples), self.k, self.max_rows, self.max_tokens,
+                                  self.share_prompt)
+
+    def recompute(self, samples, rows: range, config) -> bool:
+        """Whether a pass over ``rows`` recomputes its activations in backward (``needs_recompute``)."""
+        tokens = RowTokens.of(samples).forwarded(rows, self.share_prompt, self.k)
+        return needs_recompute(self.recompute_asked, self.memory_budget_gib,
+                               activation_bytes(config, tokens, lora=self.lora))

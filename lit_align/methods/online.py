@@ -23,7 +23,6 @@ draw are dropped (counted in ``train/groups_dropped``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from typing import Literal
@@ -35,12 +34,12 @@ from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
 from lit_align.lightning.rollout_log import RolloutLog
 from lit_align.methods.base import PolicyModule
-from lit_align.methods.micro_batches import RowTokens, activation_bytes, needs_recompute, plan_micro_batches
+from lit_align.methods.micro_batches import MicroBatching
 from lit_align.methods.rl_metrics import StepStats, completion_rows, step_metrics
 from lit_align.modeling import models
 from lit_align.methods.rollouts import (DynamicSampling, Plan, RolloutBatch, Rollouts, check_loop, check_sampling,
                                        every_rank, plan_sampling_pass, this_rank)
-from lit_align.objectives import logprobs, shared_prompt
+from lit_align.objectives import shared_prompt
 from lit_align.objectives import policy_gradient as pg
 from lit_align.objectives.rl import PolicyGradient
 from lit_align.rewards.base import Reward, score_samples
@@ -114,13 +113,14 @@ class OnlineRL(PolicyModule):
         check_sampling(self.generation)
         check_loop(k=k, micro_batch_size=micro_batch_size, max_tokens_per_micro_batch=max_tokens_per_micro_batch,
                    activation_memory_budget_gib=activation_memory_budget_gib,
-                   steps_per_generation=steps_per_generation, num_iterations=num_iterations, max_draws=max_draws, tis_cap=tis_cap, max_grad_norm=max_grad_norm,
+                   steps_per_generation=steps_per_generation, num_iterations=num_iterations, max_draws=max_draws,
+                   tis_cap=tis_cap, max_grad_norm=max_grad_norm,
                    overlong_buffer=overlong_buffer, max_new_tokens=self.generation.max_new_tokens)
         self.init_reference(reference)
         self.objective, self.reward, self.k = objective, reward, k
-        self.mask_truncated_completions, self.micro_batch_size = mask_truncated_completions, micro_batch_size
-        self.max_tokens_per_micro_batch, self.share_prompt = max_tokens_per_micro_batch, share_prompt
-        self.activation_memory_budget_gib = activation_memory_budget_gib
+        self.mask_truncated_completions = mask_truncated_completions
+        self.batching = MicroBatching(k, micro_batch_size, max_tokens_per_micro_batch, share_prompt,
+                                      self.gradient_checkpointing, activation_memory_budget_gib, self.lora is not None)
         self.steps_per_generation, self.num_iterations = steps_per_generation, num_iterations
         self.dynamic = DynamicSampling(k, max_draws) if dynamic_sampling else None
         self.overlong_buffer, self.overlong_penalty, self.tis_cap = overlong_buffer, overlong_penalty, tis_cap
@@ -198,7 +198,7 @@ class OnlineRL(PolicyModule):
         tis = self.tis_cap is not None and samples.engine_logps is not None
         plan, reason = plan_sampling_pass(self.num_iterations == 1 and self.steps_per_generation == 1 and not tis,
                                           objective.shapes_rewards, objective.advantages_need_the_batch,
-                                          self._micro_batches(samples, range(len(samples))), self.k)
+                                          self.batching.plan(samples, range(len(samples))), self.k)
         if plan is not self._plan_logged:
             log.info("%s: the sampling weights' log-probs: %s (%s)", type(self).__name__, plan.value, reason)
             self._plan_logged = plan
@@ -218,26 +218,13 @@ class OnlineRL(PolicyModule):
 
     def _logps(self, model, samples: Samples, with_entropy: bool = False, recompute: bool = False):
         # the entropy is in the loss only with an entropy bonus; otherwise it is logged, built without a graph
-        entropy_grad = self.objective.entropy_coef > 0
-        if self.share_prompt:
-            return shared_prompt.shared_prompt_logprobs(model, samples, with_entropy, entropy_grad, recompute=recompute)
-        with contextlib.nullcontext() if recompute else shared_prompt.layer_checkpointing_off(model):
-            return logprobs.completion_logprobs(model, samples, with_entropy, entropy_grad=entropy_grad)
+        return shared_prompt.sample_logprobs(model, samples, self.batching.share_prompt, with_entropy,
+                                             self.objective.entropy_coef > 0, recompute)
 
     @torch.no_grad()
     def _logps_no_grad(self, model, samples: Samples) -> torch.Tensor:
-        rows = self._micro_batches(samples, range(len(samples)))
+        rows = self.batching.plan(samples, range(len(samples)))
         return torch.cat([self._logps(model, samples.select(slice(r.start, r.stop)))[0] for r in rows])
-
-    def _micro_batches(self, samples: Samples, rows: range) -> list[range]:
-        return plan_micro_batches(rows, RowTokens.of(samples), self.k, self.micro_batch_size,
-                                  self.max_tokens_per_micro_batch, self.share_prompt)
-
-    def _recompute(self, samples: Samples, rows: range) -> bool:
-        """Whether this micro-batch recomputes its activations in backward (``needs_recompute``)."""
-        tokens = RowTokens.of(samples).forwarded(rows, self.share_prompt, self.k)
-        estimate = activation_bytes(models.text_config(self.policy), tokens, lora=self.lora is not None)
-        return needs_recompute(self.gradient_checkpointing, self.activation_memory_budget_gib, estimate)
 
     # --- 3. learn --------------------------------------------------------------------------------
     def learn(self, batch: RolloutBatch) -> StepStats:
@@ -250,7 +237,7 @@ class OnlineRL(PolicyModule):
                 if 0 <= self.trainer.max_steps <= self.global_step:
                     break
                 totals = self._step_totals(batch.loss_mask[step_rows.start : step_rows.stop])
-                for mb in self._micro_batches(batch.samples, step_rows):
+                for mb in self.batching.plan(batch.samples, step_rows):
                     self._learn_micro_batch(batch, slice(mb.start, mb.stop), iteration, s == 0, totals, stats)
                 if self.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
@@ -266,7 +253,8 @@ class OnlineRL(PolicyModule):
                            totals: tuple[float, float], stats: StepStats) -> None:
         samples = batch.samples.select(rows)
         first_pass = iteration == 0
-        recompute = self._recompute(batch.samples, range(rows.start, rows.stop))
+        recompute = self.batching.recompute(batch.samples, range(rows.start, rows.stop),
+                                            models.text_config(self.policy))
         logps, entropy = self._logps(self.policy, samples, first_pass or self.objective.entropy_coef > 0, recompute)
         mask = samples.completion_mask.float()
         ref = None if batch.ref_logps is None else batch.ref_logps[rows]

@@ -204,7 +204,8 @@ def check_loop(*, k: int, micro_batch_size: int | None, max_tokens_per_micro_bat
     for name, value in (("micro_batch_size", 1 if micro_batch_size is None else micro_batch_size),
                         ("steps_per_generation", steps_per_generation), ("num_iterations", num_iterations),
                         ("max_draws", max_draws),
-                        ("max_tokens_per_micro_batch", 1 if max_tokens_per_micro_batch is None else max_tokens_per_micro_batch)):
+                        ("max_tokens_per_micro_batch",
+                         1 if max_tokens_per_micro_batch is None else max_tokens_per_micro_batch)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name, value in (("tis_cap", tis_cap), ("max_grad_norm", max_grad_norm),

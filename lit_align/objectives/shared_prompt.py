@@ -39,7 +39,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
 from lit_align.modeling import models
-from lit_align.objectives.logprobs import cast_weights_once, head_logprobs, plan_row_groups, default_group_overhead
+from lit_align.objectives.logprobs import (cast_weights_once, completion_logprobs, default_group_overhead,
+                                          head_logprobs, plan_row_groups)
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[range]:
@@ -51,7 +52,8 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[r
     rows = prompt_ids.size(0)
     if rows == 0:
         return []
-    same = ((prompt_ids[1:] == prompt_ids[:-1]) | (prompt_mask[1:] == 0)).all(1) & (prompt_mask[1:] == prompt_mask[:-1]).all(1)
+    same_ids = ((prompt_ids[1:] == prompt_ids[:-1]) | (prompt_mask[1:] == 0)).all(1)
+    same = same_ids & (prompt_mask[1:] == prompt_mask[:-1]).all(1)
     starts = [0] + [i + 1 for i in (~same).nonzero().flatten().tolist()]
     return [range(s, e) for s, e in zip(starts, starts[1:] + [rows])]
 
@@ -96,6 +98,17 @@ def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name:
         out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, output_hidden_states=True,
                     **{cache_name: cache})
     return out.hidden_states[-1]
+
+
+def sample_logprobs(model, samples, share_prompt: bool, with_entropy: bool = False, entropy_grad: bool = True,
+                    recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, C) log-probs (and entropies) of ``samples``' completions: with ``share_prompt`` through
+    ``shared_prompt_logprobs``, else the plain path (every row whole), recomputing activations in backward
+    only where ``recompute`` (the model's own per-layer checkpointing, switched off otherwise)."""
+    if share_prompt:
+        return shared_prompt_logprobs(model, samples, with_entropy, entropy_grad, recompute=recompute)
+    with contextlib.nullcontext() if recompute else layer_checkpointing_off(model):
+        return completion_logprobs(model, samples, with_entropy, entropy_grad=entropy_grad)
 
 
 def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_grad: bool = True,

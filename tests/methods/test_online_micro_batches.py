@@ -10,7 +10,7 @@ import torch
 from lit_align.data.collate import collate_prompts
 from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.formats import prompt_ids
-from lit_align.methods import GRPO, micro_batches, online
+from lit_align.methods import GRPO, micro_batches
 from lit_align.methods.grpo import LOSS_TYPES
 from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
@@ -41,8 +41,8 @@ def _update(monkeypatch, tokenizer, loss_type: str, lora: bool, **loop) -> tuple
     pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
     monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
     learnt: list[range] = []
-    plan = online.plan_micro_batches
-    monkeypatch.setattr(online, "plan_micro_batches", lambda *a, **k: learnt.append(plan(*a, **k)) or learnt[-1])
+    plan = micro_batches.plan_micro_batches
+    monkeypatch.setattr(micro_batches, "plan_micro_batches", lambda *a, **k: learnt.append(plan(*a, **k)) or learnt[-1])
 
     class Once:
         def records(self):
