@@ -23,9 +23,9 @@ from lit_align.data.formats import IGNORE_INDEX
 from lit_align.sampling.generate import SamplingParams, sample
 from lit_align.rewards.model import reward_scores
 
+from . import rl_task
 from .common import POLICY, RM_BACKBONE, Spec, StepClock, autocast, summary
 from .data import ordered_batches
-from .lit import word_variety
 
 
 def _plain(spec: Spec) -> dict:
@@ -121,7 +121,8 @@ def _rloo(spec: Spec) -> dict:
                          share_prompt=not spec.contender.endswith("+no_shared_prompt"))
         mask = samples.completion_mask.float()
         generated.append(int(mask.sum()))
-        rewards = torch.tensor(word_variety(samples.texts), device=mask.device)
+        records = [r for r in b.records for _ in range(s.rloo_k)]
+        rewards = torch.tensor(rl_task.scores(s.rl_task, samples.texts, records), device=mask.device)
         logps = _completion_logps(model, samples, **_plain(spec))
         with torch.no_grad():
             kl = ((logps - _completion_logps(reference, samples, **_plain(spec))) * mask).sum(-1)

@@ -42,6 +42,10 @@ class Settings:
     rl_micro_batch: int = 0  # RLOO/GRPO: sequences per backward pass, accumulated to one step (0: the whole step)
     rl_checkpointing: int = 0  # RLOO/GRPO: 1 = activation checkpointing on both sides (TRL's default), 0 = off
     rl_lora_r: int = 0  # RLOO/GRPO: LoRA rank on every linear layer (alpha 2r, no dropout) on both sides; 0 = full fine-tuning
+    rl_task: str = "countdown"  # RLOO/GRPO prompts and reward: "countdown" (the verifier) or "words" (word variety)
+    rl_max_tokens: int = 0  # RLOO/GRPO: the current lit_align's max_tokens_per_micro_batch (0: not passed)
+    rl_memory_budget: float = 0.0  # RLOO/GRPO: the current lit_align's activation_memory_budget_gib (0: not passed)
+    rl_flop_steps: int = 1  # RLOO/GRPO, lit_align: measured steps replayed untimed under torch's FLOP counter (0: none)
     logprobs_batch: int = 4  # rows of the log-prob micro-benchmark (all at sft_max_length)
     device: str = "cpu"  # "cpu" or "cuda"
     precision: str = "32"  # "32" (float32) or "bf16-mixed" (float32 weights, bf16 autocast), on every side

@@ -3,7 +3,8 @@
 Lengths are lognormal (clipped), as chat data's are: most turns short, a few long. The data goes
 through lit_align's own ``AlignDataModule`` once; the TRL and bare-loop contenders are handed exactly
 those tokenized examples, in the order lit_align's sampler draws them, so each optimiser step of
-each contender sees the same tokens.
+each contender sees the same tokens. RLOO and GRPO read the prompts of their task (``rl_task.py``:
+Countdown problems by default) through the same data module.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from lit_align.data.datamodule import AlignDataModule
 from lit_align.data.kinds import PreferenceKind, PromptKind, RewardKind, SFTKind
 from lit_align.data.sources import LocalFile
 
+from . import rl_task
 from .common import POLICY, RM_BACKBONE, Settings, Spec
 
 # A small fixed vocabulary of plain English words; texts are random draws from it, so token counts
@@ -81,6 +83,7 @@ LAYOUT = {
     "rloo": ("prompt", PromptKind(), POLICY, "rloo_batch", "sft_max_length"),
     "grpo": ("prompt", PromptKind(), POLICY, "rloo_batch", "sft_max_length"),
 }
+RL_METHODS = ("rloo", "grpo")  # their prompts and reward: rl_task.py
 
 
 def datamodule(spec: Spec, packing: bool = False) -> AlignDataModule:
@@ -88,8 +91,11 @@ def datamodule(spec: Spec, packing: bool = False) -> AlignDataModule:
     file, batch_kind, tokenizer, batch_key, length_key = LAYOUT[spec.method]
     s = spec.settings
     batch = getattr(s, batch_key)
-    dm = AlignDataModule(LocalFile(str(Path(spec.data_dir) / f"{file}.jsonl")), max_length=getattr(s, length_key),
-                         batch_size=batch, seed=s.seed, limit=s.examples_needed(batch), packing=packing)
+    source, limit = LocalFile(str(Path(spec.data_dir) / f"{file}.jsonl")), s.examples_needed(batch)
+    if spec.method in RL_METHODS:  # the RL task's prompts (Countdown by default)
+        source, limit = rl_task.source(s.rl_task, spec.data_dir), rl_task.limit(s.rl_task, limit)
+    dm = AlignDataModule(source, max_length=getattr(s, length_key), batch_size=batch, seed=s.seed, limit=limit,
+                         packing=packing)
     return dm.connect(models.load_tokenizer(tokenizer), batch_kind)
 
 

@@ -153,3 +153,76 @@ def busy() -> list[str]:
         except OSError:
             pass
     return found
+
+
+# --- online RL: where a step's time goes, and the MFU of its training passes (phases.py, flops.py) ----------
+PHASE_COLUMNS = (("sample", "sampling"), ("score", "scoring"), ("ref", "ref pass"), ("old", "old pass"),
+                 ("policy", "policy fwd+bwd"), ("backward", "of which backward"), ("optimizer", "optimiser"),
+                 ("passes", "training passes"))
+
+
+def phase_means(runs: list[dict]) -> dict[str, float] | None:
+    """Mean seconds per measured step of each phase, over every step of every run; None without phases."""
+    ok = [r for r in runs if "error" not in r and r.get("phases")]
+    if not ok:
+        return None
+    return {name: statistics.mean(v for r in ok for v in r["phases"][name]) for name, _ in PHASE_COLUMNS}
+
+
+def passes_flops(runs: list[dict], peak_gflops: float | None) -> dict | None:
+    """FLOPs counted in the replayed steps over those steps' measured training-pass time, and that rate
+    against the matmul peak (None where nothing was counted)."""
+    pairs = [(f, r["phases"]["passes"][i]) for r in runs if "error" not in r and r.get("flops") and r.get("phases")
+             for i, f in zip(r["flops"]["steps"], r["flops"]["flops"])]
+    if not pairs:
+        return None
+    flops, seconds = sum(f for f, _ in pairs), sum(s for _, s in pairs)
+    gflops = flops / seconds / 1e9
+    return {"tflop_per_step": flops / len(pairs) / 1e12, "gflops": gflops, "steps_counted": len(pairs),
+            "mfu": gflops / peak_gflops if peak_gflops else None}
+
+
+def with_phases(table: dict[str, dict[str, dict]], runs: list[dict], peak: dict | None) -> dict[str, dict[str, dict]]:
+    """Add each RL row's phase means, its training passes against its ``--baseline`` twin and TRL (ratio of
+    the means: the two sides sample different completions, so steps do not pair), and its passes' MFU."""
+    from .peak import peak_gflops
+
+    def of(method: str, contender: str) -> list[dict]:
+        return [r for r in runs if r["method"] == method and r["contender"] == contender]
+
+    for method, rows in table.items():
+        means = {name: phase_means(of(method, name)) for name in rows}
+        for name, row in rows.items():
+            if "error" in row or means[name] is None:
+                continue
+            row["phases"] = means[name]
+            for key, other in (("passes_vs_baseline", baseline_of(name, rows)), ("passes_vs_trl", TRL_BASELINE)):
+                theirs = means.get(other) if other and other != name else None
+                row[key] = means[name]["passes"] / theirs["passes"] if theirs and theirs["passes"] > 0 else None
+            precision = next((r.get("precision", "32") for r in of(method, name) if "error" not in r), "32")
+            row["passes_flops"] = passes_flops(of(method, name), peak_gflops(peak, precision))
+    return table
+
+
+def phase_markdown(table: dict[str, dict[str, dict]], peak: dict | None) -> str:
+    """The per-phase table of the RL rows (mean s/step), with the passes' ratios and MFU; empty without any."""
+    from .peak import describe
+
+    rows = [(m, n, r) for m, named in table.items() for n, r in named.items() if r.get("phases")]
+    if not rows:
+        return ""
+    twins = sorted({r["baseline"] for _, _, r in rows if r.get("baseline")})
+    twin = twins[0] if len(twins) == 1 else "lit_align@REV"  # the column appears only beside a --baseline run
+    head = ("| method | contender | step | " + " | ".join(label for _, label in PHASE_COLUMNS)
+            + (f" | passes ÷ {twin}" if twins else "") + " | passes ÷ TRL | passes TFLOP/step | passes GFLOP/s | MFU |")
+    lines = [describe(peak) if peak else "matmul peak: not measured", "",
+             "Online RL, mean s/step by phase:", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for method, name, r in rows:
+        p, f = r["phases"], r.get("passes_flops") or {}
+        lines.append(f"| {method} | {name} | {r['mean_step_s']:.2f} | "
+                     + " | ".join(f"{p[key]:.2f}" for key, _ in PHASE_COLUMNS)
+                     + (f" | {_f(r.get('passes_vs_baseline'), '.2f')}" if twins else "")
+                     + f" | {_f(r.get('passes_vs_trl'), '.2f')} "
+                     f"| {_f(f.get('tflop_per_step'), '.2f')} | {_f(f.get('gflops'), '.1f')} "
+                     f"| {_f(None if f.get('mfu') is None else 100 * f['mfu'], '.1f')}{'%' if f.get('mfu') else ''} |")
+    return "\n".join(lines)

@@ -11,6 +11,13 @@ to ``--out`` (default ``outputs/bench``).
 ``--baseline REV`` adds ``lit_align@REV`` right after each method's ``lit_align``: the same worker and
 workload with ``lit_align`` imported from a checkout of REV (``baseline.py``), for an A/B of two commits
 in one command; the table then also divides each ``lit_align`` row by its ``@REV`` row.
+
+RLOO and GRPO run on ``--rl-task`` (Countdown with its verifier by default; ``rl_task.py``). Their steps
+are split into phases (sampling, scoring, reference and old-policy passes, policy forward and backward,
+optimiser: ``phases.py``) in a second table, and in the first repeat of each lit_align contender
+``--rl-flop-steps`` measured steps are replayed untimed under torch's FLOP counter (``flops.py``), for the
+MFU of the training passes against this machine's matmul peak, measured first (``peak.py``) and printed
+at the top of that table.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from ..study.memory import child_peak_rss_mib
 from . import baseline
 from .common import RESULT_TAG, Settings, Spec
 from .data import write_data
-from .report import aggregate, busy, machine, markdown, with_ratios
+from .peak import describe
+from .report import aggregate, busy, machine, markdown, phase_markdown, with_phases, with_ratios
 
 CONTENDERS = {
     "sft": ["lit_align", "lit_align+packing", "trl", "trl+padding_free", "bare", "bare+packing"],
@@ -93,8 +101,27 @@ def run_one(spec: Spec, log: Path, timeout: float) -> dict:
     if proc.returncode == -9:
         result = {"error": f"timed out after {timeout:.0f} s; see {log}"}
     result.update(process_peak_rss_mib=child_peak_rss_mib(rusage), wall_s=time.monotonic() - started,
-                  busy=busy(), method=spec.method, contender=spec.contender)
+                  busy=busy(), method=spec.method, contender=spec.contender, precision=spec.settings.precision)
     return result
+
+
+def measure_peak(settings: Settings, out: Path) -> dict | None:
+    """The matmul peak (``peak.py``) in a child with the contenders' threads; kept as ``out/peak.json``."""
+    done = subprocess.run([sys.executable, "-m", f"{__package__}.peak", "--threads", str(settings.threads),
+                           "--device", settings.device], capture_output=True, text=True, check=False,
+                          env=child_env(settings.threads))
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        print(f"matmul peak not measured: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    peak = json.loads(lines[-1])
+    (out / "peak.json").write_text(json.dumps(peak))
+    return peak
+
+
+def counts_flops(method: str, contender: str, repeat: int) -> bool:
+    """Whether this run replays steps under the FLOP counter: lit_align's RL contenders, first repeat only."""
+    return method in ("rloo", "grpo") and contender.startswith("lit_align") and repeat == 0
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,7 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report_only:  # rebuild the table from the runs an earlier (maybe interrupted) command kept
         runs = [json.loads(line) for line in (args.out / "runs.jsonl").read_text().splitlines()]
         methods = [m for m in CONTENDERS if any(r["method"] == m for r in runs)]
-        return write_report(runs, methods, {"machine": machine(), "argv": sys.argv}, args.out)
+        kept_peak = args.out / "peak.json"
+        peak = json.loads(kept_peak.read_text()) if kept_peak.is_file() else None
+        return write_report(runs, methods, {"machine": machine(), "argv": sys.argv, "peak": peak}, args.out)
     settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
     base = baseline.checkout(args.baseline) if args.baseline else None
     labels = (base.short,) if base else ()
@@ -135,12 +164,17 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram']}; busy: {info['busy'] or 'no'}", file=sys.stderr)
     if base:
         print(f"baseline: {base.contender()} imports lit_align from {base.path} ({base.commit})", file=sys.stderr)
+    rl = any(m in ("rloo", "grpo") for m in args.methods)
+    peak = measure_peak(settings, args.out) if rl else None
+    if peak:
+        print(describe(peak), file=sys.stderr, flush=True)
     for repeat in range(args.repeats):
         for method in args.methods:
             for contender in contenders(method, args.ablations, args.vllm, labels):
                 if not chosen(contender, args.contenders) or (method, contender, repeat) in done:
                     continue
                 extra = {"lit_align_checkout": str(base.path)} if "@" in contender else {}
+                extra["count_flops"] = counts_flops(method, contender, repeat)
                 spec = Spec(method, contender, settings, str(data_dir), extra)
                 result = run_one(spec, args.out / "logs" / f"{method}-{contender}-{repeat}.log", args.timeout)
                 runs.append(result | {"repeat": repeat})
@@ -149,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                 shown = result.get("error") or f"median {sorted(result['step_s'])[len(result['step_s']) // 2]:.2f} s/step"
                 print(f"[{repeat}] {method:8s} {contender:18s} {shown}, peak {result['process_peak_rss_mib']:.0f} MiB",
                       file=sys.stderr, flush=True)
-    header = {"machine": info, "settings": asdict(settings), "argv": sys.argv}
+    header = {"machine": info, "settings": asdict(settings), "argv": sys.argv, "peak": peak}
     if base:
         header["baseline"] = {"rev": args.baseline, "commit": base.commit, "path": str(base.path)}
     return write_report(runs, args.methods, header, args.out)
@@ -161,11 +195,12 @@ def write_report(runs: list[dict], methods: list[str], header: dict, out: Path) 
     table = {m: {c: aggregate([r for r in runs if r["method"] == m and r["contender"] == c])
                  for c in contenders(m, True, True, labels) if any(r["method"] == m and r["contender"] == c for r in runs)}
              for m in methods}
-    table = with_ratios(table, runs)
+    table = with_phases(with_ratios(table, runs), runs, header.get("peak"))
     report = header | {"table": table, "runs": runs, "busy_during_runs": sorted({b for r in runs for b in r["busy"]})}
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "results.md").write_text(markdown(table) + "\n")
-    print(markdown(table))
+    text = "\n\n".join(part for part in (markdown(table), phase_markdown(table, header.get("peak"))) if part)
+    (out / "results.md").write_text(text + "\n")
+    print(text)
     return report
 
 

@@ -7,6 +7,9 @@ order, no saving, no reporting. Both sides use fused AdamW (TRL's default on thi
 AdamW under bf16-mixed, where Lightning refuses clipping with a fused one) and clip gradients to norm 1
 (TRL's default). Tokens come pre-tokenized from lit_align's data module; for DPO,
 whose trainer always re-tokenizes text, a subclass skips that step (data preparation is not timed).
+RLOOTrainer and GRPOTrainer get the RL task's prompts (as messages, which they template themselves) and a
+reward function that calls the same scorer (``rl_task.py``); their steps are split into phases as
+lit_align's are (``phases.py``).
 """
 
 from __future__ import annotations
@@ -20,20 +23,27 @@ from transformers import TrainerCallback
 from lit_align.modeling import models
 from lit_align.data.formats import IGNORE_INDEX
 
+from . import rl_task
 from .common import POLICY, RM_BACKBONE, Spec, StepClock, summary
 from .data import ordered_batches
-from .lit import word_variety
+from .phases import PhaseTimer, instrument_trl, split
 
 
 class Clock(TrainerCallback):
-    def __init__(self, clock: StepClock):
-        self.clock = clock
+    """Times each optimiser step; with a ``PhaseTimer`` (RLOO, GRPO) also splits it into phases."""
+
+    def __init__(self, clock: StepClock, phases: PhaseTimer | None = None, trainer=None):
+        self.clock, self.phases, self.trainer = clock, phases, trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if self.phases is not None:  # the optimiser exists from here on
+            instrument_trl(self.phases, self.trainer)
         self.clock.begin()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.clock.step_done()
+        if self.phases is not None:
+            self.phases.step_done()
 
 
 class CountingCollator:
@@ -141,12 +151,12 @@ def _online(spec: Spec, out: str, generated: list[int]):
 
     s = spec.settings
     _, batches = ordered_batches(spec)
-    prompts = [item.record["prompt"] for b in batches for item in b]
+    records = [item.record for b in batches for item in b]
 
-    def reward(prompts, completions, completion_ids, **kwargs):
+    def reward(prompts, completions, completion_ids, record_index, **kwargs):
         generated.append(sum(len(ids) for ids in completion_ids))
         texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        return word_variety(texts)
+        return rl_task.scores(s.rl_task, texts, [records[i] for i in record_index])
 
     common = _common_args(spec, 1, out) | online_layout(s)
     if spec.method == "grpo":  # TRL's defaults, spelt out: DAPO token mean, group std, clip 0.2, no KL
@@ -165,19 +175,24 @@ def _online(spec: Spec, out: str, generated: list[int]):
         peft = LoraConfig(r=s.rl_lora_r, lora_alpha=2 * s.rl_lora_r, lora_dropout=0.0, target_modules="all-linear",
                           task_type="CAUSAL_LM")
     return trainer(model=models.load_causal_lm(POLICY), reward_funcs=reward, args=args, peft_config=peft,
-                   train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=models.load_tokenizer(POLICY))
+                   train_dataset=Dataset.from_dict({"prompt": [r["prompt"] for r in records],
+                                                    "record_index": list(range(len(records)))}),
+                   processing_class=models.load_tokenizer(POLICY))
 
 
 def run(spec: Spec) -> dict:
     torch.manual_seed(spec.settings.seed)
-    clock, counts = StepClock(), []
+    clock, counts, phases = StepClock(), [], None
     with tempfile.TemporaryDirectory() as out:
         if spec.method in ("rloo", "grpo"):
-            trainer = _online(spec, out, counts)
+            trainer, phases = _online(spec, out, counts), PhaseTimer()
         else:
             trainer = {"sft": _sft, "rm": _rm, "dpo": _dpo}[spec.method](spec, out)
             trainer.data_collator = CountingCollator(trainer.data_collator, counts)
-        trainer.add_callback(Clock(clock))
+        trainer.add_callback(Clock(clock, phases, trainer))
         trainer.train()
     clock.tokens = counts
-    return summary(clock, spec.settings.warmup)
+    result = summary(clock, spec.settings.warmup)
+    if phases is not None:
+        result |= {"phases": split(result["step_s"], phases.steps[spec.settings.warmup :]), "phase_hooks": phases.hooked}
+    return result
