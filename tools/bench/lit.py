@@ -131,7 +131,8 @@ def run(spec: Spec) -> dict:
     trainer.fit(module, data)
     result = summary(clock, s.warmup, train_peak_rss_mib=timing.peak_rss_mib)
     if phases is not None:
-        result |= {"phases": split(result["step_s"], phases.steps[s.warmup :]), "phase_hooks": phases.hooked}
+        result |= {"phases": split(result["step_s"], phases.steps[s.warmup :]), "phase_hooks": phases.hooked,
+                   "phase_hooks_missing": phases.missing}
     if replays:
         result["flops"] = callbacks[1].result()
     return result

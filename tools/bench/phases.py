@@ -43,6 +43,7 @@ class PhaseTimer:
         self.steps: list[dict[str, float]] = []
         self.active: str | None = None
         self.hooked: list[str] = []
+        self.missing: list[str] = []  # loop methods looked for and not found: their phase reads 0
 
     @contextlib.contextmanager
     def phase(self, name: str):
@@ -93,7 +94,8 @@ def instrument_lit(timer: PhaseTimer, module, optimizer) -> None:
         if owner.__name__.startswith("lit_align.") and hasattr(owner, "score_samples"):
             timer.wrap(owner, "score_samples", "score")
     for attribute, name in LIT_METHODS:
-        timer.wrap(module, attribute, name)
+        if not timer.wrap(module, attribute, name):
+            timer.missing.append(attribute)
     timer.wrap(optimizer, "step", "optimizer")
 
 

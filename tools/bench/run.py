@@ -198,7 +198,8 @@ def write_report(runs: list[dict], methods: list[str], header: dict, out: Path) 
     table = with_phases(with_ratios(table, runs), runs, header.get("peak"))
     report = header | {"table": table, "runs": runs, "busy_during_runs": sorted({b for r in runs for b in r["busy"]})}
     (out / "results.json").write_text(json.dumps(report, indent=1))
-    text = "\n\n".join(part for part in (markdown(table), phase_markdown(table, header.get("peak"))) if part)
+    peak = describe(header["peak"]) if header.get("peak") else None
+    text = "\n\n".join(part for part in (peak, markdown(table), phase_markdown(table)) if part)
     (out / "results.md").write_text(text + "\n")
     print(text)
     return report
