@@ -77,13 +77,15 @@ def _fits(rows: range, tokens: RowTokens, k: int, max_rows, max_tokens, share_pr
 
 def activation_bytes(config, tokens: int, element_bytes: int = 4, lora: bool = False) -> int:
     """Estimated bytes autograd keeps for a training forward over ``tokens`` tokens of a decoder
-    described by ``config`` (hidden_size, intermediate_size, num_hidden_layers):
-    ``layers x 6 x (hidden + intermediate) x element bytes`` a token, 1.4 times that with LoRA (without
-    adapter dropout, as online RL runs it). Measured on SmolLM2-135M in float32 (growth of peak RSS over
-    a forward with grad of 2,048 tokens): 1.48 MiB a token with full fine-tuning (the formula: 1.45),
-    2.07 with LoRA r16 on every linear layer (the formula: 2.03); adapter dropout of 0.05 made it 3.0."""
-    per_token = config.num_hidden_layers * 6 * (config.hidden_size + config.intermediate_size) * element_bytes
-    return tokens * per_token * (7 if lora else 5) // 5
+    described by ``config`` (hidden_size, intermediate_size, num_hidden_layers, vocab_size):
+    ``layers x 6 x (hidden + intermediate) x element bytes`` a token for the layers, 1.4 times that with
+    LoRA (without adapter dropout, as online RL runs it), plus the output head's float32 log-probs
+    (``vocab x 4`` bytes). The layers' part measured on SmolLM2-135M in float32 (growth of peak RSS over
+    a forward with grad of 2,048 tokens, head excluded): 1.48 MiB a token with full fine-tuning (the
+    formula: 1.45), 2.07 with LoRA r16 on every linear layer (the formula: 2.03); adapter dropout of
+    0.05 made it 3.0."""
+    layers = config.num_hidden_layers * 6 * (config.hidden_size + config.intermediate_size) * element_bytes
+    return tokens * (layers * (7 if lora else 5) // 5 + config.vocab_size * 4)
 
 
 def needs_recompute(asked: bool, budget_gib: float | None, estimate: int) -> bool:

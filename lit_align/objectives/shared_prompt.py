@@ -151,17 +151,21 @@ def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_g
                 columns = torch.arange(1, longest, device=device).expand(len(picked), -1)
                 places.append((picked[:, None] * width + columns).reshape(-1).index_select(0, where))
         return _scatter_head(model.get_output_embeddings(), hidden, targets, places, (rows, width), device, chunk_size,
-                             with_entropy, samples.temperature or 1.0, entropy_grad)
+                             with_entropy, samples.temperature or 1.0, entropy_grad, recompute)
 
 
-def _scatter_head(head, hidden, targets, places, shape, device, chunk_size, with_entropy, temperature, entropy_grad):
-    """The output head on the labelled hidden states, ``chunk_size`` at a time (checkpointed when there
-    is more than one chunk, as ``logprobs.model_token_logprobs``), scattered into ``shape`` tensors."""
+def _scatter_head(head, hidden, targets, places, shape, device, chunk_size, with_entropy, temperature, entropy_grad,
+                  recompute):
+    """The output head on the labelled hidden states, ``chunk_size`` at a time, scattered into ``shape``
+    tensors. Chunks bound the logits that exist at once; with ``recompute`` each chunk is checkpointed
+    too, so its (chunk x V) log-probs are not kept for backward either. Without it they are (V x 4 bytes
+    a labelled token, counted in ``methods.micro_batches.activation_bytes``): recomputing the head cost
+    ~8 % of a group's forward and backward on the 2-core CPU."""
     flat_zero = torch.zeros(shape[0] * shape[1], dtype=torch.float32, device=device)
     if not hidden:
         return flat_zero.view(shape), (flat_zero.view(shape) if with_entropy else None)
     hidden, targets, places = torch.cat(hidden), torch.cat(targets), torch.cat(places)
-    checkpointed = torch.is_grad_enabled() and targets.numel() > chunk_size
+    checkpointed = recompute and torch.is_grad_enabled() and targets.numel() > chunk_size
     picked, entropy = [], []
     for start in range(0, targets.numel(), chunk_size):
         args = (head, hidden[start : start + chunk_size], targets[start : start + chunk_size], with_entropy,

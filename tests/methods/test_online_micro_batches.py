@@ -75,10 +75,10 @@ def test_token_budgets_and_the_shared_prompt_give_the_whole_batch_update(monkeyp
 
 
 def test_recompute_follows_the_memory_budget():
-    config = type("C", (), dict(num_hidden_layers=30, hidden_size=576, intermediate_size=1536))
-    per_token = micro_batches.activation_bytes(config, 1)
-    assert per_token == 30 * 6 * (576 + 1536) * 4
-    assert micro_batches.activation_bytes(config, 1000, lora=True) == 1400 * per_token
+    config = type("C", (), dict(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, vocab_size=100))
+    layers, head = 30 * 6 * (576 + 1536) * 4, 100 * 4
+    assert micro_batches.activation_bytes(config, 1) == layers + head
+    assert micro_batches.activation_bytes(config, 1000, lora=True) == 1400 * layers + 1000 * head
     gib = 2**30
     assert micro_batches.needs_recompute(True, None, 1)  # no budget: every micro-batch recomputes
     assert not micro_batches.needs_recompute(True, 1.0, gib) and micro_batches.needs_recompute(True, 1.0, gib + 1)
