@@ -179,3 +179,54 @@ def collate_preference(examples: list, pad_id: int) -> PreferenceBatch:
         torch.tensor([e.score_rejected for e in examples], dtype=torch.float32),
         torch.tensor([e.index for e in examples], dtype=torch.long),
     )
+
+
+@dataclass
+class ResponseRows:
+    """A ``PreferenceBatch`` cut where each response starts, pair by pair: rows ``2i`` and ``2i + 1`` are
+    pair i's chosen and rejected response, so the two follow one another behind one prompt.
+
+    The prompt is everything before a row's first label (its first token at least: no collate labels a
+    row's first token, and no log-prob predicts it); the completion runs from that label to the last.
+    Unlabelled tokens inside it (the user turns of a multi-turn response) stay in, marked by ``labelled``;
+    tokens after the last label (the newline after an end-of-turn token) change no labelled log-prob of
+    a causal model and are left out.
+    """
+
+    prompt_ids: torch.Tensor  # (2B, P) long, left-padded with 0
+    prompt_mask: torch.Tensor  # (2B, P) long
+    completion_ids: torch.Tensor  # (2B, C) long, right-padded with 0
+    completion_mask: torch.Tensor  # (2B, C) long: 1 from the first label to the last
+    labelled: torch.Tensor  # (2B, C) float: 1 where a label is (within completion_mask)
+    temperature: float = 1.0  # log-probs of the model's own distribution
+
+
+def split_at_responses(batch: PreferenceBatch) -> ResponseRows:
+    """``batch``'s rows, chosen and rejected of each pair side by side, split into prompts and responses.
+
+    >>> from lit_align.data.preference import PreferenceExample
+    >>> b = collate_preference([PreferenceExample(Example([5, 6, 7], [-100, -100, 7], "a"),
+    ...                                           Example([5, 6, 8, 9], [-100, -100, 8, 9], "a"), 1.0, 0.0, 0)], 0)
+    >>> rows = split_at_responses(b)
+    >>> rows.prompt_ids.tolist(), rows.completion_ids.tolist(), rows.completion_mask.tolist()
+    ([[5, 6], [5, 6]], [[7, 0], [8, 9]], [[1, 0], [1, 1]])
+    """
+    pairs = batch.num_pairs
+    order = torch.stack([torch.arange(pairs), torch.arange(pairs) + pairs], dim=1).flatten().to(batch.input_ids.device)
+    ids, labelled = batch.input_ids[order], batch.labels[order] != IGNORE_INDEX
+    labelled[:, 0] = False  # nothing predicts a row's first token
+    width = ids.size(1)
+    has = labelled.any(1)
+    first = torch.where(has, labelled.int().argmax(1), batch.attention_mask[order].sum(1).clamp(min=1))
+    end = torch.where(has, width - labelled.flip(1).int().argmax(1), first)
+    prompt_width, completion_width = (int(first.max()), int((end - first).max())) if pairs else (0, 0)
+    source = first[:, None] - prompt_width + torch.arange(prompt_width, device=ids.device)
+    prompt_mask = source >= 0
+    columns = torch.arange(completion_width, device=ids.device)
+    completion_mask = columns < (end - first)[:, None]
+    taken = (first[:, None] + columns).clamp(max=width - 1)
+    return ResponseRows(
+        ids.gather(1, source.clamp(min=0)).masked_fill(~prompt_mask, 0), prompt_mask.long(),
+        ids.gather(1, taken).masked_fill(~completion_mask, 0), completion_mask.long(),
+        (labelled.gather(1, taken) & completion_mask).float(),
+    )
