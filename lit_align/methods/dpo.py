@@ -11,8 +11,16 @@ plus an optional NLL term on the chosen response (``nll_weight`` times its per-t
 Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.PreferenceResult``)
 and are logged as ``rewards/chosen`` etc.
 
-Chosen and rejected responses go through the policy in one concatenated forward pass. The
-reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
+Chosen and rejected responses share their prompt, and by default (``share_prompt``) each pair's
+prompt runs once, its keys and values serving both responses (``objectives.shared_prompt``; rows are
+cut where the labels start, ``collate.split_at_responses``): log-probs and gradients are those of
+running every row whole, at the cost of the prompt once instead of twice, in the policy's forward
+and backward and in the reference's forward. With ``share_prompt`` off, or where blocks are wrapped
+for activation checkpointing (which would replay a block into the prompt's cache), or under FSDP
+(whose every block forward is a collective, so the ranks must run as many forwards as one another),
+every row runs whole, and the log says why.
+
+The reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs for the
 train and val splits are computed once before training and cached on disk. The pairs for that pass
 are handed to the method before the run (``use_data``), never looked up in the trainer; a test split
@@ -38,9 +46,11 @@ from typing import Literal
 import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
-from lit_align.objectives import logprobs, losses, ops
-from lit_align.data.collate import PreferenceBatch
+from lit_align.objectives import logprobs, losses, ops, shared_prompt
+from lit_align.data.collate import PreferenceBatch, split_at_responses
 from lit_align.data.datamodule import DataView
 from lit_align.data.kinds import PreferenceKind
 from lit_align.methods.base import PolicyModule
@@ -120,6 +130,7 @@ class DPO(PolicyModule):
         precompute_reference: bool = False,
         reference_cache_dir: str = "outputs/reference_logps",
         disable_dropout: bool = True,
+        share_prompt: bool = True,
         **kwargs,
     ):
         """
@@ -131,6 +142,7 @@ class DPO(PolicyModule):
             reference_cache_dir: folder of the cached reference log-probs.
             disable_dropout: switch the policy's dropout off (LoRA's included), so the policy/reference
                 log-ratio is not noisy.
+            share_prompt: run each pair's prompt once for both its responses (false: every row whole).
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
         self.init_reference(reference)
@@ -138,6 +150,8 @@ class DPO(PolicyModule):
         self.precompute_reference, self.reference_cache_dir = precompute_reference, reference_cache_dir
         self.reference_logps: dict[str, torch.Tensor] = {}
         self.data_view: DataView | None = None  # handed over by use_data, for the reference pass
+        self.share_prompt = share_prompt
+        self._said_why_rows_whole = ""  # the reason last logged for running rows whole
 
     def use_data(self, data: DataView) -> None:
         """Take the data's ordered pass over each split (for ``precompute_reference``), before the run."""
@@ -149,9 +163,36 @@ class DPO(PolicyModule):
         if not self.reference_logps or (self._trainer is not None and self.trainer.testing):
             self.load_reference_copy()
 
+    def token_logps(self, model, batch: PreferenceBatch, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2B, L) log-probs of each response's labelled tokens (0 elsewhere) and (2B, L) their mask; rows
+        as in the batch (chosen, then rejected). ``recompute``: checkpoint the shared path's completion rows
+        (the plain path recomputes through the model's own gradient checkpointing)."""
+        if not self._shares_prompts(model):
+            unpad = False if _sharded(model) else None  # one forward on every rank (see _why_prompts_cannot_be_shared)
+            logps = logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels,
+                                                  unpad=unpad)[0]
+            return logps, ops.loss_mask(batch.labels)
+        rows = split_at_responses(batch)
+        logps = shared_prompt.shared_prompt_logprobs(model, rows, recompute=recompute)[0] * rows.labelled
+
+        def chosen_first(pairwise: torch.Tensor) -> torch.Tensor:  # rows 2i, 2i + 1 back to i, B + i
+            return pairwise.view(batch.num_pairs, 2, -1).transpose(0, 1).reshape(2 * batch.num_pairs, -1)
+
+        return chosen_first(logps), chosen_first(rows.labelled)
+
+    def _shares_prompts(self, model) -> bool:
+        """Whether pairs run their prompt once; where they cannot, the reason is logged once."""
+        if not self.share_prompt:
+            return False
+        reason = _why_prompts_cannot_be_shared(model)
+        if reason and reason != self._said_why_rows_whole:
+            log.warning("DPO runs every row whole (share_prompt has no effect): %s", reason)
+            self._said_why_rows_whole = reason
+        return not reason
+
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""
-        return logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels)[0].sum(-1)
+        return self.token_logps(model, batch)[0].sum(-1)
 
     def reference_sequence_logps(self, batch: PreferenceBatch) -> torch.Tensor:
         return self.with_reference(lambda model: self.sequence_logps(model, batch))
@@ -163,16 +204,16 @@ class DPO(PolicyModule):
         return self.reference_sequence_logps(batch).split(batch.num_pairs)
 
     def _shared_step(self, batch: PreferenceBatch, stage: str) -> torch.Tensor:
-        token_logps, _ = logprobs.model_token_logprobs(self.policy, batch.input_ids, batch.attention_mask, batch.labels)
+        token_logps, mask = self.token_logps(self.policy, batch, recompute=self.gradient_checkpointing)
         policy_chosen, policy_rejected = token_logps.sum(-1).split(batch.num_pairs)
         reference_chosen, reference_rejected = self._reference(batch, stage)
-        chosen_tokens, rejected_tokens = ops.loss_mask(batch.labels).sum(-1).clamp(min=1).split(batch.num_pairs)
+        chosen_tokens, rejected_tokens = mask.sum(-1).clamp(min=1).split(batch.num_pairs)
         out = self.loss_fn(losses.PreferenceLogps(policy_chosen, policy_rejected, reference_chosen, reference_rejected,
                                                   chosen_tokens, rejected_tokens))
         loss, reward_c, reward_r = out.loss, out.chosen_rewards, out.rejected_rewards
         if self.nll_weight:
-            mask = ops.loss_mask(batch.labels)[: batch.num_pairs]
-            loss = loss + self.nll_weight * losses.sft_loss(token_logps[: batch.num_pairs], mask, mask.sum())
+            chosen_mask = mask[: batch.num_pairs]
+            loss = loss + self.nll_weight * losses.sft_loss(token_logps[: batch.num_pairs], chosen_mask, chosen_mask.sum())
         self.log_dict(
             {
                 f"{stage}/loss": loss,
@@ -240,3 +281,19 @@ class DPO(PolicyModule):
             torch.save(out, path)
             log.info("reference log-probs for %d pairs cached at %s", n_pairs, path)
         return out
+
+
+def _sharded(model) -> bool:
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
+
+
+def _why_prompts_cannot_be_shared(model) -> str:
+    """Why ``model`` cannot run a prompt once for its two responses ("" where it can)."""
+    if _sharded(model):
+        return ("FSDP shards its blocks, and each block's forward gathers its weights in a collective, so every "
+                "rank must run as many forwards as the others; with prompts run once, that number follows each "
+                "rank's own prompts and response lengths")
+    if any(isinstance(m, ActivationWrapper) for m in model.modules()):
+        return ("its blocks are wrapped for activation checkpointing (torch's checkpoint_wrapper): a block "
+                "recomputed in backward would write its keys and values into the prompt's cache a second time")
+    return ""
