@@ -42,7 +42,9 @@ def aggregate(runs: list[dict]) -> dict:
         "step_s_max": max(medians),
         "tokens_per_step": statistics.median(sum(r["tokens"]) / len(r["tokens"]) for r in ok) if throughput else None,
         "tokens_per_s": statistics.median(throughput) if throughput else None,
-        "peak_rss_mib": statistics.median(r["process_peak_rss_mib"] for r in ok),
+        # a run that replayed a step under the FLOP counter afterwards: its peak up to the end of the measured steps
+        "peak_rss_mib": statistics.median(r["train_peak_rss_mib"] if r.get("flops") else r["process_peak_rss_mib"]
+                                          for r in ok),
         "train_peak_rss_mib": statistics.median(r["train_peak_rss_mib"] for r in ok),
         "cuda_peak_mib": statistics.median(r["cuda_peak_mib"] for r in ok) if all("cuda_peak_mib" in r for r in ok) else None,
         "repeats": len(ok),
