@@ -37,6 +37,7 @@ import inspect
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from lit_align.modeling import models
 from lit_align.objectives.logprobs import (cast_weights_once, completion_logprobs, default_group_overhead,
@@ -87,14 +88,65 @@ def _run_prompt(model, prompt: torch.Tensor, cache_name: str):
     return [tuple(layer[:2]) for layer in cache], out.hidden_states[-1][0, -1]
 
 
-def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name: str) -> torch.Tensor:
-    """(n, L, d) final hidden states of completion rows ``ids`` (n, L) after a prompt of ``start`` tokens
-    whose keys and values are ``kv``. Padding after a row's end is harmless: attention is causal."""
-    n, width = ids.shape
+class _PromptLayer(DynamicLayer):
+    """One layer's cache of a prompt that hands back prompt + new keys/values without keeping the new ones:
+    a layer replayed by per-layer checkpointing then reads exactly what it read the first time."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+def _prompt_cache(model, kv: list, n: int) -> DynamicCache | None:
+    """A read-only cache of the prompt's keys/values for ``n`` rows (None for a layout other than plain
+    full-attention layers)."""
     cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
                          config=models.text_config(model))
+    if any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    for layer in cache.layers:
+        layer.__class__ = _PromptLayer
+    return cache
+
+
+@contextlib.contextmanager
+def _layer_recompute(model):
+    """Hugging Face's per-layer checkpointing on, reading the prompt's cache (which a replay leaves as it was)."""
+    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    saved = [(m.gradient_checkpointing, m.__dict__.get("_can_checkpoint_with_cache")) for m in layers]
+    for m in layers:
+        m.gradient_checkpointing, m._can_checkpoint_with_cache = True, True
+    try:
+        yield
+    finally:
+        for m, (flag, own) in zip(layers, saved):
+            m.gradient_checkpointing = flag
+            if own is None:
+                del m._can_checkpoint_with_cache
+            else:
+                m._can_checkpoint_with_cache = own
+
+
+def _per_layer_recompute_ready(model) -> bool:
+    """Whether the model's layers can checkpoint one by one (Hugging Face set their checkpoint function)."""
+    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    return bool(layers) and all(hasattr(m, "_gradient_checkpointing_func") for m in layers)
+
+
+def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name: str,
+                     per_layer_recompute: bool = False) -> torch.Tensor:
+    """(n, L, d) final hidden states of completion rows ``ids`` (n, L) after a prompt of ``start`` tokens
+    whose keys and values are ``kv``. Padding after a row's end is harmless: attention is causal.
+    ``per_layer_recompute``: each layer recomputed in backward on its own (one layer's activations at a
+    time), through the model's own checkpointing over a read-only prompt cache."""
+    n, width = ids.shape
+    cache = _prompt_cache(model, kv, n) if per_layer_recompute else None
+    if cache is None:
+        per_layer_recompute = False
+        cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
+                             config=models.text_config(model))
     positions = torch.arange(start, start + width, device=ids.device).expand(n, width)
-    with layer_checkpointing_off(model):  # also when ``checkpoint`` replays this in backward
+    # off unless asked, also when ``checkpoint`` replays this whole call in backward
+    with _layer_recompute(model) if per_layer_recompute else layer_checkpointing_off(model):
         out = model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, output_hidden_states=True,
                     **{cache_name: cache})
     return out.hidden_states[-1]
@@ -123,6 +175,7 @@ def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_g
     lengths = mask.sum(1).tolist()
     overhead = default_group_overhead(device) if group_overhead is None else group_overhead
     cache_name = _cache_argument(model)
+    layer_by_layer = recompute and torch.is_grad_enabled() and _per_layer_recompute_ready(model)
     hidden, targets, places = [], [], []  # labelled positions: hidden state, token, flat index in (N, C)
     with cast_weights_once(device):
         for group in prompt_groups(samples.prompt_ids, samples.prompt_mask):
@@ -142,8 +195,10 @@ def shared_prompt_logprobs(model, samples, with_entropy: bool = False, entropy_g
                 if longest < 2:
                     continue
                 args = (model, kv, ids[picked, : longest - 1], prompt.numel(), cache_name)
-                h = (checkpoint(_run_completions, *args, use_reentrant=False) if recompute and torch.is_grad_enabled()
-                     else _run_completions(*args))
+                if recompute and torch.is_grad_enabled() and not layer_by_layer:  # the whole forward, replayed
+                    h = checkpoint(_run_completions, *args, use_reentrant=False)
+                else:
+                    h = _run_completions(*args, per_layer_recompute=recompute and layer_by_layer)
                 labelled = mask[picked, 1:longest].bool()
                 where = labelled.reshape(-1).nonzero().squeeze(-1)
                 hidden.append(h.reshape(-1, h.size(-1)).index_select(0, where))

@@ -84,3 +84,26 @@ def test_gradient_checkpointing_of_the_model_is_restored_after_the_call():
     assert flags
     shared_prompt.shared_prompt_logprobs(model, _samples(model.config.vocab_size))
     assert all(m.gradient_checkpointing is True for m in flags)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_layer_by_layer_recompute_over_the_prompt_cache_gives_the_plain_gradients(monkeypatch, lora):
+    """A model with Hugging Face's per-layer checkpointing on: the completion rows recompute one layer at a
+    time over a read-only prompt cache (a replayed layer must read what it read first) and give the plain
+    path's log-probs and gradients."""
+    model = models.load_causal_lm("tiny:qwen2")
+    if lora:
+        model = models.apply_lora(model, models.LoRA(r=2, alpha=4, dropout=0.0))
+    models.enable_activation_checkpointing(model)
+    model.train()
+    ways = []
+    run = shared_prompt._run_completions
+    monkeypatch.setattr(shared_prompt, "_run_completions", lambda *a, **k: ways.append(k.get("per_layer_recompute"))
+                        or run(*a, **k))
+    samples = _samples(model.config.vocab_size)
+    plain, _ = logprobs.completion_logprobs(model, samples)
+    expected = _grads(model, plain)
+    shared, _ = shared_prompt.shared_prompt_logprobs(model, samples, recompute=True)
+    assert ways and all(ways)
+    assert torch.allclose(shared, plain, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, _grads(model, shared)))
