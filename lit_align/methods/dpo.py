@@ -11,14 +11,15 @@ plus an optional NLL term on the chosen response (``nll_weight`` times its per-t
 Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.PreferenceResult``)
 and are logged as ``rewards/chosen`` etc.
 
-Chosen and rejected responses share their prompt, and by default (``share_prompt``) each pair's
+Chosen and rejected responses share their prompt, and with ``share_prompt`` each pair's
 prompt runs once, its keys and values serving both responses (``objectives.shared_prompt``; rows are
 cut where the labels start, ``collate.split_at_responses``): log-probs and gradients are those of
 running every row whole, at the cost of the prompt once instead of twice, in the policy's forward
 and backward and in the reference's forward. With ``share_prompt`` off, or where blocks are wrapped
 for activation checkpointing (which would replay a block into the prompt's cache), or under FSDP
 (whose every block forward is a collective, so the ranks must run as many forwards as one another),
-every row runs whole, and the log says why.
+every row runs whole, and the log says why. Off by default: on the benchmark's pairs (short prompts)
+the extra, smaller forwards made the DPO step 2.0 x slower on the 2-core CPU (docs/benchmarks.md).
 
 The reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs for the
@@ -130,7 +131,7 @@ class DPO(PolicyModule):
         precompute_reference: bool = False,
         reference_cache_dir: str = "outputs/reference_logps",
         disable_dropout: bool = True,
-        share_prompt: bool = True,
+        share_prompt: bool = False,
         **kwargs,
     ):
         """
@@ -142,7 +143,8 @@ class DPO(PolicyModule):
             reference_cache_dir: folder of the cached reference log-probs.
             disable_dropout: switch the policy's dropout off (LoRA's included), so the policy/reference
                 log-ratio is not noisy.
-            share_prompt: run each pair's prompt once for both its responses (false: every row whole).
+            share_prompt: run each pair's prompt once for both its responses (false, the default: every row
+                whole, regrouped by length; measured faster on CPU for short prompts).
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
         self.init_reference(reference)
