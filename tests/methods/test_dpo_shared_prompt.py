@@ -214,6 +214,7 @@ def _fsdp_fit(folder: Path, share: bool) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=180, cwd=folder)
 
 
+@pytest.mark.slow  # two processes, ~45 s: CI runs it with the slow tests
 def test_under_fsdp_rows_run_whole_and_the_log_says_why(tmp_path):
     """FSDP gathers each block's weights in a collective at every forward: ranks whose prompts ran once would
     run different numbers of forwards and wait on each other for ever. The run falls back, and trains alike."""
