@@ -212,6 +212,22 @@ def _unpadded_logprobs(model, input_ids, attention_mask, labels, position_ids, c
     return place(0), (place(1) if with_entropy else None)
 
 
+def chunked_head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chunk_size: int, checkpointed: bool,
+                          with_entropy: bool, temperature: float = 1.0, entropy_grad: bool = True) -> tuple[list, list]:
+    """``head_logprobs`` over (M, d) labelled hidden states and their (M,) targets, ``chunk_size`` at a time,
+    each chunk under activation checkpointing where ``checkpointed``: so at most one chunk of logits
+    exists at once (and, checkpointed, none is kept for backward). Returns the chunks' log-probs and
+    entropies (None each without ``with_entropy``), in order."""
+    picked, entropy = [], []
+    for start in range(0, targets.numel(), chunk_size):
+        args = (head, hidden[start : start + chunk_size], targets[start : start + chunk_size], with_entropy,
+                temperature, entropy_grad)
+        p, e = checkpoint(head_logprobs, *args, use_reentrant=False) if checkpointed else head_logprobs(*args)
+        picked.append(p)
+        entropy.append(e)
+    return picked, entropy
+
+
 def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0,
                     entropy_grad=True):
     out = model(
@@ -224,15 +240,9 @@ def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chun
     where = mask.reshape(-1).nonzero().squeeze(-1)
     picked_hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, where)
     picked_targets = targets.reshape(-1).index_select(0, where)
-    head = model.get_output_embeddings()
     checkpointed = torch.is_grad_enabled() and picked_targets.numel() > chunk_size
-    picked, entropy = [], []
-    for start in range(0, picked_targets.numel(), chunk_size):
-        args = (head, picked_hidden[start : start + chunk_size], picked_targets[start : start + chunk_size], with_entropy,
-                temperature, entropy_grad)
-        p, e = checkpoint(head_logprobs, *args, use_reentrant=False) if checkpointed else head_logprobs(*args)
-        picked.append(p)
-        entropy.append(e)
+    picked, entropy = chunked_head_logprobs(model.get_output_embeddings(), picked_hidden, picked_targets, chunk_size,
+                                            checkpointed, with_entropy, temperature, entropy_grad)
 
     def scatter(values: list) -> torch.Tensor:
         flat = torch.zeros(targets.numel(), dtype=torch.float32, device=hidden.device)

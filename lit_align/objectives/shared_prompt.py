@@ -40,8 +40,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from lit_align.modeling import models
-from lit_align.objectives.logprobs import (cast_weights_once, completion_logprobs, default_group_overhead,
-                                          head_logprobs, plan_row_groups)
+from lit_align.objectives.logprobs import (cast_weights_once, chunked_head_logprobs, completion_logprobs,
+                                          default_group_overhead, plan_row_groups)
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[range]:
@@ -221,13 +221,8 @@ def _scatter_head(head, hidden, targets, places, shape, device, chunk_size, with
         return flat_zero.view(shape), (flat_zero.view(shape) if with_entropy else None)
     hidden, targets, places = torch.cat(hidden), torch.cat(targets), torch.cat(places)
     checkpointed = recompute and torch.is_grad_enabled() and targets.numel() > chunk_size
-    picked, entropy = [], []
-    for start in range(0, targets.numel(), chunk_size):
-        args = (head, hidden[start : start + chunk_size], targets[start : start + chunk_size], with_entropy,
-                temperature, entropy_grad)
-        p, e = checkpoint(head_logprobs, *args, use_reentrant=False) if checkpointed else head_logprobs(*args)
-        picked.append(p)
-        entropy.append(e)
+    picked, entropy = chunked_head_logprobs(head, hidden, targets, chunk_size, checkpointed, with_entropy, temperature,
+                                            entropy_grad)
 
     def scatter(values):
         return flat_zero.index_put((places,), torch.cat(values).float()).view(shape)
