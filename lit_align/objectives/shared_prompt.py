@@ -96,22 +96,26 @@ class _PromptLayer(DynamicLayer):
         return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
 
-def _prompt_cache(model, kv: list, n: int) -> DynamicCache | None:
-    """A read-only cache of the prompt's keys/values for ``n`` rows (None for a layout other than plain
-    full-attention layers)."""
+def _prompt_cache(model, kv: list, n: int, read_only: bool) -> DynamicCache:
+    """The prompt's keys/values as a cache for ``n`` rows; ``read_only``: one whose layers hand back prompt
+    + new states without keeping them (needs plain full-attention layers: ``_per_layer_recompute_ready``)."""
     cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
                          config=models.text_config(model))
-    if any(type(layer) is not DynamicLayer for layer in cache.layers):
-        return None
-    for layer in cache.layers:
-        layer.__class__ = _PromptLayer
+    if read_only:
+        for layer in cache.layers:
+            layer.__class__ = _PromptLayer
     return cache
+
+
+def _decoder_layers(model) -> list[torch.nn.Module]:
+    """The model's layers that Hugging Face's per-layer checkpointing wraps."""
+    return [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
 
 
 @contextlib.contextmanager
 def _layer_recompute(model):
     """Hugging Face's per-layer checkpointing on, reading the prompt's cache (which a replay leaves as it was)."""
-    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    layers = _decoder_layers(model)
     saved = [(m.gradient_checkpointing, m.__dict__.get("_can_checkpoint_with_cache")) for m in layers]
     for m in layers:
         m.gradient_checkpointing, m._can_checkpoint_with_cache = True, True
@@ -127,9 +131,12 @@ def _layer_recompute(model):
 
 
 def _per_layer_recompute_ready(model) -> bool:
-    """Whether the model's layers can checkpoint one by one (Hugging Face set their checkpoint function)."""
-    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
-    return bool(layers) and all(hasattr(m, "_gradient_checkpointing_func") for m in layers)
+    """Whether the model's layers can checkpoint one by one (Hugging Face set their checkpoint function)
+    over a read-only prompt cache (every cache layer a plain full-attention one); else the completions'
+    whole forward is replayed instead."""
+    layers = _decoder_layers(model)
+    plain = all(type(layer) is DynamicLayer for layer in DynamicCache(config=models.text_config(model)).layers)
+    return bool(layers) and plain and all(hasattr(m, "_gradient_checkpointing_func") for m in layers)
 
 
 def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name: str,
@@ -139,11 +146,7 @@ def _run_completions(model, kv: list, ids: torch.Tensor, start: int, cache_name:
     ``per_layer_recompute``: each layer recomputed in backward on its own (one layer's activations at a
     time), through the model's own checkpointing over a read-only prompt cache."""
     n, width = ids.shape
-    cache = _prompt_cache(model, kv, n) if per_layer_recompute else None
-    if cache is None:
-        per_layer_recompute = False
-        cache = DynamicCache(ddp_cache_data=[(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv],
-                             config=models.text_config(model))
+    cache = _prompt_cache(model, kv, n, read_only=per_layer_recompute)
     positions = torch.arange(start, start + width, device=ids.device).expand(n, width)
     # off unless asked, also when ``checkpoint`` replays this whole call in backward
     with _layer_recompute(model) if per_layer_recompute else layer_checkpointing_off(model):
