@@ -38,12 +38,20 @@ class PromptBatch:
 
     ``prompts``: each record's prompt (text or messages) as the data module read it, so reward sources
     need not parse the records again; None where a batch was built without them.
+
+    A self-paced curriculum (``lit_align.data.curriculum``) also fills ``problem_ids`` (each prompt's
+    position in the training split, what its outcomes are booked against), ``draw_index`` (the batch's
+    number in the sampler's stream) and ``group_sizes`` (samples to draw for each prompt, chosen before
+    generating); None everywhere else, where a method draws its own k per prompt.
     """
 
     input_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor  # (B, T) long
     records: list[dict]
     prompts: list | None = None
+    problem_ids: list[int] | None = None
+    draw_index: int | None = None
+    group_sizes: list[int] | None = None
 
 
 def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
