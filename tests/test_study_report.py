@@ -38,15 +38,39 @@ def test_countdown_rows_carry_intervals_and_a_paired_verdict_against_the_base(tm
     assert f"{expected.diff:+.3f} [{expected.low:.3f}, {expected.high:.3f}]" in sft_row
     assert sft_row.count(": better") == 2  # score (paired bootstrap) and accuracy (McNemar: 8 against 0)
     assert "McNemar exact p=0.008" in sft_row  # 2 * 0.5**8 = 0.0078125
-    assert rloo_row.endswith("+0.000 [0.000, 0.000], paired bootstrap p=1.000: inconclusive | +0.000 [0.000, 0.000], "
-                             "McNemar exact p=1.000: inconclusive |")
+    assert rloo_row.endswith("+0.000 [0.000, 0.000], paired bootstrap p=1.000, Holm p=1.000: inconclusive | +0.000 [0.000, 0.000], "
+                             "McNemar exact p=1.000, Holm p=1.000: inconclusive |")
 
 
 def test_verdict_needs_both_the_interval_and_the_test():
-    assert verdict(compare([0] * 10, [1] * 10)) == "better"
-    assert verdict(compare([1] * 10, [0] * 10)) == "worse"
+    alone = lambda c: verdict(c, holm([c.p_value])[0])  # noqa: E731  a lone comparison: Holm's p is the raw one
+    assert alone(compare([0] * 10, [1] * 10)) == "better"
+    assert alone(compare([1] * 10, [0] * 10)) == "worse"
     # 4 gained, 0 lost: the interval excludes 0 but McNemar's p = 0.125: not enough
-    assert verdict(compare([0] * 10, [1] * 4 + [0] * 6)) == "inconclusive"
+    assert alone(compare([0] * 10, [1] * 4 + [0] * 6)) == "inconclusive"
+
+
+def test_verdict_words_rest_on_the_adjusted_p_never_on_the_raw_one(tmp_path):
+    """A raw p below 0.05 whose Holm-adjusted p is above it gets no verdict word: in ``verdict`` itself, which
+    has no default for the adjusted p and refuses one below the raw p, and in the per-stage Countdown table."""
+    c = compare([0] * 20, [1] * 6 + [0] * 14)  # 6 gained, none lost: McNemar p = 2 × 0.5**6 = 0.03125
+    assert c.p_value == pytest.approx(0.03125) and c.low > 0
+    assert verdict(c, 0.0625) == "inconclusive"  # the raw p alone would say "better"
+    with pytest.raises(TypeError):
+        verdict(c)  # noqa: the adjusted p is required
+    with pytest.raises(ValueError, match="below the comparison's raw p"):
+        verdict(c, 0.01)
+    # two stages each gain 6 of 20: accuracy p = 0.031 each, Holm over the table's 4 comparisons = 0.062
+    base = ([0.0] * 20, [0.0] * 20)
+    gained = ([1.0] * 6 + [0.0] * 14, [1.0] * 6 + [0.0] * 14)
+    _eval(tmp_path / "countdown_sft", base, gained)
+    _after_only(tmp_path / "countdown_sft_more", *gained)
+    lines = _countdown_table([_stage("countdown_sft"), _stage("countdown_sft_more")], tmp_path)
+    for row in lines[3:]:
+        score, accuracy = [cell.strip() for cell in row.strip("|").split("|")][3:]
+        assert accuracy.endswith("McNemar exact p=0.031, Holm p=0.062: inconclusive"), row
+        raw, adjusted = map(float, re.findall(r"p=([0-9.]+)", score))
+        assert score.endswith(": better") and adjusted < 0.05 and adjusted >= raw
 
 
 def test_best_of_n_and_instruction_tables_show_the_intervals(tmp_path):
@@ -229,6 +253,19 @@ def test_lora_against_full_names_the_better_one(study):
     assert "LoRA 0.050" in row and "full 0.050" in row and row.endswith("| no difference resolved |")
 
 
+def test_a_tied_temperature_is_called_the_tie_break_rules_not_a_choice_on_the_data(study):
+    from study.report import claims_table, temperature_choice
+
+    stages, out = study
+    assert temperature_choice(stages, out)["tied"] is False
+    for folder in ("countdown_best_of_n_val_t0.7", "countdown_best_of_n_val_t1"):
+        (out / folder / "best_of_n.csv").write_text("n,best_of_n,pass_at_n\n1,0.0,0.0\n4,0.25,0.25\n")
+    (out / "countdown_best_of_n" / "config.yaml").write_text("model:\n  init_args:\n    generation:\n      temperature: 0.7\n")
+    assert temperature_choice(stages, out)["tied"] is True
+    row = _row(claims_table(stages, out), "best-of-N with a perfect verifier (so, pass@N) at least doubles")
+    assert "temperature 0.7 by the tie-break rule (the validation problems tied)" in row and "chosen on" not in row
+
+
 def test_temperature_is_chosen_by_best_of_n_then_pass_then_the_lower_one(tmp_path):
     from study.plan import choose_temperature
 
@@ -254,3 +291,52 @@ def test_split_by_prompt_deals_records_in_turn_and_refuses_too_few(tmp_path):
         split_by_prompt(source, tmp_path, ["a.jsonl", "b.jsonl"])
     with pytest.raises(FileNotFoundError, match="gone.jsonl is missing"):
         split_by_prompt(tmp_path / "gone.jsonl", tmp_path, ["a.jsonl"])
+
+
+# ----------------------------------------------------------------------------- the copy of a stage's outcomes
+
+def test_the_copy_of_a_stages_logs_is_the_run_the_report_reads(tmp_path):
+    """A stage folder with several runs: the newest is the largest version *number* (version_10, not
+    version_9 by string order, nor version_1, nor the folder touched last); the report reads it and the
+    copy holds it alone, an older copy in the data folder removed."""
+    import os
+
+    from study.report import collect, metric_rows, newest_log
+
+    stage = tmp_path / "out" / "countdown_grpo"
+    for i, version in enumerate((0, 1, 9, 10)):
+        log = stage / "logs" / f"version_{version}"
+        log.mkdir(parents=True)
+        (log / "metrics.csv").write_text(f"step,train/reward_mean\n0,{version}\n")
+        os.utime(log / "metrics.csv", (1_000_000 - i, 1_000_000 - i))  # version_0 written last: mtime misleads
+    (stage / "done.json").write_text("{}")
+    stale = tmp_path / "data" / "countdown_grpo" / "logs" / "version_11"  # a copy from an earlier run's folder
+    stale.mkdir(parents=True)
+    (stale / "metrics.csv").write_text("step,train/reward_mean\n0,11\n")
+
+    assert newest_log(stage) == stage / "logs" / "version_10" / "metrics.csv"
+    assert metric_rows(stage) == [{"step": "0", "train/reward_mean": "10"}]
+    copied = collect([_stage("countdown_grpo")], tmp_path / "out", tmp_path / "data")
+    data = tmp_path / "data" / "countdown_grpo"
+    assert sorted(p.relative_to(data).as_posix() for p in copied) == ["done.json", "logs/version_10/metrics.csv"]
+    assert [p.name for p in (data / "logs").iterdir()] == ["version_10"]
+    assert metric_rows(data) == metric_rows(stage)
+    # a stage whose run left no log keeps the copy it has
+    collect([_stage("countdown_grpo")], tmp_path / "elsewhere", tmp_path / "data")
+    assert (data / "logs" / "version_10" / "metrics.csv").is_file()
+
+
+def test_the_committed_embedded_block_rebuilds_byte_for_byte_from_docs_study_data(tmp_path):
+    """docs/results.md's embedded block is what the report builder writes from docs/study_data/embedded: a
+    wording changed in the builder, or an outcome file changed, shows here until the block is rebuilt with
+    ``python tools/reproduce.py --profile embedded --report-only --out docs/study_data/embedded``."""
+    from pathlib import Path
+
+    from study.runner import run
+
+    root = Path(__file__).resolve().parents[1]
+    begin, end = "<!-- reproduce:embedded:begin -->", "<!-- reproduce:embedded:end -->"
+    block = lambda text: text[text.index(begin):text.index(end)]  # noqa: E731
+    rebuilt = tmp_path / "results.md"
+    run("embedded", str(root / "docs" / "study_data" / "embedded"), str(rebuilt), report_only=True)
+    assert block(rebuilt.read_text()) == block((root / "docs" / "results.md").read_text())

@@ -29,32 +29,43 @@ def _fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def verdict(comparison: Comparison, alpha: float = 0.05, p_value: float | None = None) -> str:
-    """``better`` / ``worse`` when the paired interval excludes 0 on that side and the p-value (the test's,
-    or ``p_value``, e.g. Holm's adjusted one) is below ``alpha``; ``inconclusive`` otherwise."""
-    p = comparison.p_value if p_value is None else p_value
-    if p < alpha and comparison.low > 0:
+def verdict(comparison: Comparison, adjusted_p: float, alpha: float = 0.05) -> str:
+    """``better`` / ``worse`` when the paired interval excludes 0 on that side and ``adjusted_p`` is below
+    ``alpha``; ``inconclusive`` otherwise. ``adjusted_p`` is the comparison's p after Holm's correction over
+    the comparisons reported beside it (``holm``; for a lone comparison, ``holm([p])`` is p itself). It has
+    no default, so no verdict word on the page rests on a raw p; one below the raw p is refused (an
+    adjustment never lowers a p-value, so such a number is not the comparison's adjusted p)."""
+    if adjusted_p < comparison.p_value - 1e-12:
+        raise ValueError(f"adjusted p {adjusted_p} is below the comparison's raw p {comparison.p_value}: "
+                         "pass the comparison's own Holm-adjusted p")
+    if adjusted_p < alpha and comparison.low > 0:
         return "better"
-    if p < alpha and comparison.high < 0:
+    if adjusted_p < alpha and comparison.high < 0:
         return "worse"
     return "inconclusive"
 
 
-def _against(base: dict, stage: dict, key: str) -> str:
-    """The paired difference of a stage's per-problem figures against the base's, with its verdict."""
+def _against(base: dict, stage: dict, key: str) -> Comparison | None:
+    """The paired comparison of a stage's per-problem figures against the base's (None: not comparable)."""
     a, b = base.get(key), stage.get(key)
     if not a or not b or len(a) != len(b):
-        return "–"
-    c = compare(a, b, test="bootstrap" if key == "problem_scores" else "auto")
-    return f"{c.diff:+.3f} [{c.low:.3f}, {c.high:.3f}], {c.test} p={c.p_value:.3f}: {verdict(c)}"
+        return None
+    return compare(a, b, test="bootstrap" if key == "problem_scores" else "auto")
+
+
+def newest_log(folder: Path) -> Path | None:
+    """The CSV log of a stage's newest run, ``logs/version_N/metrics.csv`` with the largest N compared as a
+    number (``version_10`` is newer than ``version_9``): the one the report reads and the runner copies."""
+    files = [p for p in folder.glob("logs/version_*/metrics.csv") if p.parent.name.removeprefix("version_").isdigit()]
+    return max(files, key=lambda p: int(p.parent.name.removeprefix("version_")), default=None)
 
 
 def metric_rows(folder: Path) -> list[dict]:
-    """Rows of the newest CSV log of a stage (``logs/version_N/metrics.csv``)."""
-    files = sorted(folder.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not files:
+    """Rows of the newest CSV log of a stage (``newest_log``)."""
+    path = newest_log(folder)
+    if path is None:
         return []
-    with open(files[-1], newline="") as f:
+    with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -84,20 +95,28 @@ def _eval_with_intervals(r: dict) -> dict:
 
 def _countdown_table(stages: list[Stage], out: Path) -> list[str]:
     """Verifier figures before the first Countdown fit stage and after each one the profile ran, each
-    with its 95 % interval, and each stage against the base model on the same problems (paired)."""
-    lines = ["| stage | verifier score | accuracy | score vs base (paired) | accuracy vs base (paired) |",
-             "|---|---|---|---|---|"]
+    with its 95 % interval, and each stage against the base model on the same problems (paired), with
+    Holm's adjusted p over all of the table's comparisons and the verdict taken on it."""
+    lines = ["| stage | verifier score | accuracy | score vs base (paired; Holm p over the table) "
+             "| accuracy vs base (paired; Holm p over the table) |", "|---|---|---|---|---|"]
     first = _json(out / "countdown_sft" / "eval.json")
     base = first.get("before", {})
     rows = [("base model", base)]
     rows += [(s.label, _json(out / s.name / "eval.json").get("after", {})) for s in stages
              if s.name.startswith("countdown_") and s.command == "fit"]
+    keys = ("problem_scores", "problem_correct")
+    comparisons = {(i, key): _against(base, r, key) for i, (_, r) in enumerate(rows) if i for key in keys}
+    tested = [k for k, c in comparisons.items() if c is not None]
+    adjusted = dict(zip(tested, holm([comparisons[k].p_value for k in tested])))
     for i, (label, r) in enumerate(rows):
         flat = _eval_with_intervals(r)
-        vs_score = _against(base, r, "problem_scores") if i else "–"
-        vs_accuracy = _against(base, r, "problem_correct") if i else "–"
+        cells = []
+        for key in keys:
+            c = comparisons.get((i, key))
+            cells.append("–" if c is None else f"{c.diff:+.3f} [{c.low:.3f}, {c.high:.3f}], {c.test} p={c.p_value:.3f}, "
+                                               f"Holm p={adjusted[i, key]:.3f}: {verdict(c, adjusted[i, key])}")
         lines.append(f"| {label} | {with_interval(flat, 'score')} | {with_interval(flat, 'accuracy')} "
-                     f"| {vs_score} | {vs_accuracy} |")
+                     f"| {cells[0]} | {cells[1]} |")
     return lines
 
 
@@ -174,15 +193,17 @@ def _claim_rows(claims: list[dict]) -> list[str]:
         if comp is None:
             rows.append(f"| {c['claim']} | {c['measured'] or '–'} | – | – | not run |")
             continue
-        word = c["labels"][verdict(comp, p_value=adjusted[i])]
+        word = c["labels"][verdict(comp, adjusted[i])]
         rows.append(f"| {c['claim']} | {c['measured']} | {comp.diff:+.3f} [{comp.low:.3f}, {comp.high:.3f}], {comp.test} "
                     f"p={comp.p_value:.3f} (n={comp.n}) | {adjusted[i]:.3f} | {word} |")
     return rows
 
 
 def temperature_choice(stages: list[Stage], out: Path) -> dict | None:
-    """The best-of-N test's sampling temperature (from the config it ran with) and the validation
-    figures it was chosen from (``{"temperature": t, "validation": {t: figures}}``); None if not run."""
+    """The best-of-N test's sampling temperature (from the config it ran with), the validation figures it
+    was chosen from and whether they tied (``{"temperature": t, "validation": {t: figures}, "tied": bool}``:
+    tied when another temperature had the same best-of-N accuracy and pass@N, so the rule's last tie-break,
+    the lower temperature, chose, not the data); None if not run."""
     config = out / "countdown_best_of_n" / "config.yaml"
     val = {s.overrides["model"]["init_args"]["generation"]["temperature"]: out / s.name
            for s in stages if s.name.startswith("countdown_best_of_n_val_")}
@@ -192,7 +213,8 @@ def temperature_choice(stages: list[Stage], out: Path) -> dict | None:
     best, figures = choose_temperature(val)
     if best != used:
         log.warning("best-of-N ran at temperature %s, but the validation results choose %s", used, best)
-    return {"temperature": used, "validation": figures}
+    ranks = [(f["best_of_n"], f["pass_at_n"]) for f in figures.values()]
+    return {"temperature": used, "validation": figures, "tied": ranks.count((figures[best]["best_of_n"], figures[best]["pass_at_n"])) > 1}
 
 
 def claims_table(stages: list[Stage], out: Path) -> list[str]:
@@ -231,7 +253,10 @@ def claims_table(stages: list[Stage], out: Path) -> list[str]:
     if bon and greedy and len(bon[max(bon)]) == len(greedy):
         chosen = temperature_choice(stages, out)
         n = max(bon)
-        where = f", temperature {chosen['temperature']:g} chosen on validation problems" if chosen else ""
+        where = ""
+        if chosen:
+            where = (f", temperature {chosen['temperature']:g} by the tie-break rule (the validation problems tied)" if chosen["tied"]
+                     else f", temperature {chosen['temperature']:g} chosen on validation problems")
         measured = (f"greedy SFT {_figure(greedy, True)}; best-of-{n} {_figure(bon[n], True)}{where}; "
                     + ", ".join(f"N={k}: {sum(v) / len(v):.3f}" for k, v in sorted(bon.items())))
         claims.append(_claim(family, f"best-of-N with a perfect verifier (so, pass@N) at least doubles greedy SFT accuracy "
@@ -321,17 +346,18 @@ def _reward_slopes(stages: list[Stage], out: Path) -> list[str]:
         if not y:
             lines.append(f"| {stage.label} | – | – | – | not run |")
             continue
-        slope = "– (fewer than 5 steps)"
+        slope = "– (fewer than 5 steps: no interval, no trend stated)"
         if len(y) >= 5:
             e = slope_estimate(y)
-            slope = f"{e.value:+.4f} [{e.low:+.4f}, {e.high:+.4f}]"
+            slope = f"{e.value:+.4f} [{e.low:+.4f}, {e.high:+.4f}]" + (": holds 0, no change detectable" if e.low <= 0 <= e.high else "")
         lines.append(f"| {stage.label} | {len(y)} | {y[0]:.3f} → {y[-1]:.3f} | {sum(y) / len(y):.3f} | {slope} |")
     return lines
 
 
 def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
-    """Each stage's wall time, the engine it sampled with (none: it samples nothing) and its peak RSS."""
-    lines = ["| stage | wall time (s) | sampling engine | peak RSS (MiB) |", "|---|---|---|---|"]
+    """Each stage's wall time, the engine it sampled with (none: it samples nothing) and the peak RSS of the
+    one process that ran it (the runner, or its child)."""
+    lines = ["| stage | wall time (s) | sampling engine | peak RSS of the stage's process (MiB) |", "|---|---|---|---|"]
     for stage in stages:
         d = done.get(stage.name) or {}
         peak = d.get("peak_rss_mib")
@@ -435,15 +461,21 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
               "(the intervals are the unadjusted 95 % ones): " + "; ".join(f"*{v}*" for v in FAMILIES.values()) + ".", ""]
     chosen = temperature_choice(stages, out)
     if chosen:
-        lines += [f"Best-of-N sampling temperature: {chosen['temperature']:g}, chosen on the validation problems "
-                  f"(best-of-N accuracy at the largest N, then pass@N): "
-                  + "; ".join(f"T={t}: best-of-{f['n']} {f['best_of_n']:.3f}, pass@{f['n']} {f['pass_at_n']:.3f}"
-                              for t, f in chosen["validation"].items()), ""]
+        figures = "; ".join(f"T={t}: best-of-{f['n']} {f['best_of_n']:.3f}, pass@{f['n']} {f['pass_at_n']:.3f}"
+                            for t, f in chosen["validation"].items())
+        if chosen["tied"]:
+            lines += [f"Best-of-N sampling temperature: {chosen['temperature']:g}, by the tie-break rule, not by the data: "
+                      f"the temperatures tied on the validation problems in best-of-N accuracy at the largest N and in "
+                      f"pass@N, so the rule took the lower one. {figures}", ""]
+        else:
+            lines += [f"Best-of-N sampling temperature: {chosen['temperature']:g}, chosen on the validation problems "
+                      f"(best-of-N accuracy at the largest N, then pass@N): {figures}", ""]
     stem = f"reproduce_{profile}"
     if _scaling_plot(stages, out, results.parent / f"{stem}_scaling.png"):
         lines += [f"![data scaling]({stem}_scaling.png)", ""]
     lines += ["**Instruction following** (held-out constraint prompts, greedy):", "", *_instruction_table(stages, out), "",
-              "**Countdown** (held-out problems, greedy):", "", *_countdown_table(stages, out), "",
+              "**Countdown** (held-out problems, greedy; each verdict on Holm's adjusted p over the table's comparisons):", "",
+              *_countdown_table(stages, out), "",
               "**Best-of-N** (verifier selects):", "", *_best_of_n_table(out), ""]
     if _curves(stages, out, results.parent / f"{stem}_curves.png"):
         lines += [f"![training curves]({stem}_curves.png)", ""]
@@ -451,9 +483,12 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
     if bon_png.is_file():
         shutil.copyfile(bon_png, results.parent / f"{stem}_best_of_n.png")
         lines += [f"![accuracy vs N]({stem}_best_of_n.png)", ""]
-    lines += ["**Online RL training reward** (per optimiser step, over all of the step's samples):", "",
+    lines += ["**Online RL training reward** (per optimiser step, over all of the step's samples; a slope whose "
+              "interval holds 0 is no detectable change, and first → last are single steps):", "",
               *_reward_slopes(stages, out), ""]
     lines += _stage_table(stages, done)
+    lines += ["", "Each peak RSS is the high-water mark of the one process that ran the stage (the runner, or the child "
+              "a vLLM stage runs in), not the machine-wide footprint: what the runner held while a child ran is in no figure."]
     lines.append(f"<!-- reproduce:{profile}:end -->")
     return "\n".join(lines) + "\n"
 
@@ -465,14 +500,18 @@ DATA_FILES = ("done.json", "eval.json", "metrics.json", "responses.jsonl", "best
 
 
 def collect(stages: list[Stage], out: Path, data: Path) -> list[Path]:
-    """Copy what the report reads of each stage (``DATA_FILES`` and the newest ``logs/version_*/metrics.csv``)
-    from ``out`` to ``data``, so the results block can be rebuilt from ``data`` alone. Returns the copies."""
+    """Copy what the report reads of each stage (``DATA_FILES`` and the newest CSV log, ``newest_log``)
+    from ``out`` to ``data``, so the results block can be rebuilt from ``data`` alone. Returns the copies.
+    A stage's earlier log copies in ``data`` are removed first, so the copy holds only the run the report read."""
     copied = []
     for stage in stages:
         source, target = out / stage.name, data / stage.name
         files = [source / name for name in DATA_FILES if (source / name).is_file()]
-        logs = sorted(source.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
-        files += logs[-1:]
+        log_file = newest_log(source)
+        if log_file is not None:
+            if target.resolve() != source.resolve() and (target / "logs").is_dir():
+                shutil.rmtree(target / "logs")  # an older run's copy, e.g. version_11 of a removed out folder
+            files.append(log_file)
         for file in files:
             dest = target / file.relative_to(source)
             dest.parent.mkdir(parents=True, exist_ok=True)
