@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from lit_align.data.curriculum import CurriculumBatchSampler, SelfPaced
 from lit_align.data.kinds import BatchKind, PromptKind
 from lit_align.data.sampler import WindowBatchSampler
 from lit_align.data.sources import DataError, Source, describe
@@ -55,6 +56,8 @@ class _Indexed(Dataset):
         return len(self.items)
 
     def __getitem__(self, key):
+        if isinstance(key, tuple) and len(key) == 3:  # (problem, draw, samples) from CurriculumBatchSampler
+            return self.items[key[0]], key
         if isinstance(key, tuple):
             index, window_tokens = key
             return self.items[index], window_tokens
@@ -107,6 +110,7 @@ class AlignDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         packing: bool = False,
+        curriculum: SelfPaced | None = None,
     ):
         """
         Args:
@@ -123,6 +127,8 @@ class AlignDataModule(L.LightningDataModule):
             seed: seed for the train/val split and the shuffling order.
             packing: SFT: concatenate each micro-batch's examples into rows of up to max_length tokens
                 (positions restart per example, attention stays within it) instead of padding each one.
+            curriculum: online RL: which training prompts each step tries and how many samples each gets
+                (``lit_align.data.curriculum.SelfPaced``); None: shuffled epochs, the method's k for all.
         """
         super().__init__()
         if truncation not in ("truncate", "drop"):
@@ -134,6 +140,7 @@ class AlignDataModule(L.LightningDataModule):
         self.max_length, self.truncation = max_length, truncation
         self.batch_size, self.val_batch_size = batch_size, val_batch_size or batch_size
         self.num_workers, self.packing = num_workers, packing
+        self.curriculum = curriculum
         self.tokenizer = None
         self.batch_kind: BatchKind | None = None  # what the method trains on, told by connect
         self._kind: BatchKind | None = None  # what this stage's batches are: batch_kind, or prompts for predict
@@ -210,6 +217,12 @@ class AlignDataModule(L.LightningDataModule):
 
     def _collate(self, keyed: list, accumulate: int = 1, world_size: int = 1):
         """Collate ``(item, window_tokens)`` pairs from ``_Indexed`` into one batch of this stage's kind."""
+        if keyed and isinstance(keyed[0][1], tuple):  # a curriculum's draw: its problems, number and sizes
+            batch = self._batch([item for item, _ in keyed])
+            batch.problem_ids = [key[0] for _, key in keyed]
+            batch.draw_index = keyed[0][1][1]
+            batch.group_sizes = [key[2] for _, key in keyed] if self.curriculum.adaptive_k else None
+            return batch
         window_tokens = keyed[0][1]
         normalizer = None if window_tokens is None else window_tokens / (accumulate * world_size)
         return self._batch([item for item, _ in keyed], normalizer)
@@ -230,8 +243,11 @@ class AlignDataModule(L.LightningDataModule):
         trainer = self.trainer
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        counts = [self._kind.sampler_weight(item) for item in self.train_items]
-        sampler = WindowBatchSampler(counts, self.batch_size, accumulate, world, rank, shuffle=True, seed=self.seed)
+        if self.curriculum is not None:
+            sampler = self._curriculum_sampler(accumulate, world, rank)
+        else:
+            counts = [self._kind.sampler_weight(item) for item in self.train_items]
+            sampler = WindowBatchSampler(counts, self.batch_size, accumulate, world, rank, shuffle=True, seed=self.seed)
         if self._resume_position is not None:
             sampler.resume(*self._resume_position)
             self._resume_position = None
@@ -239,6 +255,20 @@ class AlignDataModule(L.LightningDataModule):
         # Its own generator: starting an iterator then draws no number from torch's global RNG (exact resume).
         return DataLoader(_Indexed(self.train_items), batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           generator=torch.Generator().manual_seed(self.seed))
+
+    def _curriculum_sampler(self, accumulate: int, world: int, rank: int) -> CurriculumBatchSampler:
+        k = getattr(self._kind, "samples_per_prompt", None)
+        if not isinstance(self._kind, PromptKind) or k is None:
+            raise ValueError("data.curriculum draws prompts for online RL (RLOO, GRPO): the method being trained "
+                             f"takes {type(self._kind).__name__} batches")
+        if accumulate != 1:
+            raise ValueError("data.curriculum needs trainer.accumulate_grad_batches 1 (online RL optimises by hand)")
+        return CurriculumBatchSampler(self.curriculum, len(self.train_items), self.batch_size, k, world, rank, self.seed)
+
+    def book_outcomes(self, draw: int, problems: list[int], group_sizes: list[int], rewards: list[float]) -> dict:
+        """Hand one draw's scored groups to the curriculum (every rank's, in rank order, on every rank); returns
+        its groups and how many carried signal."""
+        return self.curriculum.book(draw, problems, group_sizes, rewards)
 
     # Exact resume. Lightning saves a datamodule's state_dict in every checkpoint; ours holds where the
     # training stream stands (epoch and micro-batches consumed, counted when a batch reaches the training
@@ -259,13 +289,18 @@ class AlignDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict:
-        return {"position": list(self._position), "rng": rng_states()}
+        state = {"position": list(self._position), "rng": rng_states()}
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "position" in state_dict:
             self._position = tuple(state_dict["position"])
             self._resume_position = self._position
         self._resume_rng = state_dict.get("rng")
+        if self.curriculum is not None and "curriculum" in state_dict:
+            self.curriculum.load_state_dict(state_dict["curriculum"])
 
     def _in_order(self, items: list) -> DataLoader:
         return DataLoader(_Indexed(items), batch_size=self.val_batch_size, collate_fn=self._collate, num_workers=self.num_workers)

@@ -123,7 +123,14 @@ class PromptExample:
 
 class PromptKind(BatchKind):
     """Records with a prompt (or a ``messages`` chat, prompted before its last reply) into left-padded
-    ``PromptBatch`` for sampling; prompts are never cut, so none counts as over-long."""
+    ``PromptBatch`` for sampling; prompts are never cut, so none counts as over-long.
+
+    ``samples_per_prompt``: the k of the online-RL method that asks for these batches (None elsewhere);
+    a curriculum's sample budget per prompt (``data.curriculum``).
+    """
+
+    def __init__(self, samples_per_prompt: int | None = None):
+        self.samples_per_prompt = samples_per_prompt
 
     def prepare(self, records: Records, tokenizer, max_length: int, truncation: str) -> tuple[list, int]:
         items = [PromptExample(formats.prompt_ids(r, o, tokenizer), r, formats.prompt_of(r, o)) for o, r in records]
