@@ -1,9 +1,10 @@
 """The pure pieces of online RL's maths (RLOO, GRPO, Dr. GRPO, DAPO); ``objectives.rl`` builds the losses.
 
-For a generation batch of prompts x k completions y_i (tokens y_it, mask m_it) sampled from pi_old:
+For a generation batch of prompts, each with its group of completions y_i (tokens y_it, mask m_it)
+sampled from pi_old:
 
     R_i   = r_i - beta * KL_k1(y_i)                         (KL in the reward; else R_i = r_i)
-    A_i   = advantages(R, k)                                rloo: R_i - mean_{j != i} R_j
+    A_i   = advantages(R, sizes)                              rloo: R_i - mean_{j != i} R_j
                                                             grpo: (R_i - mean_group R) / (std + 1e-4)
                                                             dr_grpo: R_i - mean_group R
 
@@ -17,16 +18,23 @@ so that micro-batches add up to the one-batch gradient exactly:
 
 Also here: the KL estimators and where each may go, DAPO's overlong punishment, the truncated importance
 weights of TIS, and the test for groups without signal.
+
+Group sizes: every function that reads groups takes ``sizes``, an int k (every group holds k adjacent
+rows) or one size per group (group g holds the ``sizes[g]`` rows after group g-1's). Runs of groups of
+one size are computed as one (groups, size) block, so equal sizes give exactly the int path's numbers.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
 Estimator = Literal["rloo", "grpo", "dr_grpo"]
 ScaleRewards = Literal["group", "batch", "none"]
+Sizes = int | Sequence[int] | torch.Tensor  # k for every group, or each group's size
 Aggregation = Literal["sequence", "sequence_mean", "token", "dr_grpo"]
 AGGREGATIONS = ("sequence", "sequence_mean", "token", "dr_grpo")
 GRPO_STD_EPS = 1e-4  # added to the std before dividing (TRL uses the same constant)
@@ -70,49 +78,97 @@ def sequence_kl(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor
     raise ValueError(f"unknown kl_estimator {estimator!r}: choose from k1, k2, k3")
 
 
-def rloo_advantages(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """Leave-one-out advantages: each sample's reward minus the mean of the other k-1 in its group.
+def size_list(sizes: Sizes, rows: int) -> list[int]:
+    """Each group's size for ``rows`` adjacent rows; refuses sizes that do not cover them exactly.
+
+    >>> size_list(3, 6), size_list([2, 4], 6)
+    ([3, 3], [2, 4])
+    """
+    if isinstance(sizes, int):
+        if sizes < 1 or rows % sizes:
+            raise ValueError(f"{rows} rows do not split into groups of {sizes}")
+        return [sizes] * (rows // sizes)
+    out = [int(s) for s in (sizes.tolist() if isinstance(sizes, torch.Tensor) else sizes)]
+    if sum(out) != rows or any(s < 1 for s in out):
+        raise ValueError(f"group sizes {out} do not cover {rows} rows")
+    return out
+
+
+def grouped(rewards: torch.Tensor, sizes: Sizes) -> list[torch.Tensor]:
+    """``rewards`` (N,) as (groups, size) blocks, one per run of consecutive groups of one size (one block
+    for an int k).
+
+    >>> [b.tolist() for b in grouped(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]), [2, 2, 3])]
+    [[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0, 7.0]]]
+    """
+    if isinstance(sizes, int):
+        return [rewards.view(-1, sizes)]
+    blocks, start = [], 0
+    for size, run in itertools.groupby(size_list(sizes, rewards.numel())):
+        count = len(list(run))
+        blocks.append(rewards[start : start + count * size].view(count, size))
+        start += count * size
+    return blocks or [rewards.view(0, 1)]
+
+
+def _smallest(sizes: Sizes) -> int:
+    if isinstance(sizes, int):
+        return sizes
+    listed = sizes.tolist() if isinstance(sizes, torch.Tensor) else list(sizes)
+    return min(listed, default=2)
+
+
+def rloo_advantages(rewards: torch.Tensor, k: Sizes) -> torch.Tensor:
+    """Leave-one-out advantages: each sample's reward minus the mean of the others in its group.
 
     Args:
-        rewards: (B*k,) with the k samples of each prompt adjacent.
+        rewards: (N,) with the samples of each prompt adjacent.
+        k: samples per prompt, or each group's size (``Sizes``).
     Returns:
-        (B*k,) advantages; each group of k sums to zero.
+        (N,) advantages; each group sums to zero.
 
     >>> rloo_advantages(torch.tensor([1.0, 0.0, 2.0, 5.0]), k=2).tolist()
     [1.0, -1.0, -3.0, 3.0]
+    >>> rloo_advantages(torch.tensor([1.0, 0.0, 2.0, 5.0, 5.0]), k=[2, 3]).tolist()
+    [1.0, -1.0, -3.0, 1.5, 1.5]
     """
-    if k < 2:
+    if _smallest(k) < 2:
         raise ValueError(f"RLOO needs at least 2 samples per prompt, got k={k}")
-    groups = rewards.view(-1, k)
-    baseline = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
-    return (groups - baseline).reshape(-1)
+    out = []
+    for groups in grouped(rewards, k):
+        baseline = (groups.sum(dim=1, keepdim=True) - groups) / (groups.size(1) - 1)
+        out.append((groups - baseline).reshape(-1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
-def group_advantages(rewards: torch.Tensor, k: int, estimator: Estimator = "rloo",
+def group_advantages(rewards: torch.Tensor, k: Sizes, estimator: Estimator = "rloo",
                      scale_rewards: ScaleRewards = "group", batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
-    """Advantages of ``rewards`` (B*k,), the k samples of each prompt adjacent.
+    """Advantages of ``rewards`` (N,), the samples of each prompt adjacent; ``k``: samples per prompt, or
+    each group's size (``Sizes``).
 
     - ``rloo``: leave-one-out baseline; expected gradient exactly grad E[R]. ``scale_rewards`` is ignored.
     - ``grpo``: group mean as baseline, divided by the group's std (``scale_rewards="group"``), the
       whole batch's std (``"batch"``) or nothing (``"none"``); unbiased stds, plus 1e-4. The batch std is
       over ``batch_rewards`` where given (under data parallelism: every rank's rewards), else ``rewards``.
-    - ``dr_grpo``: group mean as baseline, no scaling; expected gradient (k-1)/k grad E[R].
+    - ``dr_grpo``: group mean as baseline, no scaling; expected gradient (k-1)/k grad E[R] for a group of k.
 
     >>> group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), 2, "dr_grpo").tolist()
     [-1.0, 1.0, 0.0, 0.0]
+    >>> group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0, 3.0]), [2, 3], "dr_grpo").tolist()
+    [-1.0, 1.0, -1.0, -1.0, 2.0]
     """
     if estimator == "rloo":
         return rloo_advantages(rewards, k)
     if estimator not in ("grpo", "dr_grpo"):
         raise ValueError(f"unknown advantage estimator {estimator!r}: choose rloo, grpo or dr_grpo")
-    if k < 2:
+    if _smallest(k) < 2:
         raise ValueError(f"{estimator} needs at least 2 samples per prompt, got k={k}")
-    groups = rewards.view(-1, k)
-    centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)
+    blocks = grouped(rewards, k)
+    centred = torch.cat([(g - g.mean(dim=1, keepdim=True)).reshape(-1) for g in blocks])
     if estimator == "dr_grpo" or scale_rewards == "none":
         return centred
     if scale_rewards == "group":
-        std = groups.std(dim=1, keepdim=True).expand_as(groups).reshape(-1)
+        std = torch.cat([g.std(dim=1, keepdim=True).expand_as(g).reshape(-1) for g in blocks])
     elif scale_rewards == "batch":
         std = (rewards if batch_rewards is None else batch_rewards).std().expand_as(centred)
     else:
@@ -120,14 +176,16 @@ def group_advantages(rewards: torch.Tensor, k: int, estimator: Estimator = "rloo
     return centred / (std + GRPO_STD_EPS)
 
 
-def uniform_groups(rewards: torch.Tensor, k: int) -> torch.Tensor:
-    """(B,) True where all k rewards of a group are equal: such a group has zero advantages (no signal).
+def uniform_groups(rewards: torch.Tensor, k: Sizes) -> torch.Tensor:
+    """(G,) True where all rewards of a group are equal: such a group has zero advantages (no signal).
+    ``k``: samples per prompt, or each group's size.
 
     >>> uniform_groups(torch.tensor([1.0, 1.0, 0.0, 1.0]), 2).tolist()
     [True, False]
+    >>> uniform_groups(torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]), [2, 3]).tolist()
+    [True, False]
     """
-    groups = rewards.view(-1, k)
-    return (groups == groups[:, :1]).all(dim=1)
+    return torch.cat([(g == g[:, :1]).all(dim=1) for g in grouped(rewards, k)])
 
 
 def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer: int, factor: float = 1.0) -> torch.Tensor:

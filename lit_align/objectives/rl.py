@@ -131,8 +131,9 @@ class PolicyGradient:
             return rewards
         return rewards - self.kl_coef * pg.sequence_kl(sampling_logps, ref_logps, mask)
 
-    def advantages(self, rewards: torch.Tensor, k: int, batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
-        """(N,) advantages of k adjacent samples per prompt; ``batch_rewards``: every rank's, for a batch std."""
+    def advantages(self, rewards: torch.Tensor, k: pg.Sizes, batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) advantages of groups of adjacent samples, k per prompt or ``k[g]`` in group g (``pg.Sizes``);
+        ``batch_rewards``: every rank's, for a batch std."""
         return pg.group_advantages(rewards, k, self.estimator, self.scale_rewards, batch_rewards)
 
     # --- the loss ----------------------------------------------------------------------------------
