@@ -23,6 +23,8 @@ README for the exact commands: it pins its own torch and transformers).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -49,6 +51,22 @@ class RolloutEngine:
         """``params.n`` completions for each left-padded prompt row, grouped prompt by prompt; the same
         ``seed`` draws the same samples from the same weights."""
         raise NotImplementedError
+
+    def sample_groups(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor, params: SamplingParams, sizes: list[int], seed: int = 0) -> Samples:
+        """``sizes[i]`` completions for prompt row i, grouped prompt by prompt (``params.n`` is not read).
+
+        One ``sample`` call: with u the greatest common divisor of the sizes, row i is repeated
+        ``sizes[i] / u`` times and each row draws u, so a group is adjacent runs of the same prompt. Equal
+        sizes k make it ``sample`` with n = k; the same ``seed`` draws the same samples."""
+        if len(sizes) != input_ids.size(0) or any(s < 1 for s in sizes):
+            raise ValueError(f"sizes {list(sizes)} must give at least 1 sample for each of {input_ids.size(0)} prompts")
+        unit = math.gcd(*sizes) if sizes else 1
+        repeats = torch.tensor([s // unit for s in sizes], device=input_ids.device)
+        if bool((repeats > 1).any()):
+            input_ids = input_ids.repeat_interleave(repeats, dim=0)
+            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+        return self.sample(model, tokenizer, input_ids, attention_mask, dataclasses.replace(params, n=unit), seed=seed)
 
     def weights_changed(self) -> None:
         """The policy's weights moved (an optimiser step): sample from the new ones next time."""
