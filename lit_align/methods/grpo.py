@@ -81,7 +81,8 @@ class GRPO(OnlineRL):
         """
         Args:
             reward: reward source: CountdownVerifier, RewardModelScorer, WeightedSum, ...
-            num_generations: completions sampled per prompt (at least 2).
+            num_generations: completions sampled per prompt (at least 2); a batch's ``group_sizes`` (set by a
+                curriculum) take its place for that batch.
             beta: weight of the per-token k3 KL to the reference, in the loss (0: no reference model).
             epsilon: lower clip range of the importance ratio (1 - epsilon).
             epsilon_high: upper clip range (1 + epsilon_high; None: epsilon; DAPO's clip-higher: 0.28);

@@ -1,6 +1,7 @@
 """How online RL cuts a step's rows into forward/backward passes, and which passes recompute.
 
-``plan_micro_batches`` cuts rows (groups of k adjacent rows share a prompt) into runs of at most
+``plan_micro_batches`` cuts rows (each group of adjacent rows shares a prompt; groups of k, or each of
+its own size) into runs of at most
 ``max_rows`` rows and ``max_tokens`` forwarded tokens, the tokens counted as the passes run them: each
 row's completion less its last token (which predicts nothing) and, with the prompt shared, each group's
 prompt once per micro-batch it appears in (else once per row). Groups are kept whole wherever one fits
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lit_align.objectives import policy_gradient as pg
+
 
 @dataclass(frozen=True)
 class RowTokens:
@@ -28,31 +31,46 @@ class RowTokens:
         """The lengths of a ``Samples``' rows."""
         return cls(samples.completion_mask.sum(1).tolist(), samples.prompt_mask.sum(1).tolist())
 
-    def forwarded(self, rows: range, share_prompt: bool, k: int) -> int:
-        """Tokens a pass over ``rows`` forwards."""
+    def starts(self, sizes: pg.Sizes) -> set[int]:
+        """The first row of each group of ``sizes`` (k each, or one size per group: ``pg.Sizes``)."""
+        bounds, at = set(), 0
+        for size in pg.size_list(sizes, len(self.completion)):
+            bounds.add(at)
+            at += size
+        return bounds
+
+    def forwarded(self, rows: range, share_prompt: bool, k: pg.Sizes) -> int:
+        """Tokens a pass over ``rows`` forwards, in groups of ``k`` (an int, or each group's size)."""
         body = sum(max(self.completion[r] - 1, 0) for r in rows)
-        starts = [r for r in rows if r == rows.start or r % k == 0] if share_prompt else list(rows)
-        return body + sum(self.prompt[r] for r in starts)
+        if share_prompt:
+            starts = self.starts(k)
+            firsts = [r for r in rows if r == rows.start or r in starts]
+        else:
+            firsts = list(rows)
+        return body + sum(self.prompt[r] for r in firsts)
 
 
-def plan_micro_batches(rows: range, tokens: RowTokens, k: int, max_rows: int | None, max_tokens: int | None,
+def plan_micro_batches(rows: range, tokens: RowTokens, k: pg.Sizes, max_rows: int | None, max_tokens: int | None,
                        share_prompt: bool = True) -> list[range]:
     """Contiguous runs of ``rows`` within both limits (None: no limit). With a token budget, whole groups
-    wherever they fit; with a row limit alone, runs of ``max_rows`` rows as they come.
+    wherever they fit; with a row limit alone, runs of ``max_rows`` rows as they come. ``k``: rows per
+    group, or each group's size (over all of ``tokens``' rows).
 
     >>> t = RowTokens(completion=[5, 5, 9, 9], prompt=[3, 3, 4, 4])
     >>> plan_micro_batches(range(4), t, k=2, max_rows=None, max_tokens=20)  # groups of 11 and 20 tokens
     [range(0, 2), range(2, 4)]
     >>> plan_micro_batches(range(4), t, k=2, max_rows=None, max_tokens=12)  # the second group is split
     [range(0, 2), range(2, 3), range(3, 4)]
+    >>> plan_micro_batches(range(4), t, k=[1, 3], max_rows=None, max_tokens=25)  # groups of 7 and 23 tokens
+    [range(0, 1), range(1, 4)]
     """
     if max_tokens is None:  # rows alone: runs of max_rows, as they come
         size = max_rows or max(len(rows), 1)
         return [rows[i : i + size] for i in range(0, len(rows), size)]
     fits = (lambda run: _fits(run, tokens, k, max_rows, max_tokens, share_prompt))
     out, current = [], range(rows.start, rows.start)
-    bounds = [rows.start] + [b for b in range(0, rows.stop, k) if b > rows.start] + [rows.stop]
-    for group in (range(a, b) for a, b in zip(bounds, bounds[1:])):  # groups of k (the ends may be parts)
+    bounds = [rows.start] + sorted(b for b in tokens.starts(k) if rows.start < b < rows.stop) + [rows.stop]
+    for group in (range(a, b) for a, b in zip(bounds, bounds[1:])):  # groups (the ends may be parts)
         if fits(range(current.start, group.stop)):
             current = range(current.start, group.stop)
             continue
@@ -69,7 +87,7 @@ def plan_micro_batches(rows: range, tokens: RowTokens, k: int, max_rows: int | N
     return out
 
 
-def _fits(rows: range, tokens: RowTokens, k: int, max_rows, max_tokens, share_prompt: bool) -> bool:
+def _fits(rows: range, tokens: RowTokens, k: pg.Sizes, max_rows, max_tokens, share_prompt: bool) -> bool:
     if max_rows is not None and len(rows) > max_rows:
         return False
     return max_tokens is None or tokens.forwarded(rows, share_prompt, k) <= max_tokens
@@ -98,7 +116,6 @@ def needs_recompute(asked: bool, budget_gib: float | None, estimate: int) -> boo
 class MicroBatching:
     """The loop's micro-batch settings: how a step's rows are cut and which passes recompute."""
 
-    k: int
     max_rows: int | None = None
     max_tokens: int | None = None
     share_prompt: bool = True
@@ -106,12 +123,13 @@ class MicroBatching:
     memory_budget_gib: float | None = None
     lora: bool = field(default=False)
 
-    def plan(self, samples, rows: range) -> list[range]:
-        return plan_micro_batches(rows, RowTokens.of(samples), self.k, self.max_rows, self.max_tokens,
+    def plan(self, samples, rows: range, sizes: pg.Sizes) -> list[range]:
+        """The micro-batches of ``rows`` of ``samples``, whose groups have ``sizes``."""
+        return plan_micro_batches(rows, RowTokens.of(samples), sizes, self.max_rows, self.max_tokens,
                                   self.share_prompt)
 
-    def recompute(self, samples, rows: range, config) -> bool:
+    def recompute(self, samples, rows: range, config, sizes: pg.Sizes) -> bool:
         """Whether a pass over ``rows`` recomputes its activations in backward (``needs_recompute``)."""
-        tokens = RowTokens.of(samples).forwarded(rows, self.share_prompt, self.k)
+        tokens = RowTokens.of(samples).forwarded(rows, self.share_prompt, sizes)
         return needs_recompute(self.recompute_asked, self.memory_budget_gib,
                                activation_bytes(config, tokens, lora=self.lora))

@@ -2,7 +2,8 @@
 
 A training step takes G prompts from the data module (``data.batch_size``) and:
 
-1. **draws** k completions per prompt in one engine call and scores them (``_draw``); with dynamic
+1. **draws** k completions per prompt (or, where a curriculum sets ``PromptBatch.group_sizes``, that many
+   for each prompt) in one engine call and scores them (``_draw``); with dynamic
    sampling, groups without signal are set aside and more prompts are drawn in later steps
    (``rollouts.DynamicSampling``);
 2. **prepares** one ``rollouts.RolloutBatch`` (``prepare``): the reference log-probs where the objective
@@ -15,6 +16,9 @@ A training step takes G prompts from the data module (``data.batch_size``) and:
    the accumulated gradient is the one-batch gradient and memory follows the micro-batch;
 4. **reports** the step's metrics over every rank's samples, and every ``log_completions_every_n_steps``
    steps a few completions, as plain rows returned to Lightning; ``RolloutLog`` writes them to the loggers.
+   Where the batch names its problems (``PromptBatch.problem_ids``, set by a curriculum), every step also
+   returns the draw's ``outcomes``: problem ids, draw index, group sizes and the rewards before the
+   overlong penalty, also on the steps that only draw (dynamic sampling).
 
 Optimisation is manual, so gradient clipping is ``max_grad_norm``. Simplifications: rows are split into
 steps and micro-batches in order, not shuffled; with dynamic sampling the surplus groups of the last
@@ -37,12 +41,12 @@ from lit_align.methods.base import PolicyModule
 from lit_align.methods.micro_batches import MicroBatching
 from lit_align.methods.rl_metrics import StepStats, completion_rows, step_metrics
 from lit_align.modeling import models
-from lit_align.methods.rollouts import (DynamicSampling, Plan, RolloutBatch, Rollouts, check_loop, check_sampling,
-                                       every_rank, plan_sampling_pass, this_rank)
+from lit_align.methods.rollouts import (DynamicSampling, Plan, RolloutBatch, Rollouts, check_group_sizes, check_loop,
+                                       check_sampling, every_rank, plan_sampling_pass, this_rank)
 from lit_align.objectives import shared_prompt
 from lit_align.objectives import policy_gradient as pg
 from lit_align.objectives.rl import PolicyGradient
-from lit_align.rewards.base import Reward, score_samples
+from lit_align.rewards.base import Reward, checked_rewards
 from lit_align.sampling.generate import Samples
 from lit_align.sampling.seeds import derive_seed
 
@@ -85,7 +89,7 @@ class OnlineRL(PolicyModule):
         Args:
             objective: the loss and its advantages: ClippedRatio, GSPO, CISPO, SAPO, VESPO (objectives.rl).
             reward: reward source: CountdownVerifier, RewardModelScorer, WeightedSum, ...
-            k: completions sampled per prompt (at least 2).
+            k: completions sampled per prompt (at least 2), where the batch sets no ``group_sizes``.
             reference: "adapter_off" (policy with LoRA disabled; needs lora) or "copy" (frozen start model).
             mask_truncated_completions: completions cut at max_new_tokens carry no loss (still in baselines).
             micro_batch_size: sequences per forward/backward pass (None: a whole optimiser step at once).
@@ -119,10 +123,10 @@ class OnlineRL(PolicyModule):
         self.init_reference(reference)
         self.objective, self.reward, self.k = objective, reward, k
         self.mask_truncated_completions = mask_truncated_completions
-        self.batching = MicroBatching(k, micro_batch_size, max_tokens_per_micro_batch, share_prompt,
+        self.batching = MicroBatching(micro_batch_size, max_tokens_per_micro_batch, share_prompt,
                                       self.gradient_checkpointing, activation_memory_budget_gib, self.lora is not None)
         self.steps_per_generation, self.num_iterations = steps_per_generation, num_iterations
-        self.dynamic = DynamicSampling(k, max_draws) if dynamic_sampling else None
+        self.dynamic = DynamicSampling(max_draws) if dynamic_sampling else None
         self.overlong_buffer, self.overlong_penalty, self.tis_cap = overlong_buffer, overlong_penalty, tis_cap
         self.max_grad_norm, self.log_completions_count = max_grad_norm, log_completions_count
         self.log_completions_every_n_steps = log_completions_every_n_steps
@@ -130,6 +134,7 @@ class OnlineRL(PolicyModule):
         self.automatic_optimization = False
         self.prompts_seen = self.completions_seen = 0
         self._plan_logged: Plan | None = None
+        self._outcomes: dict | None = None  # the last draw's, for a curriculum (None: the batch names no problems)
 
     def configure_model(self) -> None:
         super().configure_model()
@@ -159,26 +164,37 @@ class OnlineRL(PolicyModule):
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> dict | None:
         drawn = self._draw(batch, batch_idx)
+        outcomes = {} if self._outcomes is None else {"outcomes": self._outcomes}
         rollouts = self._collect(drawn, len(batch.records)) if self.dynamic is not None else drawn
         if rollouts is None:
-            return None
+            return outcomes or None
         prepared = self.prepare(rollouts)
-        return self._report(prepared, self.learn(prepared))
+        return self._report(prepared, self.learn(prepared)) | outcomes
 
     # --- 1. draw ---------------------------------------------------------------------------------
     def _draw(self, batch: PromptBatch, batch_idx: int) -> Rollouts:
+        """The batch's samples (``group_sizes[i]`` for prompt i, else k each) and rewards; records the
+        outcomes a curriculum reads where the batch names its problems."""
+        sizes = [self.k] * len(batch.records) if batch.group_sizes is None else list(batch.group_sizes)
+        check_group_sizes(sizes, len(batch.records))
+        sizes = [int(s) for s in sizes]
         seed = derive_seed(self.global_step, batch_idx, self.global_rank)
-        samples = self.rollout.sample(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask,
-                                      self.sampling, seed=seed)
+        samples = self.rollout.sample_groups(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask,
+                                             self.sampling, sizes, seed=seed)
+        each = (lambda values: [v for v, size in zip(values, sizes) for _ in range(size)])  # one per sample
         with torch.no_grad():
-            rewards = score_samples(self.reward, batch.records, samples.texts, self.k, batch.prompts).to(self.device)
+            rewards = checked_rewards(self.reward, each(batch.prompts), samples.texts, each(batch.records))
+            rewards = rewards.to(self.device)
+        self._outcomes = None if batch.problem_ids is None else {
+            "problem_ids": list(batch.problem_ids), "draw_index": batch.draw_index, "group_sizes": sizes,
+            "rewards": rewards.detach().float().cpu().tolist()}
         if self.overlong_buffer is not None:
             lengths = samples.completion_mask.sum(-1)
             rewards = rewards + pg.overlong_penalty(lengths, self.sampling.max_new_tokens, self.overlong_buffer,
                                                     self.overlong_penalty).to(rewards.device)
         self.prompts_seen += len(batch.records)
         self.completions_seen += len(samples)
-        return Rollouts(samples, rewards, list(batch.prompts))
+        return Rollouts(samples, rewards, list(batch.prompts), sizes)
 
     def _collect(self, drawn: Rollouts, groups: int) -> Rollouts | None:
         """A full batch of ``groups`` once every rank holds one (or the draw cap is reached), else None."""
@@ -198,23 +214,26 @@ class OnlineRL(PolicyModule):
         tis = self.tis_cap is not None and samples.engine_logps is not None
         plan, reason = plan_sampling_pass(self.num_iterations == 1 and self.steps_per_generation == 1 and not tis,
                                           objective.shapes_rewards, objective.advantages_need_the_batch,
-                                          self.batching.plan(samples, range(len(samples))), self.k)
+                                          self.batching.plan(samples, range(len(samples)), rollouts.sizes),
+                                          rollouts.sizes)
         if plan is not self._plan_logged:
             log.info("%s: the sampling weights' log-probs: %s (%s)", type(self).__name__, plan.value, reason)
             self._plan_logged = plan
-        ref = self.with_reference(lambda m: self._logps_no_grad(m, samples)) if objective.needs_reference else None
-        old = self._logps_no_grad(self.policy, samples) if plan is Plan.SEPARATE_PASS else None
+        sizes = rollouts.sizes
+        ref = (self.with_reference(lambda m: self._logps_no_grad(m, samples, sizes)) if objective.needs_reference
+               else None)
+        old = self._logps_no_grad(self.policy, samples, sizes) if plan is Plan.SEPARATE_PASS else None
         advantages = (torch.zeros_like(rollouts.rewards) if plan is Plan.TRAINING_FORWARD
-                      else self._advantages(rollouts.rewards, old, ref, mask))
-        return RolloutBatch(rollouts, self.k, plan=plan, reason=reason, loss_mask=mask * keep[:, None],
+                      else self._advantages(rollouts.rewards, sizes, old, ref, mask))
+        return RolloutBatch(rollouts, plan=plan, reason=reason, loss_mask=mask * keep[:, None],
                             advantages=advantages, old_logps=old, ref_logps=ref,
                             is_weights=pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None)
 
-    def _advantages(self, rewards: torch.Tensor, old, ref, mask: torch.Tensor) -> torch.Tensor:
+    def _advantages(self, rewards: torch.Tensor, sizes: list[int], old, ref, mask: torch.Tensor) -> torch.Tensor:
         shaped = self.objective.shaped_rewards(rewards, old, ref, mask)
         # the batch std is the global batch's, as in one process with every rank's prompts
         everyone = self._gather(shaped) if self.objective.advantages_need_the_batch else None
-        return self.objective.advantages(shaped, self.k, everyone)
+        return self.objective.advantages(shaped, sizes, everyone)
 
     def _logps(self, model, samples: Samples, with_entropy: bool = False, recompute: bool = False):
         # the entropy is in the loss only with an entropy bonus; otherwise it is logged, built without a graph
@@ -222,8 +241,8 @@ class OnlineRL(PolicyModule):
                                              self.objective.entropy_coef > 0, recompute)
 
     @torch.no_grad()
-    def _logps_no_grad(self, model, samples: Samples) -> torch.Tensor:
-        rows = self.batching.plan(samples, range(len(samples)))
+    def _logps_no_grad(self, model, samples: Samples, sizes: list[int]) -> torch.Tensor:
+        rows = self.batching.plan(samples, range(len(samples)), sizes)
         return torch.cat([self._logps(model, samples.select(slice(r.start, r.stop)))[0] for r in rows])
 
     # --- 3. learn --------------------------------------------------------------------------------
@@ -237,7 +256,7 @@ class OnlineRL(PolicyModule):
                 if 0 <= self.trainer.max_steps <= self.global_step:
                     break
                 totals = self._step_totals(batch.loss_mask[step_rows.start : step_rows.stop])
-                for mb in self.batching.plan(batch.samples, step_rows):
+                for mb in self.batching.plan(batch.samples, step_rows, batch.sizes):
                     self._learn_micro_batch(batch, slice(mb.start, mb.stop), iteration, s == 0, totals, stats)
                 if self.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
@@ -254,12 +273,13 @@ class OnlineRL(PolicyModule):
         samples = batch.samples.select(rows)
         first_pass = iteration == 0
         recompute = self.batching.recompute(batch.samples, range(rows.start, rows.stop),
-                                            models.text_config(self.policy))
+                                            models.text_config(self.policy), batch.sizes)
         logps, entropy = self._logps(self.policy, samples, first_pass or self.objective.entropy_coef > 0, recompute)
         mask = samples.completion_mask.float()
         ref = None if batch.ref_logps is None else batch.ref_logps[rows]
         if batch.plan is Plan.TRAINING_FORWARD:  # whole groups, drawn from the weights just run
-            batch.advantages[rows] = self._advantages(batch.rollouts.rewards[rows], logps.detach(), ref, mask)
+            sizes = _sizes_within(batch.sizes, rows)
+            batch.advantages[rows] = self._advantages(batch.rollouts.rewards[rows], sizes, logps.detach(), ref, mask)
         out = self.objective(batch.view(rows, logps, entropy, first_pass and first_step, totals,
                                         self.sampling.max_new_tokens))
         self.manual_backward(out.loss)
@@ -292,7 +312,13 @@ class OnlineRL(PolicyModule):
         return 1 if self._trainer is None else self.trainer.world_size
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
-        return self.all_gather(values).reshape(-1) if self._world_size > 1 else values
+        """Every rank's 1-D ``values``, concatenated in rank order (ranks may hold different lengths: groups
+        of different sizes)."""
+        if self._world_size == 1:
+            return values
+        lengths = self.all_gather(torch.tensor([values.numel()], device=values.device)).reshape(-1).tolist()
+        padded = torch.nn.functional.pad(values, (0, max(lengths) - values.numel()))
+        return torch.cat([row[:n] for row, n in zip(self.all_gather(padded), lengths)])
 
     def _total(self, values: torch.Tensor) -> torch.Tensor:
         return self.trainer.strategy.reduce(values, reduce_op="sum") if self._world_size > 1 else values
@@ -310,3 +336,14 @@ class OnlineRL(PolicyModule):
         self.prompts_seen, self.completions_seen = state["prompts_seen"], state["completions_seen"]
         if self.dynamic is not None and state["dynamic"] is not None:
             self.dynamic.load_state(state["dynamic"])
+
+
+def _sizes_within(sizes: list[int], rows: slice) -> list[int]:
+    """The sizes of the whole groups that make up ``rows`` (a run of whole groups, as Plan.TRAINING_FORWARD
+    guarantees)."""
+    out, at = [], 0
+    for size in sizes:
+        if rows.start <= at and at + size <= rows.stop:
+            out.append(size)
+        at += size
+    return out

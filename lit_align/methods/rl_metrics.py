@@ -52,9 +52,10 @@ def step_metrics(batch, stats: StepStats, counts: dict[str, float], num_iteratio
     ``counts``: this rank's cumulative ``prompts_seen`` and ``completions_seen`` (summed over ranks here)
     and the global ``optimizer_steps``.
     """
-    rollouts, k = batch.rollouts, batch.k
+    rollouts = batch.rollouts
     rewards = gather(rollouts.rewards.float())
-    groups = rewards.view(-1, k)
+    sizes = gather(torch.tensor(rollouts.sizes, dtype=torch.long, device=rewards.device))
+    group_stds = torch.cat([g.std(dim=1) for g in pg.grouped(rewards, sizes)])
     samples = batch.samples
     sums = total(torch.tensor([
         stats.loss, stats.policy_loss, stats.kl_loss, float(max(1, stats.steps)), stats.clipped,
@@ -65,7 +66,7 @@ def step_metrics(batch, stats: StepStats, counts: dict[str, float], num_iteratio
     ], dtype=torch.float64, device=rewards.device)).tolist()
     (loss, policy_loss, kl_loss, steps, clipped, tokens, entropy, entropy_tokens, gap, gap_tokens, prompts,
      completions, groups_drawn, dropped, drawn_sum, drawn_count) = sums
-    uniform = pg.uniform_groups(rewards, k)
+    uniform = pg.uniform_groups(rewards, sizes)
     metrics = {
         "train/loss": loss / steps, "train/policy_loss": policy_loss / steps, "train/kl_loss": kl_loss / steps,
         "train/reward_mean": rewards.mean(), "train/reward_std": rewards.std(),
@@ -74,7 +75,7 @@ def step_metrics(batch, stats: StepStats, counts: dict[str, float], num_iteratio
         "train/completion_length": gather(samples.completion_mask.sum(-1).float()).mean(),
         "train/truncated_share": gather(samples.truncated.float()).mean(),
         "train/zero_variance_groups": uniform.float().mean(),
-        "train/group_reward_std": groups.std(dim=1).mean() if k > 1 else 0.0,
+        "train/group_reward_std": group_stds.mean(),
         "train/clipped_share": clipped / max(1.0, tokens),
         "train/prompts_seen": prompts, "train/completions_seen": completions,
         "train/optimizer_steps": counts["optimizer_steps"],
@@ -95,7 +96,8 @@ def completion_rows(batch, step: int, count: int) -> list[dict]:
     """The first ``count`` completions of this rank's batch, each with its prompt, reward and advantage."""
     rollouts = batch.rollouts
     n = min(count, len(rollouts.samples))
-    return [{"step": step, "prompt": _as_text(rollouts.prompts[i // batch.k]), "completion": rollouts.samples.texts[i],
+    group = batch.group_ids[:n].tolist()
+    return [{"step": step, "prompt": _as_text(rollouts.prompts[group[i]]), "completion": rollouts.samples.texts[i],
              "reward": float(rollouts.rewards[i]), "advantage": float(batch.advantages[i])} for i in range(n)]
 
 

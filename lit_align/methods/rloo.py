@@ -52,7 +52,8 @@ class RLOO(OnlineRL):
         """
         Args:
             reward: reward source: CountdownVerifier, RewardModelScorer, WeightedSum, ...
-            rloo_k: completions sampled per prompt (at least 2).
+            rloo_k: completions sampled per prompt (at least 2); a batch's ``group_sizes`` (set by a
+                curriculum) take its place for that batch.
             kl_coef: weight of the KL to the reference.
             kl_estimator: "k1" (log-ratio; in the reward), "k2" (half squared sequence log-ratio; in the
                 loss) or "k3" (per-token r - log r - 1; in the loss).

@@ -1,6 +1,7 @@
 """What online RL learns from: drawn rollouts, DAPO's dynamic-sampling buffer, and the one typed batch.
 
-``Rollouts`` are a draw's samples (k per prompt, groups adjacent), rewards and prompts.
+``Rollouts`` are a draw's samples (a group per prompt, groups adjacent, each its own size), rewards,
+prompts and group sizes.
 ``DynamicSampling`` keeps the groups with signal across draws until a full batch is collected (its state
 rides in checkpoints). ``RolloutBatch`` is what ``OnlineRL.prepare`` makes of a generation batch: token
 ids and masks (the samples), rewards, group ids, the loss mask, and the sampling / old / reference
@@ -23,20 +24,30 @@ from lit_align.sampling.generate import Samples, SamplingParams, concat_samples
 
 @dataclasses.dataclass
 class Rollouts:
-    """A generation batch: its samples (k per prompt, groups adjacent), rewards and prompts."""
+    """A generation batch: its samples (groups adjacent, in prompt order), rewards, prompts and group sizes."""
 
     samples: Samples
     rewards: torch.Tensor  # (N,)
     prompts: list  # one per group
+    sizes: list[int] | None = None  # samples of each group (None: N / G each); filled in when built
     drawn: int = 1  # prompt batches drawn for it
     dropped: int = 0  # groups set aside by dynamic sampling and not used
     drawn_rewards: torch.Tensor | None = None  # every reward drawn for it (dynamic sampling; None: ``rewards``)
 
-    def groups(self, keep: torch.Tensor, k: int) -> Rollouts:
+    def __post_init__(self):
+        groups, rows = len(self.prompts), len(self.rewards)
+        if self.sizes is None:
+            self.sizes = [rows // groups] * groups if groups else []
+        self.sizes = [int(s) for s in self.sizes]
+        if len(self.sizes) != groups or sum(self.sizes) != rows:
+            raise ValueError(f"group sizes {self.sizes} do not match {groups} prompts and {rows} rewards")
+
+    def groups(self, keep: torch.Tensor) -> Rollouts:
         """The groups where ``keep`` (G,) is true."""
-        rows = keep.repeat_interleave(k).nonzero().flatten()
-        return Rollouts(self.samples.select(rows), self.rewards[rows],
-                        [p for p, kept in zip(self.prompts, keep.tolist()) if kept], self.drawn, self.dropped)
+        kept = keep.tolist()
+        rows = keep.repeat_interleave(torch.tensor(self.sizes, dtype=torch.long, device=keep.device)).nonzero().flatten()
+        return Rollouts(self.samples.select(rows), self.rewards[rows], [p for p, k in zip(self.prompts, kept) if k],
+                        [s for s, k in zip(self.sizes, kept) if k], self.drawn, self.dropped)
 
     @property
     def all_drawn_rewards(self) -> torch.Tensor:
@@ -45,25 +56,25 @@ class Rollouts:
     def state(self) -> dict:
         """Plain containers only (tensors, lists, numbers, strings): checkpoints load with weights_only."""
         samples = {f.name: getattr(self.samples, f.name) for f in dataclasses.fields(Samples)}
-        return {"samples": samples, "rewards": self.rewards, "prompts": self.prompts}
+        return {"samples": samples, "rewards": self.rewards, "prompts": self.prompts, "sizes": self.sizes}
 
     @classmethod
-    def from_state(cls, state: dict) -> Rollouts:
-        return cls(Samples(**state["samples"]), state["rewards"], state["prompts"])
+    def from_state(cls, state: dict) -> Rollouts:  # a state saved before sizes were kept: equal groups
+        return cls(Samples(**state["samples"]), state["rewards"], state["prompts"], state.get("sizes"))
 
 
 def concat_rollouts(parts: list[Rollouts], pad_id: int) -> Rollouts:
     return Rollouts(concat_samples([p.samples for p in parts], pad_id), torch.cat([p.rewards for p in parts]),
-                    [q for p in parts for q in p.prompts])
+                    [q for p in parts for q in p.prompts], [s for p in parts for s in p.sizes])
 
 
 class DynamicSampling:
-    """DAPO's dynamic sampling: groups whose k rewards are all equal are set aside and more prompts are
+    """DAPO's dynamic sampling: groups whose rewards are all equal are set aside and more prompts are
     drawn, until ``groups`` groups with signal are collected or ``max_draws`` batches were drawn (then the
-    set-aside groups fill the batch up, so every rank's step has one shape)."""
+    set-aside groups fill the batch up, so every rank's step has as many groups). Groups keep their sizes."""
 
-    def __init__(self, k: int, max_draws: int):
-        self.k, self.max_draws = k, max_draws
+    def __init__(self, max_draws: int):
+        self.max_draws = max_draws
         self.pending: list[Rollouts] = []  # groups with signal, waiting for a full batch
         self.set_aside: list[Rollouts] = []  # zero-signal groups, to fill up at the draw cap
         self.rewards: list[torch.Tensor] = []  # every draw's rewards, for the policy's reward over all draws
@@ -71,9 +82,9 @@ class DynamicSampling:
 
     def add(self, drawn: Rollouts) -> int:
         """Keep a draw; returns how many groups with signal this rank holds now."""
-        uniform = pg.uniform_groups(drawn.rewards, self.k)
-        self.pending.append(drawn.groups(~uniform, self.k))
-        self.set_aside.append(drawn.groups(uniform, self.k))
+        uniform = pg.uniform_groups(drawn.rewards, drawn.sizes)
+        self.pending.append(drawn.groups(~uniform))
+        self.set_aside.append(drawn.groups(uniform))
         self.rewards.append(drawn.rewards)
         self.draws += 1
         return sum(len(p.prompts) for p in self.pending)
@@ -82,7 +93,7 @@ class DynamicSampling:
         """The batch of ``groups`` groups, signal first; the buffer starts over."""
         parts = [p for p in self.pending + self.set_aside if p.prompts]
         out = concat_rollouts(parts, pad_id)
-        out = out.groups(torch.arange(len(out.prompts)) < groups, self.k)
+        out = out.groups(torch.arange(len(out.prompts)) < groups)
         out.drawn, out.dropped = self.draws, self.draws * groups - groups  # every drawn group beyond the G used
         out.drawn_rewards = torch.cat(self.rewards)
         self.pending, self.set_aside, self.rewards, self.draws = [], [], [], 0
@@ -129,16 +140,18 @@ class Plan(enum.Enum):
 
 
 def plan_sampling_pass(on_policy_once: bool, shapes_rewards: bool, needs_the_batch: bool,
-                       micro_batches: list[range], k: int) -> tuple[Plan, str]:
-    """The plan for a batch learnt in these ``micro_batches`` (row ranges), and why, as the learning step
-    will follow it."""
+                       micro_batches: list[range], sizes: pg.Sizes) -> tuple[Plan, str]:
+    """The plan for a batch learnt in these ``micro_batches`` (row ranges) of groups of ``sizes``
+    (``pg.Sizes``), and why, as the learning step will follow it."""
     if not on_policy_once:
         return Plan.SEPARATE_PASS, ("the batch is learnt over several steps or passes, or TIS corrects the engine: "
                                     "the ratio needs the sampling weights' log-probs fixed before any update")
     if not shapes_rewards:
         return Plan.NOT_NEEDED, "one step on the sampling weights and no KL in the reward"
     whole = len(micro_batches) <= 1
-    whole_groups = all(r.start % k == 0 and r.stop % k == 0 for r in micro_batches)
+    rows = micro_batches[-1].stop if micro_batches else 0
+    bounds = set(group_starts(sizes, rows)) | {rows}
+    whole_groups = all(r.start in bounds and r.stop in bounds for r in micro_batches)
     if whole or (whole_groups and not needs_the_batch):
         return Plan.TRAINING_FORWARD, ("one step on the sampling weights and micro-batches of whole groups whose "
                                        "advantages need only their group: each forward shapes its own rewards")
@@ -151,7 +164,6 @@ class RolloutBatch:
     """One generation batch, ready to learn from. (N, C) tensors are per completion position."""
 
     rollouts: Rollouts  # samples (token ids, masks, engine log-probs), rewards (N,), prompts
-    k: int  # samples per prompt; group g holds rows g*k .. g*k + k - 1
     loss_mask: torch.Tensor  # (N, C) completion tokens of the rows that carry loss
     plan: Plan
     reason: str  # why the plan was chosen (logged once)
@@ -165,8 +177,15 @@ class RolloutBatch:
         return self.rollouts.samples
 
     @property
+    def sizes(self) -> list[int]:
+        """Samples of each group; group g holds the sizes[g] rows after group g-1's."""
+        return self.rollouts.sizes
+
+    @property
     def group_ids(self) -> torch.Tensor:
-        return torch.arange(len(self.samples), device=self.loss_mask.device) // self.k
+        """(N,) the group of each row."""
+        sizes = torch.tensor(self.sizes, dtype=torch.long, device=self.loss_mask.device)
+        return torch.arange(len(sizes), device=sizes.device).repeat_interleave(sizes)
 
     def view(self, rows: slice, logps: torch.Tensor, entropy: torch.Tensor | None, on_policy: bool,
              totals: tuple[float, float], max_new_tokens: int) -> PolicyGradientBatch:
@@ -192,6 +211,29 @@ def check_sampling(generation: SamplingParams) -> None:
             f"generation.top_p {generation.top_p} is refused for online RL: the trainer takes log-probs over the full "
             "softmax at the sampling temperature, so samples from a top-p-truncated distribution would bias the "
             "gradient; use top_p: 1.0 (lower the temperature to sharpen sampling instead)")
+
+
+def check_group_sizes(sizes: list[int], prompts: int) -> None:
+    """Refuse per-prompt group sizes (a curriculum's ``PromptBatch.group_sizes``) that cannot form groups."""
+    if len(sizes) != prompts:
+        raise ValueError(f"group_sizes gives {len(sizes)} sizes for {prompts} prompts: one size per prompt")
+    small = [(i, s) for i, s in enumerate(sizes) if isinstance(s, bool) or not (int(s) == s and s >= 2)]
+    if small:
+        raise ValueError(f"group_sizes must be whole numbers of at least 2 samples per prompt (a smaller group has "
+                         f"no baseline to learn against); got (prompt, size) {small[:5]}")
+
+
+def group_starts(sizes: pg.Sizes, rows: int) -> list[int]:
+    """The first row of each group.
+
+    >>> group_starts([2, 3, 1], 6), group_starts(2, 6)
+    ([0, 2, 5], [0, 2, 4])
+    """
+    starts, at = [], 0
+    for size in pg.size_list(sizes, rows):
+        starts.append(at)
+        at += size
+    return starts
 
 
 def check_loop(*, k: int, micro_batch_size: int | None, max_tokens_per_micro_batch: int | None,

@@ -267,9 +267,9 @@ def _count_sampling_passes(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = RLOO._logps_no_grad
 
-    def counted(self, model, samples):
+    def counted(self, model, samples, *sizes):
         calls.append(len(samples))
-        return original(self, model, samples)
+        return original(self, model, samples, *sizes)
 
     monkeypatch.setattr(RLOO, "_logps_no_grad", counted)
     return calls
