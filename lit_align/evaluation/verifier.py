@@ -85,7 +85,8 @@ GREEDY = SamplingParams(max_new_tokens=160, temperature=0.0)
 
 
 class VerifierEval(L.Callback):
-    """Evaluate held-out prompts with a verifier at the start and end of ``fit``; print and log both.
+    """Evaluate held-out prompts with a verifier at the start and end of ``fit`` (and every ``every_n_steps``
+    optimiser steps: a held-out curve); print and log each.
 
     It evaluates the module's policy (``lit_align.policy.PolicyBase``: SFT, DPO, RLOO), sampled
     through the module's rollout engine; any other module is refused when fit starts.
@@ -102,6 +103,7 @@ class VerifierEval(L.Callback):
         batch_size: int = 16,
         output: str | None = None,
         before: bool = True,
+        every_n_steps: int = 0,
     ):
         """
         Args:
@@ -114,10 +116,15 @@ class VerifierEval(L.Callback):
             before: also evaluate at the start of fit; false where the starting model was evaluated
                 already on the same problems (e.g. by the run that exported it), so only ``after`` is
                 measured and written.
+            every_n_steps: also evaluate after every this many optimiser steps (0: never), stored as
+                ``step_N`` in the output and logged as ``eval/curve_score`` and ``eval/curve_accuracy``;
+                the time it takes counts towards ``trainer.max_time``.
         """
+        if every_n_steps < 0:
+            raise ValueError(f"VerifierEval every_n_steps must be >= 0, got {every_n_steps}")
         self.source, self.verifier, self.num_prompts = source, verifier, num_prompts
         self.params = generation
-        self.batch_size, self.output, self.before = batch_size, output, before
+        self.batch_size, self.output, self.before, self.every_n_steps = batch_size, output, before, every_n_steps
         self.results: dict[str, dict] = {}
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
@@ -147,10 +154,11 @@ class VerifierEval(L.Callback):
                          f"{'yes' if score.clears(before_score) else 'no'}")
         if trainer.is_global_zero:
             print("\n".join(lines))
+        name = "curve" if stage.startswith("step_") else stage
         for key, estimate in (("score", score), ("accuracy", accuracy)):
             for logger in trainer.loggers:
-                logger.log_metrics({f"eval/{stage}_{key}": result[key], f"eval/{stage}_{key}_low": estimate.low,
-                                    f"eval/{stage}_{key}_high": estimate.high}, step=trainer.global_step)
+                logger.log_metrics({f"eval/{name}_{key}": result[key], f"eval/{name}_{key}_low": estimate.low,
+                                    f"eval/{name}_{key}_high": estimate.high}, step=trainer.global_step)
         if self.output and trainer.is_global_zero:
             Path(self.output).parent.mkdir(parents=True, exist_ok=True)
             Path(self.output).write_text(json.dumps(self.results, indent=2))
@@ -165,6 +173,11 @@ class VerifierEval(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: PolicyBase) -> None:
         if self.before and "before" not in self.results:
             self._run(trainer, pl_module, "before")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: PolicyBase, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step and step % self.every_n_steps == 0 and f"step_{step}" not in self.results:
+            self._run(trainer, pl_module, f"step_{step}")  # once per step: a batch that only drew does not move it
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: PolicyBase) -> None:
         self._run(trainer, pl_module, "after")

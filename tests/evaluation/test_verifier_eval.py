@@ -130,3 +130,25 @@ def test_settings_a_config_leaves_out_keep_the_greedy_default(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     callback = next(c for c in printed["trainer"]["callbacks"] if c["class_path"].endswith("VerifierEval"))
     assert callback["init_args"]["generation"] == {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, "n": 1}
+
+
+def test_every_n_steps_adds_a_held_out_curve_once_per_optimiser_step(tmp_path):
+    verifier = Scripted([0.0, 0.1, 0.2, 0.3, 1.0, 1.0])  # step 2, step 4, then the end of fit
+    callback = VerifierEval(_Source(2), verifier, num_prompts=2, generation=SamplingParams(max_new_tokens=3, temperature=0.0),
+                            output=str(tmp_path / "eval.json"), before=False, every_n_steps=2)
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[logger], global_step=0)
+    module = PolicyBase(model="tiny:causal-lm")
+    module.configure_model()
+    for step in [1, 2, 2, 3, 4]:  # step 2 twice: a batch that only drew leaves global_step where it was
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+    callback.on_fit_end(trainer, module)
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert list(written) == ["step_2", "step_4", "after"]
+    assert written["step_4"]["problem_scores"] == pytest.approx([0.2, 0.3])
+    assert [(s, m["eval/curve_score"]) for s, m in logged if "eval/curve_score" in m] == [(2, pytest.approx(0.05)),
+                                                                                          (4, pytest.approx(0.25))]
+    with pytest.raises(ValueError, match="every_n_steps"):
+        VerifierEval(_Source(2), verifier, every_n_steps=-1)
