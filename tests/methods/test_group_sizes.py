@@ -281,3 +281,18 @@ def test_group_sizes_below_two_are_refused(tokenizer):
         module._draw(_batch(tokenizer, [2, 1, 3]), 0)
     with pytest.raises(ValueError, match="3 prompts"):
         module._draw(_batch(tokenizer, [2, 2]), 0)
+
+
+def test_every_ranks_values_are_gathered_whatever_their_lengths(monkeypatch):
+    """Groups of different sizes leave ranks with different row counts: the gather pads and trims."""
+    module = GRPO(model="tiny:causal-lm", reward=CharSum(), num_generations=2)
+    mine, theirs = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0, 5.0, 6.0])
+
+    def two_ranks(t):  # rank 0 holds ``mine``; rank 1 answers with its length, or ``theirs`` padded alike
+        peer = torch.tensor([len(theirs)]) if t.dtype == torch.long else torch.nn.functional.pad(
+            theirs, (0, len(t) - len(theirs)))
+        return torch.stack([t, peer])
+
+    monkeypatch.setattr(GRPO, "_world_size", property(lambda self: 2))
+    monkeypatch.setattr(module, "all_gather", two_ranks)
+    assert module._gather(mine).tolist() == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
