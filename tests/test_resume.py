@@ -288,3 +288,39 @@ def test_an_online_rl_checkpoint_of_the_earlier_layout_still_loads():
                                              "completions_seen": 12}})
     assert module.prompts_seen == 6 and module.completions_seen == 12
     assert module.dynamic.draws == 1 and module.dynamic.pending[0].prompts == ["p"]
+
+
+# --- online RL with a self-paced curriculum -----------------------------------------------------------
+def _curriculum_run(adaptive: bool):
+    model, data = GRPO_RUN
+    model = {**model, "init_args": {**model["init_args"], "num_generations": 4, "steps_per_generation": 1,
+                                    "max_draws": 2}}
+    curriculum = {"class_path": "lit_align.data.curriculum.SelfPaced", "init_args": {
+        "explore": 0.5, "success_threshold": 0.8, "adaptive_k": adaptive, "k_min": 2, "k_max": 6, "k_unit": 2}}
+    return model, {**data, "curriculum": curriculum}
+
+
+@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed_k", "adaptive_k"])
+def test_online_rl_with_a_curriculum_resumes_like_uninterrupted(adaptive, tmp_path, monkeypatch):
+    """GRPO with dynamic sampling and the self-paced curriculum (posterior fed by every draw, samples per
+    prompt chosen before generating): a run resumed from a checkpoint mid-epoch ends with the
+    uninterrupted run's weights bit for bit; resumed with the curriculum's state emptied it does not."""
+    monkeypatch.setitem(METHODS, "GRPO", _curriculum_run(adaptive))
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "whole", "whole"))])
+    record, whole = _recorded(tmp_path / "whole", "whole")
+    ckpt = tmp_path / "at_batch.ckpt"
+    save = {"class_path": "fault_injection.SaveAtBatch", "init_args": {"batch": 6, "path": str(ckpt)}}
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "saving", "saving", [save]))])
+    saved = torch.load(ckpt, weights_only=True, map_location="cpu")
+    state = saved["AlignDataModule"]["curriculum"]
+    assert sum(state["successes"]) + sum(state["failures"]) > 0 and state["pending"], "nothing booked"
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "resumed", "resumed")), "--ckpt_path", str(ckpt)])
+    resumed_record, resumed = _recorded(tmp_path / "resumed", "resumed")
+    assert resumed_record["start_step"] == saved["global_step"] > 0
+    differ = [name for name in whole if not torch.equal(resumed[name], whole[name])]
+    assert not differ, f"{len(differ)} of {len(whole)} tensors differ from the uninterrupted run's, e.g. {differ[:3]}"
+    state.update(successes=[0] * len(state["successes"]), failures=[0] * len(state["failures"]), pending=[])
+    torch.save(saved, tmp_path / "emptied.ckpt")
+    main(["fit", "--config", str(_config("GRPO", tmp_path / "emptied", "emptied")), "--ckpt_path", str(tmp_path / "emptied.ckpt")])
+    _, emptied = _recorded(tmp_path / "emptied", "emptied")
+    assert any(not torch.equal(emptied[name], whole[name]) for name in whole)

@@ -28,8 +28,9 @@ scores, and draws the problems whose posterior says a group is likely to carry s
 reach the sampler after draw j + 1 was made. Draw j therefore uses the outcomes of draws ≤ j − 2 and
 nothing later, whatever the timing, and its random numbers come from ``(seed, j)``: a draw is a function
 of its index and the outcomes before it, and the posterior (with the outcomes not applied yet) is saved
-in the data module's checkpoint state. Under DDP every rank books every rank's outcomes in the same
-order (the feedback callback gathers them), draws the same global batch and takes its own share.
+in the data module's checkpoint state. The online-RL method books each draw inside its step
+(``OnlineRL._book_outcomes``), before any callback can checkpoint; under DDP every rank books every
+rank's outcomes in rank order, so all draw the same global batch and each takes its own share.
 
 ``strategy: uniform`` draws each epoch's problems in a shuffled order with the same bookkeeping and
 logging: the baseline the curriculum is measured against.
@@ -248,7 +249,7 @@ class SelfPaced:
         seen = (successes + failures) > 0
         out = {"curriculum/problems_seen": float(seen.sum()),
                "curriculum/signal_share_total": self.totals["signal_groups"] / max(self.totals["groups"], 1),
-               "curriculum/samples_per_signal_group": (self.totals["samples"] / self.totals["signal_groups"]
+               "curriculum/samples_per_signal_group_total": (self.totals["samples"] / self.totals["signal_groups"]
                                                        if self.totals["signal_groups"] else math.inf)}
         a0, b0 = self.prior()
         means = (a0 + successes[seen]) / (a0 + b0 + successes[seen] + failures[seen])

@@ -72,6 +72,8 @@ class DataView:
     max_length: int  # tokens every record is cut to
     # every item of a split ("train", "val" or "test") once, in order; callable once the data is set up
     ordered_batches: Callable[[str], Iterator]
+    # online RL with a curriculum: book(draw, problem ids, group sizes, rewards) after each draw; else None
+    book_outcomes: Callable[[int, list, list, list], dict] | None = None
 
 
 @runtime_checkable
@@ -174,7 +176,7 @@ class AlignDataModule(L.LightningDataModule):
 
     def view(self) -> DataView:
         """What the method may use of this data (``DataView``); its batches exist once ``setup`` has run."""
-        return DataView(self.max_length, self.ordered_batches)
+        return DataView(self.max_length, self.ordered_batches, self.book_outcomes if self.curriculum is not None else None)
 
     def setup(self, stage: str | None = None) -> None:
         # predict samples from prompts whatever the method trains on

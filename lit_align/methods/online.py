@@ -36,6 +36,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from lit_align.data.collate import PromptBatch
 from lit_align.data.kinds import PromptKind
+from lit_align.data.datamodule import DataView
+from lit_align.lightning.curriculum import CurriculumLog
 from lit_align.lightning.rollout_log import RolloutLog
 from lit_align.methods.base import PolicyModule
 from lit_align.methods.micro_batches import MicroBatching
@@ -121,6 +123,7 @@ class OnlineRL(PolicyModule):
                    tis_cap=tis_cap, max_grad_norm=max_grad_norm,
                    overlong_buffer=overlong_buffer, max_new_tokens=self.generation.max_new_tokens)
         self.init_reference(reference)
+        self.batch_kind = PromptKind(samples_per_prompt=k)  # a curriculum's sample budget is prompts x k
         self.objective, self.reward, self.k = objective, reward, k
         self.mask_truncated_completions = mask_truncated_completions
         self.batching = MicroBatching(micro_batch_size, max_tokens_per_micro_batch, share_prompt,
@@ -135,14 +138,20 @@ class OnlineRL(PolicyModule):
         self.prompts_seen = self.completions_seen = 0
         self._plan_logged: Plan | None = None
         self._outcomes: dict | None = None  # the last draw's, for a curriculum (None: the batch names no problems)
+        self._book = None  # the data's curriculum booking, handed over by use_data
 
     def configure_model(self) -> None:
         super().configure_model()
         if self.objective.needs_reference:  # without a KL the reference is never run: no copy in memory
             self.load_reference_copy()
 
-    def configure_callbacks(self):  # the rows training_step returns go to the loggers through it
-        return [RolloutLog()]
+    def configure_callbacks(self):  # the rows training_step returns go to the loggers through these
+        # (the curriculum's figures join the step's row first)
+        return [CurriculumLog(), RolloutLog()]
+
+    def use_data(self, data: DataView) -> None:
+        """Where a curriculum in the data (if any) is told each draw's outcomes (``_book_outcomes``)."""
+        self._book = data.book_outcomes
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -164,7 +173,7 @@ class OnlineRL(PolicyModule):
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> dict | None:
         drawn = self._draw(batch, batch_idx)
-        outcomes = {} if self._outcomes is None else {"outcomes": self._outcomes}
+        outcomes = self._book_outcomes()
         rollouts = self._collect(drawn, len(batch.records)) if self.dynamic is not None else drawn
         if rollouts is None:
             return outcomes or None
@@ -195,6 +204,20 @@ class OnlineRL(PolicyModule):
         self.prompts_seen += len(batch.records)
         self.completions_seen += len(samples)
         return Rollouts(samples, rewards, list(batch.prompts), sizes)
+
+    def _book_outcomes(self) -> dict:
+        """Every rank's outcomes of this draw (rank order), booked with the data's curriculum on every rank
+        now, inside the step, so that a checkpoint any callback takes after it holds them."""
+        if self._outcomes is None:
+            return {}
+        everyone = [self._outcomes]
+        if self._world_size > 1:
+            everyone = [None] * self._world_size
+            torch.distributed.all_gather_object(everyone, self._outcomes)
+        if self._book is not None:
+            for o in everyone:
+                self._book(o["draw_index"], o["problem_ids"], o["group_sizes"], o["rewards"])
+        return {"outcomes": everyone}
 
     def _collect(self, drawn: Rollouts, groups: int) -> Rollouts | None:
         """A full batch of ``groups`` once every rank holds one (or the draw cap is reached), else None."""

@@ -138,7 +138,7 @@ def test_state_dict_round_trip_continues_with_the_same_draws():
 
 def test_ranks_draw_one_global_batch_and_agree_on_the_posterior():
     """Two ranks, each with its own curriculum, book both ranks' outcomes in rank order (what the
-    feedback callback does): their posteriors stay equal and their shares of each draw are disjoint."""
+    online-RL step does): their posteriors stay equal and their shares of each draw are disjoint."""
     rates = [0.5] * 8 + [0.0] * 8
     ranks = [CurriculumBatchSampler(SelfPaced(seed=4), problems=16, batch_size=2, k=4, world_size=2, rank=r)
              for r in range(2)]

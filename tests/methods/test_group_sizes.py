@@ -265,7 +265,7 @@ def test_a_step_returns_each_draws_outcomes_also_while_dynamic_sampling_collects
     assert set(first) == {"outcomes"}, "a draw that only collects returns its outcomes alone"
     assert "metrics" in second and "outcomes" in second
     for out, b, samples in zip((first, second), batches, drawn):
-        outcome = out["outcomes"]
+        (outcome,) = out["outcomes"]  # one per rank
         assert outcome["problem_ids"] == b.problem_ids and outcome["draw_index"] == b.draw_index
         assert outcome["group_sizes"] == b.group_sizes and len(samples) == sum(b.group_sizes)
         records = [r for r, s in zip(RECORDS, b.group_sizes) for _ in range(s)]
