@@ -266,3 +266,19 @@ class EngineRecord(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module)
+
+
+class RecordCurriculum(L.Callback):
+    """Each rank writes ``path.rank<N>.json`` at train end: the problems of every batch it trained on and
+    its data module's curriculum state (the posterior every rank must agree on)."""
+
+    def __init__(self, path: str):
+        self.path, self.batches = path, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append({"draw": batch.draw_index, "problems": list(batch.problem_ids),
+                             "sizes": None if batch.group_sizes is None else list(batch.group_sizes)})
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        with open(f"{self.path}.rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"batches": self.batches, "curriculum": trainer.datamodule.curriculum.state_dict()}, f)

@@ -174,3 +174,37 @@ def test_online_rl_under_two_process_ddp_matches_one_process_with_the_same_promp
         got, want = [float(r[name]) for r in two], [float(r[name]) for r in one]
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6), name
     assert float(one[-1]["train/completions_seen"]) == 2 * 4 * 2  # 2 generation batches of 4 prompts x 2
+
+
+@pytest.mark.slow
+def test_two_ranks_keep_one_curriculum_posterior_and_draw_disjoint_shares(tmp_path):
+    """GRPO with the self-paced curriculum (adaptive samples per prompt) and dynamic sampling on two gloo
+    processes: every rank books every rank's outcomes, so both end with the same posterior, which counts
+    every sample both drew; within each draw their prompts differ."""
+    config = {
+        "seed_everything": 5,
+        "trainer": {"accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_steps": 4, "logger": False,
+                    "enable_checkpointing": False, "enable_progress_bar": False, "default_root_dir": str(tmp_path),
+                    "callbacks": [{"class_path": "fault_injection.RecordCurriculum",
+                                   "init_args": {"path": str(tmp_path / "curriculum")}}]},
+        "model": {"class_path": "lit_align.methods.GRPO", "init_args": {
+            "model": "tiny:causal-lm", "lora": LORA, "num_generations": 4, "dynamic_sampling": True, "max_draws": 2,
+            "reward": {"class_path": "fault_injection.HalfFlat"}, "generation": {"max_new_tokens": 6, "temperature": 1.0}}},
+        "data": {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
+                           "init_args": {"num_problems": 40, "with_traces": False}}, "batch_size": 2,
+                 "curriculum": {"class_path": "lit_align.data.curriculum.SelfPaced", "init_args": {
+                     "success_threshold": 0.8, "adaptive_k": True, "k_min": 2, "k_max": 6, "k_unit": 2}}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config", str(tmp_path / "config.yaml")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"curriculum.rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["curriculum"] == ranks[1]["curriculum"]
+    state = ranks[0]["curriculum"]
+    drawn = sum(sum(b["sizes"]) for rank in ranks for b in rank["batches"])
+    booked = sum(state["successes"]) + sum(state["failures"]) + sum(o[2] + o[3] for o in state["pending"])
+    assert booked == drawn > 0
+    for mine, theirs in zip(*(rank["batches"] for rank in ranks)):
+        assert mine["draw"] == theirs["draw"] and not set(mine["problems"]) & set(theirs["problems"])
