@@ -164,6 +164,14 @@ class VerifierEval(L.Callback):
             Path(self.output).write_text(json.dumps(self.results, indent=2))
 
     # The before-figure rides in checkpoints: a resumed run must not re-measure it on trained weights.
+    @property
+    def state_key(self) -> str:
+        """A curve's own key, so that a run can hold it beside a before/after evaluation (whose key stays
+        the class name, as in the checkpoints written before curves existed)."""
+        if not self.every_n_steps:
+            return super().state_key
+        return self._generate_state_key(every_n_steps=self.every_n_steps, output=self.output)
+
     def state_dict(self) -> dict:
         return {"results": self.results}
 
