@@ -48,6 +48,7 @@ class CurriculumLog(L.Callback):
         metrics["curriculum/samples_per_signal_group"] = (step["samples"] / step["signal_groups"]
                                                           if step["signal_groups"] else math.inf)
         metrics["curriculum/samples_drawn"] = float(step["samples"])
+        metrics["curriculum/groups_drawn"] = float(step["groups"])
         metrics["curriculum/reward_drawn"] = step["reward"] / step["samples"]
         if curriculum is not None:
             metrics |= curriculum.metrics()

@@ -25,7 +25,7 @@ def test_a_steps_row_gets_the_signal_share_samples_and_reward_of_all_its_draws()
     curriculum.book(0, [1, 2], [2, 3], first["outcomes"][0]["rewards"])
     log.on_train_batch_end(trainer, None, second, None, 1)
     assert metrics["curriculum/signal_share"] == pytest.approx(3 / 4)  # 4 groups drawn, 3 with signal
-    assert metrics["curriculum/samples_drawn"] == 11
+    assert metrics["curriculum/samples_drawn"] == 11 and metrics["curriculum/groups_drawn"] == 4
     assert metrics["curriculum/samples_per_signal_group"] == pytest.approx(11 / 3)
     assert metrics["curriculum/reward_drawn"] == pytest.approx(4.5 / 11)
     assert metrics["curriculum/problems_seen"] == 2  # what the curriculum was told: draw 0
