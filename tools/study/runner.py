@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .memory import peak_rss_mib, reset_peak_rss
+from .memory import TreePeak, peak_rss_mib, reset_peak_rss
 from .plan import EMBEDDED_COSTS, PROFILE_NAMES, PROFILES, Stage, expected_seconds, merge, plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,32 +266,33 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     start = time.perf_counter()
     in_child = stage.command != "split" and runs_in_child(engine)
     child_peak = None
-    if stage.command == "split":
-        counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
-        print(f"[reproduce] {stage.name}: {counts}")
-    else:
-        if stage.command == "pairs":
-            module, args = "lit_align.pairs", ["--config", str(config_file)]
+    with TreePeak() as machine:  # the runner and any child at the same moment, summed
+        if stage.command == "split":
+            counts = split_by_prompt(Path(stage.config), folder, stage.overrides["parts"])
+            print(f"[reproduce] {stage.name}: {counts}")
         else:
-            module, args = "lit_align", [stage.command, "--config", str(config_file)]
-            last = folder / "checkpoints" / "last.ckpt"
-            if stage.command == "fit" and last.is_file():
-                print(f"[reproduce] {stage.name}: resuming from {last}")
-                args += ["--ckpt_path", str(last)]
-        if in_child:
-            child_peak = run_child(stage.name, module, args)
-        elif module == "lit_align.pairs":
-            from lit_align.pairs import main as pairs_main
+            if stage.command == "pairs":
+                module, args = "lit_align.pairs", ["--config", str(config_file)]
+            else:
+                module, args = "lit_align", [stage.command, "--config", str(config_file)]
+                last = folder / "checkpoints" / "last.ckpt"
+                if stage.command == "fit" and last.is_file():
+                    print(f"[reproduce] {stage.name}: resuming from {last}")
+                    args += ["--ckpt_path", str(last)]
+            if in_child:
+                child_peak = run_child(stage.name, module, args)
+            elif module == "lit_align.pairs":
+                from lit_align.pairs import main as pairs_main
 
-            pairs_main(args)
-        else:
-            from lit_align.cli import main as cli_main
+                pairs_main(args)
+            else:
+                from lit_align.cli import main as cli_main
 
-            argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``, not this tool's own options
-            try:
-                cli_main(args)
-            finally:
-                sys.argv = argv
+                argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only ``args``, not this tool's own options
+                try:
+                    cli_main(args)
+                finally:
+                    sys.argv = argv
     gc.collect()
     seconds = time.perf_counter() - start
     # the stage's own peak RSS where the kernel let the peak be reset, else the run's so far (said by the flag)
@@ -300,7 +301,7 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     else:
         peak = stage_peak_rss_mib()
     record = {"stage": stage.name, "label": stage.label, "seconds": seconds, "engine": engine,
-              "peak_rss_mib": peak, "peak_rss_of_stage_alone": own_peak}
+              "peak_rss_mib": peak, "peak_rss_of_stage_alone": own_peak, "machine_peak_rss_mib": machine.peak_mib}
     done.write_text(json.dumps(record | where, indent=2) + "\n")
     return seconds
 
