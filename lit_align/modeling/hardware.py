@@ -1,7 +1,8 @@
-"""What the machine can do fast: bf16 on this CPU or not."""
+"""What the machine can do fast (bf16 on this CPU or not), and the thread settings a run's digits hang on."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -52,3 +53,42 @@ def warn_if_slow_bf16(trainer) -> bool:
         )
         return True
     return False
+
+
+# Values of OMP_DYNAMIC that turn dynamic thread teams on (GNU OpenMP reads true/false, others also 1/yes/on).
+_TRUE = {"true", "1", "yes", "on"}
+
+
+def thread_settings(env=None) -> str:
+    """One line naming what a CPU run's digits depend on besides the seed: torch's thread counts, the cores
+    this process may use, and the OpenMP variables that set them.
+
+    On CPU, a sum whose terms are split across threads (a reduction, a matrix product split along its
+    inner dimension) adds in an order set by the thread count, so 1 and 2 threads give different last bits;
+    the count is fixed when torch starts, from ``OMP_NUM_THREADS`` or the cores it may use, not from load.
+    """
+    import torch
+
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    named = ", ".join(f"{k}={env[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_DYNAMIC") if k in env)
+    return (f"torch threads: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op; "
+            f"{cores} cores usable; {named or 'OMP_NUM_THREADS unset'}")
+
+
+def load_dependent_threads(env=None) -> str | None:
+    """Why this run's digits could change with the machine's load, or None.
+
+    With ``OMP_DYNAMIC=true`` GNU OpenMP (torch's) sizes each thread team by the load average: on a busy
+    2-core machine a 2-thread sum ran on 1 thread and gave the 1-thread sum's last bits.
+
+    >>> load_dependent_threads({"OMP_DYNAMIC": "TRUE"}) is not None
+    True
+    >>> load_dependent_threads({"OMP_DYNAMIC": "false"}) is None and load_dependent_threads({}) is None
+    True
+    """
+    env = os.environ if env is None else env
+    if env.get("OMP_DYNAMIC", "").strip().lower() in _TRUE:
+        return ("OMP_DYNAMIC is on: OpenMP sizes its thread teams by the machine's load, so sums split "
+                "across threads can end in other digits when other jobs run; unset it for repeatable runs")
+    return None
