@@ -28,7 +28,7 @@ def test_each_arm_changes_only_what_it_names(tmp_path):
     assert all(strip(c) == strip(configs["uniform"]) for c in configs.values())
 
 
-@pytest.mark.parametrize("arm", ["dynamic", "curriculum_k"])
+@pytest.mark.parametrize("arm", [pytest.param("dynamic", marks=pytest.mark.slow), "curriculum_k"])
 def test_an_arm_runs_and_logs_the_figures_the_table_reads(arm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = cc.arm_config(arm, "tiny:causal-lm", 3, tmp_path)

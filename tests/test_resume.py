@@ -300,7 +300,7 @@ def _curriculum_run(adaptive: bool):
     return model, {**data, "curriculum": curriculum}
 
 
-@pytest.mark.parametrize("adaptive", [False, True], ids=["fixed_k", "adaptive_k"])
+@pytest.mark.parametrize("adaptive", [pytest.param(False, marks=pytest.mark.slow), True], ids=["fixed_k", "adaptive_k"])
 def test_online_rl_with_a_curriculum_resumes_like_uninterrupted(adaptive, tmp_path, monkeypatch):
     """GRPO with dynamic sampling and the self-paced curriculum (posterior fed by every draw, samples per
     prompt chosen before generating): a run resumed from a checkpoint mid-epoch ends with the
