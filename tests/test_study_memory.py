@@ -21,3 +21,21 @@ def test_the_tree_peak_sums_a_child_held_beside_the_parent():
     assert both >= parent + hold * 0.9, (both, parent)  # the child's pages are in the sum
     assert peak.peak_mib >= both * 0.95 and peak.peak_mib >= parent + hold * 0.9
     assert tree_rss_mib(__import__("os").getpid()) < parent + hold * 0.5  # and gone with it
+
+
+def test_the_report_states_the_highest_machine_wide_peak_and_says_when_it_is_a_lower_bound():
+    from tools.study.plan import Stage
+    from tools.study.report import _stage_table, run_memory
+
+    stages = [Stage(n, "fit", "c.yaml", n) for n in ("a", "b", "c")]
+    done = {"a": {"seconds": 1.0, "peak_rss_mib": 900.0, "machine_peak_rss_mib": 1500.0},
+            "b": {"seconds": 2.0, "peak_rss_mib": 2000.0, "machine_peak_rss_mib": 2600.0},
+            "c": {"seconds": 3.0, "peak_rss_mib": 700.0, "machine_peak_rss_mib": 800.0}}
+    text = run_memory(stages, done)
+    assert "2,600 MiB machine-wide" in text and "`b`" in text and "lower bound" not in text
+    assert _stage_table(stages, done)[3].endswith("| 2,000 | 2,600 |")
+    del done["c"]["machine_peak_rss_mib"]  # a stage recorded before the reading existed
+    assert "Not measured for c: the figure is a lower bound." in run_memory(stages, done)
+    for d in done.values():
+        d.pop("machine_peak_rss_mib", None)
+    assert "not the machine-wide footprint" in run_memory(stages, done)

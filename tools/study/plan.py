@@ -86,7 +86,7 @@ PROFILES = {
     "embedded": Sizes(
         policy=None, rm_backbone=None, if_prompts=160, if_eval_prompts=128, if_batch_size=64, sft_steps=30,
         rm_steps=40, rloo_steps=6, rloo_checker_steps=6, cd_sft_steps=20, cd_more_steps=30, cd_most_steps=50,
-        cd_rl_steps=4, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=16, bon_batch=8,
+        cd_rl_steps=5, cd_eval_problems=128, cd_eval_batch=64, bon_n=[1, 2, 4, 8], bon_val_problems=16, bon_batch=8,
     ),
     "smoke": Sizes(
         policy="tiny:causal-lm", rm_backbone="tiny:classifier", if_prompts=48, if_eval_prompts=4, if_new_tokens=12,
@@ -133,11 +133,19 @@ def choose_temperature(val_folders: dict[float, Path]) -> tuple[float, dict]:
 # constant, 4 prompts x 8 samples, DAPO token mean, clip 0.2 / 0.28, no KL, micro-batches of 8 with
 # checkpointing), and RLOO with its own objective (leave-one-out advantages, sequence normaliser, KL 0.03
 # in the reward) on the same batches, lr and steps, so the two rows differ by objective only. Dynamic
-# sampling is off here: from this start most groups carry signal, and a second draw doubles a step's cost.
-_RL_SHARED = {"micro_batch_size": 8, "gradient_checkpointing": True, "max_grad_norm": 1.0, "dynamic_sampling": False,
+# sampling is off here (a second draw doubles a step's cost); instead both draw their problems through the
+# self-paced curriculum of docs/grpo.md (samples per prompt chosen before generating, 32 a step) and recompute
+# activations only above 3 GiB (a group of 8 runs without).
+_RL_SHARED = {"micro_batch_size": 8, "gradient_checkpointing": True, "activation_memory_budget_gib": 3,
+              "max_grad_norm": 1.0, "dynamic_sampling": False,
               "rollout": {"class_path": "lit_align.sampling.engines.HFGenerate", "init_args": {"max_batch_rows": 64}},
               "min_lr_ratio": 1.0, "warmup_steps": 0, "log_completions_every_n_steps": 0,
               "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-4, "weight_decay": 0.0}}}
+
+
+_CURRICULUM = {"class_path": "lit_align.data.curriculum.SelfPaced",
+               "init_args": {"explore": 0.25, "stale_after": 50, "prior_strength": 2.0, "success_threshold": 1.0,
+                             "adaptive_k": True, "k_min": 4, "k_max": 16, "k_unit": 4}}
 
 
 def _countdown_rl(s: Sizes, sft: str) -> list[Stage]:
@@ -153,7 +161,7 @@ def _countdown_rl(s: Sizes, sft: str) -> list[Stage]:
             "trainer": {"max_steps": s.cd_rl_steps, "max_time": None, "log_every_n_steps": 1},
             "model": {"init_args": _RL_SHARED | init | {"model": sft, "generation": {"max_new_tokens": s.cd_new_tokens,
                                                                                       "temperature": 1.0}}},
-            "data": {"batch_size": 4},
+            "data": {"batch_size": 4, "curriculum": _CURRICULUM},
             "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
     return stages
 

@@ -355,16 +355,38 @@ def _reward_slopes(stages: list[Stage], out: Path) -> list[str]:
 
 
 def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
-    """Each stage's wall time, the engine it sampled with (none: it samples nothing) and the peak RSS of the
-    one process that ran it (the runner, or its child)."""
-    lines = ["| stage | wall time (s) | sampling engine | peak RSS of the stage's process (MiB) |", "|---|---|---|---|"]
+    """Each stage's wall time, the engine it sampled with (none: it samples nothing), the peak RSS of the one
+    process that ran it (the runner, or its child) and the machine-wide peak (the runner and its children at
+    the same moment, summed: ``memory.TreePeak``; – for stages recorded before it was measured)."""
+    lines = ["| stage | wall time (s) | sampling engine | peak RSS of the stage's process (MiB) | machine-wide peak (MiB) |",
+             "|---|---|---|---|---|"]
     for stage in stages:
         d = done.get(stage.name) or {}
         peak = d.get("peak_rss_mib")
         peak = "–" if peak is None else f"{peak:,.0f}" + ("" if d.get("peak_rss_of_stage_alone", True) else " (run so far)")
+        machine = d.get("machine_peak_rss_mib")
         engine = d.get("engine") or ("–" if d else "")
-        lines.append(f"| {stage.name} | {_fmt(d.get('seconds'))} | {engine} | {peak} |")
+        lines.append(f"| {stage.name} | {_fmt(d.get('seconds'))} | {engine} | {peak} | {'–' if machine is None else f'{machine:,.0f}'} |")
     return lines
+
+
+def run_memory(stages: list[Stage], done: dict[str, dict]) -> str:
+    """The sentence that reports the run's memory: the highest machine-wide peak over the stages, and which
+    stages lack the reading (then the figure is a lower bound, said so)."""
+    measured = {s.name: done[s.name]["machine_peak_rss_mib"] for s in stages
+                if (done.get(s.name) or {}).get("machine_peak_rss_mib") is not None}
+    missing = [s.name for s in stages if done.get(s.name) and s.name not in measured]
+    if not measured:
+        return ("Each peak RSS is the high-water mark of the one process that ran the stage (the runner, or the child "
+                "a vLLM stage runs in), not the machine-wide footprint: what the runner held while a child ran is in no figure.")
+    top = max(measured, key=measured.get)
+    text = (f"**The run's memory: {measured[top]:,.0f} MiB machine-wide at its highest** (`{top}`): the runner and "
+            "every child process at the same moment, summed, read from /proc every 0.25 s (a shorter spike can be "
+            "missed; pages shared between processes count once per process). The per-process column is each "
+            "stage's own process alone.")
+    if missing:
+        text += f" Not measured for {', '.join(missing)}: the figure is a lower bound."
+    return text
 
 
 def _scaling_plot(stages: list[Stage], out: Path, image: Path) -> bool:
@@ -487,8 +509,7 @@ def section(profile: str, stages: list[Stage], out: Path, results: Path) -> str:
               "interval holds 0 is no detectable change, and first → last are single steps):", "",
               *_reward_slopes(stages, out), ""]
     lines += _stage_table(stages, done)
-    lines += ["", "Each peak RSS is the high-water mark of the one process that ran the stage (the runner, or the child "
-              "a vLLM stage runs in), not the machine-wide footprint: what the runner held while a child ran is in no figure."]
+    lines += ["", run_memory(stages, done)]
     lines.append(f"<!-- reproduce:{profile}:end -->")
     return "\n".join(lines) + "\n"
 
