@@ -319,6 +319,21 @@ def test_a_stage_sampling_with_another_engine_runs_in_a_child_process(tmp_path, 
     assert done["engine"] == "VLLM" and done["peak_rss_of_stage_alone"] is True and done["peak_rss_mib"] > 100
     assert (tmp_path / stage.name / "pairs.jsonl").read_text().strip()
     assert not runner.runs_in_child("HFGenerate") and not runner.runs_in_child(None)
+    assert runner.runs_in_child("HFGenerate", every=True) and runner.runs_in_child(None, every=True)
+
+
+def test_the_embedded_profile_runs_every_stage_in_a_child_and_the_smoke_profile_does_not(tmp_path, monkeypatch):
+    import study.runner as runner
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_stage", lambda stage, folder, where, every_n, rollout, every_in_child=False:
+                        seen.setdefault(stage.name, every_in_child))
+    monkeypatch.setattr(runner, "provenance", lambda: {})
+    runner.run("embedded", str(tmp_path / "e"), None, only=["instruction_dpo", "countdown_sft"])
+    assert seen == {"instruction_dpo": True, "countdown_sft": True}  # a training stage's leftovers stay out of the runner
+    seen.clear()
+    runner.run("smoke", str(tmp_path / "s"), None, only=["instruction_dpo"])
+    assert seen == {"instruction_dpo": False}
 
 
 def test_a_child_reports_its_own_peak_and_a_failing_child_stops_the_run(tmp_path, monkeypatch):

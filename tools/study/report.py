@@ -354,17 +354,26 @@ def _reward_slopes(stages: list[Stage], out: Path) -> list[str]:
     return lines
 
 
+def machine_peak(d: dict) -> float | None:
+    """A stage's machine-wide peak in MiB: the runner and its children summed, as polled (``memory.TreePeak``),
+    raised to the stage's own process peak where the poll missed a spike the kernel recorded (the sum at
+    that moment was at least that); None for stages recorded before the poll existed."""
+    polled = d.get("machine_peak_rss_mib")
+    if polled is None:
+        return None
+    return max(polled, d.get("peak_rss_mib") or 0.0)
+
+
 def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
     """Each stage's wall time, the engine it sampled with (none: it samples nothing), the peak RSS of the one
-    process that ran it (the runner, or its child) and the machine-wide peak (the runner and its children at
-    the same moment, summed: ``memory.TreePeak``; – for stages recorded before it was measured)."""
+    process that ran it (the runner, or its child) and the machine-wide peak (``machine_peak``)."""
     lines = ["| stage | wall time (s) | sampling engine | peak RSS of the stage's process (MiB) | machine-wide peak (MiB) |",
              "|---|---|---|---|---|"]
     for stage in stages:
         d = done.get(stage.name) or {}
         peak = d.get("peak_rss_mib")
         peak = "–" if peak is None else f"{peak:,.0f}" + ("" if d.get("peak_rss_of_stage_alone", True) else " (run so far)")
-        machine = d.get("machine_peak_rss_mib")
+        machine = machine_peak(d)
         engine = d.get("engine") or ("–" if d else "")
         lines.append(f"| {stage.name} | {_fmt(d.get('seconds'))} | {engine} | {peak} | {'–' if machine is None else f'{machine:,.0f}'} |")
     return lines
@@ -373,19 +382,20 @@ def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
 def run_memory(stages: list[Stage], done: dict[str, dict]) -> str:
     """The sentence that reports the run's memory: the highest machine-wide peak over the stages, and which
     stages lack the reading (then the figure is a lower bound, said so)."""
-    measured = {s.name: done[s.name]["machine_peak_rss_mib"] for s in stages
-                if (done.get(s.name) or {}).get("machine_peak_rss_mib") is not None}
+    measured = {s.name: machine_peak(done[s.name]) for s in stages if machine_peak(done.get(s.name) or {}) is not None}
     missing = [s.name for s in stages if done.get(s.name) and s.name not in measured]
     if not measured:
         return ("Each peak RSS is the high-water mark of the one process that ran the stage (the runner, or the child "
                 "a vLLM stage runs in), not the machine-wide footprint: what the runner held while a child ran is in no figure.")
     top = max(measured, key=measured.get)
-    text = (f"**The run's memory: {measured[top]:,.0f} MiB machine-wide at its highest** (`{top}`): the runner and "
-            "every child process at the same moment, summed, read from /proc every 0.25 s (a shorter spike can be "
-            "missed; pages shared between processes count once per process). The per-process column is each "
-            "stage's own process alone.")
+    text = (f"**The run's memory: {measured[top]:,.0f} MiB machine-wide at its highest** (`{top}`). The machine-wide "
+            "column sums the resident memory of the runner and every child process at the same moment, read from "
+            "/proc every 0.25 s, and is raised to the stage's own process peak (kept by the kernel) where that is "
+            "higher: a spike shorter than the poll can be missed, so the figure is the best lower bound the "
+            "readings give; pages shared between processes count once per process. The per-process column is "
+            "the stage's own process alone.")
     if missing:
-        text += f" Not measured for {', '.join(missing)}: the figure is a lower bound."
+        text += f" Not measured for {', '.join(missing)}: the run's figure is a lower bound there too."
     return text
 
 

@@ -222,11 +222,19 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout
     return with_rollout(config, stage.command, rollout)
 
 
-def runs_in_child(engine: str | None) -> bool:
-    """Whether a stage runs in a process of its own: when it samples with an engine other than HF
-    ``generate``. vLLM's in-process engine leaves memory (and state) behind after it is shut down, so the
-    stages after it would carry it; a child process returns all of it and reports the stage's own peak."""
-    return engine not in (None, "HFGenerate")
+# Profiles whose every stage runs in a child process: the runner then holds only itself while a stage runs.
+# Run in the runner, a training stage left its memory behind (the allocator keeps what it freed): in the
+# embedded run that started at 94f7d2d the runner held ~4.5 GB after DPO, so the RLOO stage's child (6.5 GB)
+# put the machine at 11 GB. The test profiles keep HF stages in the runner, which saves a start-up a stage.
+CHILD_EVERY_STAGE = {"embedded", "paper"}
+
+
+def runs_in_child(engine: str | None, every: bool = False) -> bool:
+    """Whether a stage runs in a process of its own: always with ``every`` (``CHILD_EVERY_STAGE``), else when
+    it samples with an engine other than HF ``generate``. vLLM's in-process engine leaves memory (and state)
+    behind after it is shut down, and so does a training stage, so the stages after it would carry it; a child
+    process returns all of it and reports the stage's own peak."""
+    return every or engine not in (None, "HFGenerate")
 
 
 def run_child(name: str, module: str, args: list[str]) -> float | None:
@@ -248,7 +256,8 @@ def run_child(name: str, module: str, args: list[str]) -> float | None:
     return int(text) / 1024 if text else None
 
 
-def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 20, rollout: dict | None = None) -> float:
+def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 20, rollout: dict | None = None,
+              every_in_child: bool = False) -> float:
     """Run one stage (skipped when ``done.json`` exists); returns its wall time in seconds. ``where``
     (``provenance()``) is recorded in its ``done.json``."""
     done = folder / "done.json"
@@ -264,7 +273,7 @@ def run_stage(stage: Stage, folder: Path, where: dict, checkpoint_every: int = 2
     print(f"[reproduce] {stage.name}: {stage.command} --config {config_file}" + (f" (samples with {engine})" if engine else ""))
     own_peak = reset_peak_rss()
     start = time.perf_counter()
-    in_child = stage.command != "split" and runs_in_child(engine)
+    in_child = stage.command != "split" and runs_in_child(engine, every_in_child)
     child_peak = None
     with TreePeak() as machine:  # the runner and any child at the same moment, summed
         if stage.command == "split":
@@ -340,7 +349,7 @@ def run(profile: str, out: str | None = None, results: str | None = None, only: 
             config = stage_config(stage, folder, checkpoint_every, rollout, resolve=False)
             (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             continue
-        run_stage(stage, out_dir / stage.name, where, checkpoint_every, rollout)
+        run_stage(stage, out_dir / stage.name, where, checkpoint_every, rollout, profile in CHILD_EVERY_STAGE)
     if data and not dry_run:
         from .report import collect
 
