@@ -224,7 +224,7 @@ def stage_config(stage: Stage, folder: Path, checkpoint_every: int = 20, rollout
 
 # Profiles whose every stage runs in a child process: the runner then holds only itself while a stage runs.
 # Run in the runner, a training stage left its memory behind (the allocator keeps what it freed): in the
-# embedded run that started at 94f7d2d the runner held ~4.5 GB after DPO, so the RLOO stage's child (6.5 GB)
+# embedded run that started at f567861 the runner held ~4.5 GB after DPO, so the RLOO stage's child (6.5 GB)
 # put the machine at 11 GB. The test profiles keep HF stages in the runner, which saves a start-up a stage.
 CHILD_EVERY_STAGE = {"embedded", "paper"}
 
