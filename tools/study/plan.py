@@ -144,14 +144,20 @@ _RL_SHARED = {"micro_batch_size": 8, "gradient_checkpointing": True, "activation
               "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-4, "weight_decay": 0.0}}}
 
 
-_CURRICULUM = {"class_path": "lit_align.data.curriculum.SelfPaced",
-               "init_args": {"explore": 0.25, "stale_after": 50, "prior_strength": 2.0, "success_threshold": 1.0,
-                             "adaptive_k": True, "k_min": 4, "k_max": 16, "k_unit": 4}}
+# The curriculum learning run's config holds the sampler's settings; the study's RL stages draw with the same.
+_CURRICULUM_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "grpo" / "countdown_curriculum_embedded.yaml"
+
+
+def _curriculum() -> dict:
+    """The ``data.curriculum`` block of ``_CURRICULUM_CONFIG`` (``SelfPaced``, samples per prompt chosen before generating)."""
+    import yaml
+
+    return yaml.safe_load(_CURRICULUM_CONFIG.read_text())["data"]["curriculum"]
 
 
 def _countdown_rl(s: Sizes, sft: str) -> list[Stage]:
     """RLOO and GRPO with the verifier from the largest SFT model, matched in everything but the objective."""
-    stages = []
+    stages, curriculum = [], _curriculum()
     for name, config, label, init in (
         ("countdown_rloo", "configs/rloo/countdown_embedded.yaml", "RLOO with the verifier (from the largest SFT)",
          {"rloo_k": 8}),
@@ -162,7 +168,7 @@ def _countdown_rl(s: Sizes, sft: str) -> list[Stage]:
             "trainer": {"max_steps": s.cd_rl_steps, "max_time": None, "log_every_n_steps": 1},
             "model": {"init_args": _RL_SHARED | init | {"model": sft, "generation": {"max_new_tokens": s.cd_new_tokens,
                                                                                       "temperature": 1.0}}},
-            "data": {"batch_size": 4, "curriculum": _CURRICULUM},
+            "data": {"batch_size": 4, "curriculum": curriculum},
             "callbacks": {"VerifierEval": _verifier_eval(s, before=False)}}))
     return stages
 

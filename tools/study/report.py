@@ -382,8 +382,9 @@ def _stage_table(stages: list[Stage], done: dict[str, dict]) -> list[str]:
 def run_memory(stages: list[Stage], done: dict[str, dict]) -> str:
     """The sentence that reports the run's memory: the highest machine-wide peak over the stages, and which
     stages lack the reading (then the figure is a lower bound, said so)."""
-    measured = {s.name: machine_peak(done[s.name]) for s in stages if machine_peak(done.get(s.name) or {}) is not None}
-    missing = [s.name for s in stages if done.get(s.name) and s.name not in measured]
+    peaks = {s.name: machine_peak(done[s.name]) for s in stages if done.get(s.name)}
+    measured = {name: peak for name, peak in peaks.items() if peak is not None}
+    missing = [name for name, peak in peaks.items() if peak is None]
     if not measured:
         return ("Each peak RSS is the high-water mark of the one process that ran the stage (the runner, or the child "
                 "a vLLM stage runs in), not the machine-wide footprint: what the runner held while a child ran is in no figure.")
