@@ -93,25 +93,32 @@ class HFGenerate(RolloutEngine):
     """Hugging Face ``generate`` on the policy itself: always the current weights."""
 
     max_batch_rows: int | None = None  # also for subclasses that keep an __init__ of their own
+    loop: str = "auto"
 
-    def __init__(self, max_batch_rows: int | None = None):
+    def __init__(self, max_batch_rows: int | None = None, loop: str = "auto"):
         """
         Args:
             max_batch_rows: most completions decoded at once (prompts x n); a larger call is decoded in
                 chunks of whole prompts, so the KV cache is bounded whatever the generation batch
                 (None: all at once). Chunk c samples with its own seed, ``derive_seed(seed, c)``.
+            loop: the decoding loop (``generate.sample``): ``"auto"`` (lit_align's own loop for sampling,
+                Hugging Face's ``generate`` for greedy decoding and FSDP-sharded models),
+                ``"lit_align"`` or ``"generate"``.
         """
         if max_batch_rows is not None and max_batch_rows < 1:
             raise ValueError(f"max_batch_rows must be at least 1, got {max_batch_rows}")
+        if loop not in ("auto", "lit_align", "generate"):
+            raise ValueError(f"HFGenerate.loop must be 'auto', 'lit_align' or 'generate', got {loop!r}")
         self.max_batch_rows = max_batch_rows
+        self.loop = loop
 
     def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
                attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
         prompts = max(1, self.max_batch_rows // params.n) if self.max_batch_rows else input_ids.size(0)
         if prompts >= input_ids.size(0):
-            return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed)
+            return sample(model, tokenizer, input_ids, attention_mask, params, seed=seed, loop=self.loop)
         parts = [sample(model, tokenizer, input_ids[i : i + prompts], attention_mask[i : i + prompts], params,
-                        seed=derive_seed(seed, c))
+                        seed=derive_seed(seed, c), loop=self.loop)
                  for c, i in enumerate(range(0, input_ids.size(0), prompts))]
         return concat_samples(parts, tokenizer.pad_token_id)
 

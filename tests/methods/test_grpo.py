@@ -73,10 +73,11 @@ def test_grpo_learns_over_several_passes_with_the_clipped_ratio_in_micro_batches
 
 
 class HalfConstant(Reward):
-    """Prompts of kind "same" score 1 for every completion (no signal); the others score their length."""
+    """Prompts of kind "same" score 1 for every completion (no signal); the others score their place in the
+    call, so two completions of one group always differ (their lengths could tie on some draw)."""
 
     def __call__(self, prompts, completions, records):
-        return torch.tensor([1.0 if r["kind"] == "same" else float(len(c)) for c, r in zip(completions, records)])
+        return torch.tensor([1.0 if r["kind"] == "same" else float(i) for i, r in enumerate(records)])
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_its_draws(tmp_path):
