@@ -248,9 +248,9 @@ def _decode_in_place(cache, room: int) -> None:
 @contextlib.contextmanager
 def _lora_merged(model):
     """For the call, each LoRA layer's delta added into a copy of its base weight and the adapters
-    switched off: one matmul a layer where the adapter path runs three more ops (and at 64 rows a
-    decoding step's many small ones are what the CPU spends its time on: 57 against 68 s for 64
-    Countdown completions of SmolLM2-135M with LoRA r16). The base weights are put back untouched
+    switched off: one matmul a layer where the adapter path runs three more ops, and at 64 rows a
+    decoding step's many small ops are much of what the CPU spends (docs/benchmarks.md, "Sampling with
+    lit_align's own decoding loop"). The base weights are put back untouched
     (out of place: nothing is subtracted). A model it cannot merge exactly (not a peft LoRA model,
     DoRA, quantised or non-Linear bases, modules_to_save) runs as it is."""
     layers = _mergeable_lora_layers(model)

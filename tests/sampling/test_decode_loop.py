@@ -171,3 +171,13 @@ def test_the_hf_engine_picks_the_loop_it_is_given(tokenizer, tiny_lm, monkeypatc
     assert calls == [1], "greedy decoding stays on generate under auto"
     with pytest.raises(ValueError, match="HFGenerate.loop"):
         HFGenerate(loop="fast")
+
+
+def test_greedy_through_the_whole_loop_equals_generate(tokenizer):
+    """merged LoRA, the in-place cache and the shared prompt together, against generate."""
+    model = _lora_lm(tokenizer).eval()
+    ids, mask = _prompts(tokenizer, rows=3, seed=7)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, n=2)
+    ours = sample(model, tokenizer, ids, mask, params, loop="lit_align")
+    theirs = sample(model, tokenizer, ids, mask, params, loop="generate")
+    assert torch.equal(ours.completion_ids, theirs.completion_ids) and ours.texts == theirs.texts
