@@ -296,11 +296,11 @@ def _decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params
     """(R, C) completion tokens of the left-padded prompt rows, padded with ``pad_id`` after each row's
     stop token; ``cache``: the rows' keys/values of every prompt token but the last.
 
-    lit_align's own decoding loop, for what ``generate`` spends on a CPU without need: rows that have
-    stopped leave the batch (its KV cache is cut to the running rows once a quarter of them have
-    stopped; ``cut_at``: that fraction, None: never) and tokens are drawn by ``draw_tokens``. Row r's t-th token uses the t-th uniform of row
-    r's stream (``seed``), so what a row draws does not depend on which other rows still run. Greedy
-    decoding takes the arg-max."""
+    lit_align's own decoding loop, for what ``generate`` spends on a CPU without need: the KV cache is
+    written in place (``_InPlaceLayer``), rows that have stopped leave the batch (the cache is cut to
+    the running rows once ``cut_at`` of them have stopped; None: never) and tokens are drawn by
+    ``draw_tokens``. Row r's t-th token uses the t-th uniform of row r's stream (``seed``), so what a
+    row draws does not depend on which other rows still run. Greedy decoding takes the arg-max."""
     from lit_align.objectives.shared_prompt import _cache_argument
 
     rows, device = input_ids.size(0), input_ids.device
@@ -315,12 +315,12 @@ def _decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params
     alive = torch.ones(rows, dtype=torch.bool, device=device)  # per batch row: not yet stopped
     width = 0
     for step in range(params.max_new_tokens):
-        logits = model(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+        output = model(input_ids=feed, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
                        **({cache_name: cache} if cache is not None else {}))
         if step == 0:
-            cache = getattr(logits, "cache", None) or logits.past_key_values
+            cache = getattr(output, "cache", None) or output.past_key_values
             _decode_in_place(cache, params.max_new_tokens)
-        logits = logits.logits[:, -1]
+        logits = output.logits[:, -1]
         if params.temperature == 0:
             tokens = logits.argmax(-1)
         else:
