@@ -48,8 +48,8 @@ import torch
 from jsonargparse import lazy_instance
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
-from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
+from lit_align.modeling import models
 from lit_align.objectives import logprobs, losses, ops, shared_prompt
 from lit_align.data.collate import PreferenceBatch, split_at_responses
 from lit_align.data.datamodule import DataView
@@ -170,7 +170,7 @@ class DPO(PolicyModule):
         as in the batch (chosen, then rejected). ``recompute``: checkpoint the shared path's completion rows
         (the plain path recomputes through the model's own gradient checkpointing)."""
         if not self._shares_prompts(model):
-            unpad = False if _sharded(model) else None  # one forward on every rank (see _why_prompts_cannot_be_shared)
+            unpad = False if models.fsdp_sharded(model) else None  # one forward on every rank (see _why_prompts_cannot_be_shared)
             logps = logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels,
                                                   unpad=unpad)[0]
             return logps, ops.loss_mask(batch.labels)
@@ -285,13 +285,9 @@ class DPO(PolicyModule):
         return out
 
 
-def _sharded(model) -> bool:
-    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
-
-
 def _why_prompts_cannot_be_shared(model) -> str:
     """Why ``model`` cannot run a prompt once for its two responses ("" where it can)."""
-    if _sharded(model):
+    if models.fsdp_sharded(model):
         return ("FSDP shards its blocks, and each block's forward gathers its weights in a collective, so every "
                 "rank must run as many forwards as the others; with prompts run once, that number follows each "
                 "rank's own prompts and response lengths")

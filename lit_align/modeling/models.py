@@ -336,6 +336,22 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def fsdp_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP (either version) shards the model: its ranks must then run the same forwards."""
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
+
+
+def lora_delta(module: torch.nn.Module) -> torch.Tensor | None:
+    """The weight delta of a peft LoRA layer's active adapters that this layer holds (None: none, or the
+    layer is already merged), to add to its base weight."""
+    if not hasattr(module, "base_layer") or not hasattr(module, "get_delta_weight") or getattr(module, "merged", False):
+        return None
+    active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
+    return sum(module.get_delta_weight(a) for a in active) if active else None
+
+
 def merged_copy(model: PreTrainedModel) -> PreTrainedModel:
     """A plain model with any LoRA adapters merged in, leaving ``model`` untouched."""
     import copy

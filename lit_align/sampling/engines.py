@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lit_align.modeling import models
 from lit_align.sampling import vllm_engine
 from lit_align.sampling.generate import Samples, SamplingParams, concat_samples, sample
 from lit_align.sampling.seeds import derive_seed
@@ -135,12 +136,7 @@ def merged_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
         yield from model.state_dict().items()
         return
     inner = model.get_base_model()
-    deltas = {}
-    for name, module in inner.named_modules():
-        if hasattr(module, "base_layer") and hasattr(module, "get_delta_weight") and not getattr(module, "merged", False):
-            active = [a for a in module.active_adapters if a in getattr(module, "lora_A", {})]
-            if active:
-                deltas[name] = sum(module.get_delta_weight(a) for a in active)
+    deltas = {name: delta for name, module in inner.named_modules() if (delta := models.lora_delta(module)) is not None}
     for key, value in inner.state_dict().items():
         if "lora_" in key:
             continue

@@ -21,6 +21,7 @@ from packaging.version import Version
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
+from lit_align.modeling import models
 from lit_align.objectives import logprobs, ops
 from lit_align.data.formats import stop_token_ids
 
@@ -171,14 +172,6 @@ def _shared_prompt_cache(model, input_ids: torch.Tensor, attention_mask: torch.T
     return cache
 
 
-def _sharded(model) -> bool:
-    """Whether the model is sharded by FSDP: its ranks must run the same number of forwards, which
-    ``generate`` arranges (``synced_gpus``) and lit_align's own loop does not."""
-    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-    return any(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in model.modules())
-
-
 def draw_tokens(logits: torch.Tensor, temperature: float, top_p: float, uniforms: torch.Tensor) -> torch.Tensor:
     """One token per row of ``logits`` (R, V) from softmax(logits / T), cut to the top-p nucleus when
     ``top_p`` < 1, by inverting each row's cumulative distribution at ``uniforms`` (R,) in [0, 1).
@@ -259,9 +252,8 @@ def _lora_merged(model):
         return
     saved = []
     try:
-        for layer in layers:
+        for layer, delta in layers:
             base = layer.get_base_layer()
-            delta = sum(layer.get_delta_weight(name) for name in layer.active_adapters)
             saved.append((base, base.weight.data))
             base.weight.data = base.weight.data + delta.to(base.weight.dtype)
         with model.disable_adapter():
@@ -272,7 +264,8 @@ def _lora_merged(model):
 
 
 def _mergeable_lora_layers(model) -> list:
-    """The model's LoRA layers, where every one of them can be merged exactly; else []."""
+    """(layer, delta) of each of the model's LoRA layers that holds an active adapter, where every LoRA
+    layer can be merged exactly; else []."""
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
         from peft.tuners.lora.layer import LoraLayer
@@ -288,7 +281,7 @@ def _mergeable_lora_layers(model) -> list:
         if (type(base) is not torch.nn.Linear or not base.weight.is_floating_point() or m.merged
                 or any(m.use_dora.get(a, False) for a in m.active_adapters)):
             return []
-    return layers
+    return [(m, delta) for m in layers if (delta := models.lora_delta(m)) is not None]
 
 
 def _decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams, seed: int,
@@ -365,12 +358,10 @@ def sample(
     model.eval()
     device = input_ids.device
     greedy = params.temperature == 0
-    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-    devices = [device] if device.type == "cuda" else []
     stops = stop_token_ids(tokenizer)
     if loop not in ("auto", "lit_align", "generate"):
         raise ValueError(f"loop must be 'auto', 'lit_align' or 'generate', got {loop!r}")
-    own = loop == "lit_align" or (loop == "auto" and not greedy and not _sharded(model))
+    own = loop == "lit_align" or (loop == "auto" and not greedy and not models.fsdp_sharded(model))
     try:
         with logprobs.cast_weights_once(device), own_generation_config(model):
             # the prompts' states, computed once and shared by their n samples (all but the last token)
@@ -382,8 +373,7 @@ def sample(
                     completion_ids = _decode(model, input_ids, attention_mask, params, seed, stops,
                                              tokenizer.pad_token_id, cache=shared)
             else:
-                completion_ids = _generate(model, tokenizer, input_ids, attention_mask, params, seed, stops, shared,
-                                           kwargs, devices)
+                completion_ids = _generate(model, tokenizer, input_ids, attention_mask, params, seed, stops, shared)
     finally:
         model.train(was_training)
     mask, truncated = ends(completion_ids, stops)
@@ -392,8 +382,11 @@ def sample(
     return Samples(input_ids, attention_mask, completion_ids, mask, texts, truncated, params.temperature)
 
 
-def _generate(model, tokenizer, input_ids, attention_mask, params, seed, stops, shared, kwargs, devices):
-    """(R, C) completion tokens from Hugging Face's ``generate``."""
+def _generate(model, tokenizer, input_ids, attention_mask, params, seed, stops, shared):
+    """(R, C) completion tokens from Hugging Face's ``generate``; ``shared``: the prompts' cache or None."""
+    greedy = params.temperature == 0
+    kwargs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+    devices = [input_ids.device] if input_ids.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=params.max_new_tokens,

@@ -78,7 +78,7 @@ def test_greedy_decoding_equals_generate_token_for_token_while_rows_stop_and_lea
     with torch.no_grad():
         stops = _own_stops(tiny_lm, ids, mask, tokenizer.pad_token_id, params)
         ours = generate._decode(tiny_lm, ids, mask, params, 0, stops, tokenizer.pad_token_id)
-        theirs = generate._generate(tiny_lm, tokenizer, ids, mask, params, 0, stops, None, dict(do_sample=False), [])
+        theirs = generate._generate(tiny_lm, tokenizer, ids, mask, params, 0, stops, None)
     ends_ours, ends_theirs = generate.ends(ours, stops)[0], generate.ends(theirs, stops)[0]
     assert ends_ours.sum(1).unique().numel() > 1, "rows should stop at different steps"
     assert torch.equal(ends_ours, ends_theirs)
