@@ -1,174 +1,311 @@
-"""``VLLMServer``: a rollout engine whose samples come from a rollout server (``lit_align.sampling.server``)
-in another process, on other devices of the node or on another node.
+"""``VLLMServer``: a rollout engine whose samples come from vLLM's own OpenAI-compatible server, in
+another process, on other devices of the node or on other nodes.
 
-The requests are the colocated engine's (``vllm_engine.requests``: token ids, per-request seeds, stop
-ids, temperature, processed log-probs), sent as one batch per call, and the answers are read the same way
-(``vllm_engine.engine_samples``), so ``Samples`` and ``engine_logps``
-are those the colocated engine gives for the same weights. Weights: before the first sampling, and
-after every optimiser step (``prepare``), the policy's current weights (LoRA merged, in the server's
-dtype) are pushed over a ``torch.distributed`` group of two processes, the trainer's rank 0 and the
-server: gloo on CPUs, NCCL on GPUs. Under DDP every rank samples its own prompts from the server; rank 0
-alone pushes (every rank holds the full weights), and the others wait at a barrier until it has.
+Sampling: one ``/v1/completions`` request per prompt row, token ids in (``vllm_engine.requests``: per-row
+seeds, stop ids, temperature, top-p), the sampled token ids and their log-probs out
+(``return_token_ids``, ``logprobs: 0``), sent concurrently so the server batches them, and read into
+``Samples`` the way the colocated engine's are (``vllm_engine.engine_samples``). Several ``urls`` (servers
+started without vLLM's own data parallelism) share a batch row by row.
 
-Failure is loud and names the address: a server that does not answer at start, stops answering
-mid-run, serves a model of another shape, or loads different weights than were pushed (its checksum
-differs from ours) raises ``RolloutServerError``. The engine holds nothing a checkpoint needs, so a run
-resumes from its last checkpoint and pushes its weights again at the first step.
+Weights: before the first sampling and after every optimiser step (``prepare``), the policy's current
+weights (LoRA merged, in the server's dtype) go through vLLM's weight-transfer routes to lit_align's gloo
+engine in the server (``vllm_gloo``, protocol in ``weight_wire``): the trainer hosts the group's store,
+bound to ``weights_host`` (loopback unless told otherwise); the server checks names, shapes, dtype, byte
+count and checksum before it loads anything. Under DDP every rank samples its own prompts; rank 0 alone
+pushes (every rank holds the full weights) and the others wait at a barrier until it has.
+
+Failure is loud, bounded in time and names the address: a server that does not answer, refuses a push
+(a model of another shape, a wrong key), dies during one, or serves a weights version other than the
+one pushed last (it restarted, or another trainer pushed) raises ``RolloutServerError``. The engine holds
+nothing a checkpoint needs, so a run resumes from its last checkpoint and pushes its weights again.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
+import os
+import re
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import torch
 
-from lit_align.sampling import vllm_engine
+from lit_align.sampling import vllm_engine, weight_wire
 from lit_align.sampling.engines import RolloutEngine, merged_weights
 from lit_align.sampling.generate import Samples, SamplingParams
-from lit_align.sampling.vllm_engine import DTYPES, checksum, identity
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+SERVE_HINT = (
+    "start it with `VLLM_SERVER_DEV_MODE=1 python -m vllm.entrypoints.openai.api_server --model <policy> "
+    "--host 127.0.0.1 --port {port} --weight-transfer-config '{{\"backend\": \"lit_align_gloo\"}}' ...` "
+    "(docs/rollouts.md has the whole command); a run stopped by this resumes from its last checkpoint"
+)
 
 
 class RolloutServerError(RuntimeError):
     """The rollout server failed, named by its address."""
 
 
+class _Session:
+    """One server's weights group: the store this trainer hosts and the gloo group over it."""
+
+    def __init__(self, store, group, listener: socket.socket, world: int):
+        self.store, self.group, self.listener, self.world = store, group, listener, world
+        self.version = 0  # pushes over this session
+        self.expected_version: str | None = None  # the weights version the server took at the last push
+
+
 class VLLMServer(RolloutEngine):
-    """Samples from a vLLM rollout server; the trainer pushes its weights there after every optimiser step."""
+    """Samples from vLLM servers; the trainer pushes its weights there after every optimiser step."""
 
     refuses_4bit = True  # pushed weights must be float tensors
 
-    def __init__(self, url: str = "http://127.0.0.1:8765", group_port: int = 8766, timeout_s: float = 600.0,
-                 connect_timeout_s: float = 60.0):
+    def __init__(self, url: str | list[str] = "http://127.0.0.1:8000", api_key: str | None = None,
+                 weights_host: str = "127.0.0.1", weights_port: int = 0, timeout_s: float = 600.0,
+                 connect_timeout_s: float = 60.0, max_parallel_requests: int = 64):
         """
         Args:
-            url: the server's address (``python -m lit_align.sampling.server --port ...``).
-            group_port: the server's ``--group-port`` (the TCP store of the weights group, on the url's host).
+            url: the server's address, or several servers' (each row of a batch goes to one of them).
+            api_key: the servers' key (their ``VLLM_API_KEY``); None: this process's ``VLLM_API_KEY``
+                (so the key stays out of configs and checkpoints).
+            weights_host: the address this trainer's weights group listens on, one the servers reach:
+                loopback for a server on this machine, this node's address for one on another node.
+            weights_port: its port (0: a free one).
             timeout_s: longest wait for one engine call or weight push.
-            connect_timeout_s: longest wait for the server at the first contact.
+            connect_timeout_s: longest wait for a server at the first contact.
+            max_parallel_requests: requests in flight at once per call (the server batches them).
         """
-        self.url, self.group_port = url.rstrip("/"), group_port
+        self.urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else list(url))]
+        if not self.urls:
+            raise ValueError("VLLMServer needs at least one url")
+        self.api_key = api_key
+        self.weights_host, self.weights_port = weights_host, weights_port
         self.timeout_s, self.connect_timeout_s = timeout_s, connect_timeout_s
-        self._group = None
-        self._session: str | None = None
+        self.max_parallel_requests = max_parallel_requests
+        self._sessions: dict[str, _Session] = {}
+        self._models: dict[str, str] = {}
         self.stale = True
         self.pushes = 0
 
-    def __getstate__(self):  # a checkpoint or deep copy carries the settings, never a connection
-        return dict(self.__dict__, _group=None, _session=None, stale=True, pushes=0, _gather=None)
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def __getstate__(self):  # a checkpoint or deep copy carries the settings, never a connection or a key
+        return dict(self.__dict__, _sessions={}, _models={}, stale=True, pushes=0, _gather=None,
+                    api_key=None if self.api_key is None else "")
+
+    def _key(self) -> str | None:
+        return self.api_key or os.environ.get("VLLM_API_KEY") or None
 
     # --- HTTP -----------------------------------------------------------------------------------
-    def _call(self, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
-        request = urllib.request.Request(self.url + path, method="GET" if body is None else "POST",
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+    def _call(self, url: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if (key := self._key()) is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(url + path, method="GET" if body is None else "POST",
+                                         data=None if body is None else json.dumps(body).encode(), headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout or self.timeout_s) as answer:
-                return json.loads(answer.read())
+                raw = answer.read()
+                return json.loads(raw) if raw else {}
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")
-            raise RolloutServerError(f"rollout server at {self.url} answered {path} with {e.code}: {detail}") from None
+            try:
+                detail = json.loads(detail)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise RolloutServerError(f"rollout server at {url} answered {path} with {e.code}: {detail}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise RolloutServerError(
-                f"rollout server at {self.url} did not answer {path} ({reason}). Is it running? Start it with "
-                f"`python -m lit_align.sampling.server --model <policy> --port {urlparse(self.url).port} "
-                f"--group-port {self.group_port}`; a run stopped by this resumes from its last checkpoint") from None
+            port = url.rsplit(":", 1)[-1]
+            raise RolloutServerError(f"rollout server at {url} did not answer {path} ({reason}). Is it running? "
+                                     + SERVE_HINT.format(port=port)) from None
 
-    def health(self) -> dict:
-        return self._call("/health", timeout=self.connect_timeout_s)
+    def health(self, url: str | None = None) -> dict:
+        """The server's served model (``/v1/models``), dtype (``/server_info``) and weights version."""
+        url = url or self.url
+        self._call(url, "/health", timeout=self.connect_timeout_s)
+        models = self._call(url, "/v1/models", timeout=self.connect_timeout_s)["data"]
+        info = self._call(url, "/server_info", timeout=self.connect_timeout_s)
+        found = re.search(r"\bdtype=torch\.(\w+)", info.get("vllm_config", ""))
+        version = self._call(url, "/weight_info", timeout=self.connect_timeout_s)["weight_version"]
+        return {"model": models[0]["id"], "max_model_len": models[0].get("max_model_len"),
+                "dtype": found.group(1) if found else "float32", "version": version}
+
+    def _together(self, url: str, path: str, body: dict, collective: Callable[[], object]) -> object:
+        """POST ``path`` while ``collective`` runs on the weights group (each side waits for the other),
+        within ``timeout_s``. A failed request raises at once, whatever the group is doing."""
+        outcome: dict[str, object] = {}
+
+        def run(key, fn):
+            try:
+                outcome[key] = fn()
+            except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
+                outcome[key + "_error"] = e
+
+        threads = [threading.Thread(target=run, args=("http", lambda: self._call(url, path, body)), daemon=True),
+                   threading.Thread(target=run, args=("group", collective), daemon=True)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + self.timeout_s
+        while any(t.is_alive() for t in threads):
+            if "http_error" in outcome:
+                break
+            if time.monotonic() > deadline:
+                self._sessions.pop(url, None)
+                raise RolloutServerError(f"rollout server at {url} did not finish {path} within {self.timeout_s:.0f} s "
+                                         "(timeout_s); " + SERVE_HINT.format(port=url.rsplit(":", 1)[-1]))
+            time.sleep(0.02)
+        if "http_error" in outcome:
+            if threads[1].is_alive():  # the group waits on a peer that will not come: it cannot be reused
+                self._sessions.pop(url, None)
+            raise outcome["http_error"]
+        if "group_error" in outcome:
+            self._sessions.pop(url, None)
+            e = outcome["group_error"]
+            raise RolloutServerError(f"rollout server at {url}: the weights group failed during {path} "
+                                     f"({type(e).__name__}: {e})") from None
+        return outcome.get("group")
 
     # --- weights --------------------------------------------------------------------------------
     def weights_changed(self) -> None:
         self.stale = True
 
-    def _check_model(self, model, server: dict) -> None:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        ours, theirs = identity(inner.config.to_dict()), server["config"]
-        differ = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
-        if differ:
-            raise RolloutServerError(f"rollout server at {self.url} serves {server['model']!r}, a model of another shape "
-                                     f"than the policy (policy, server): {differ}")
-
-    def _open_group(self) -> None:
-        self._session = uuid.uuid4().hex
-        self._call("/open_group", {"session": self._session})
-        host = urlparse(self.url).hostname
+    def _open(self, url: str) -> _Session:
+        world = 1 + int(self._call(url, "/get_world_size")["world_size"])
+        listener = socket.socket(socket.AF_INET6 if ":" in self.weights_host else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.weights_host, self.weights_port))
+        listener.listen(64)
+        port = listener.getsockname()[1]
         timeout = datetime.timedelta(seconds=self.timeout_s)
-        store = torch.distributed.TCPStore(host, self.group_port, is_master=False, timeout=timeout)
-        store = torch.distributed.PrefixStore(f"lit_align/{self._session}", store)
-        if torch.cuda.is_available():
-            self._group = torch.distributed.ProcessGroupNCCL(store, 0, 2)
-        else:
-            self._group = torch.distributed.ProcessGroupGloo(store, 0, 2, timeout)
+        store = torch.distributed.TCPStore(self.weights_host, port, world, True, timeout, wait_for_workers=False,
+                                           master_listen_fd=listener.fileno(), use_libuv=True)
+        options = torch.distributed.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        options._devices = [torch.distributed.ProcessGroupGloo.create_device(hostname=self.weights_host)]
+        init = {"master_address": self.weights_host, "master_port": port, "world_size": world, "rank_offset": 1,
+                "timeout_s": self.timeout_s, "token": self._key() or ""}
+        session = _Session(store, None, listener, world)
+        try:
+            session.group = self._together(url, "/init_weight_transfer_engine", {"init_info": init},
+                                           lambda: torch.distributed.ProcessGroupGloo(store, 0, world, options))
+        except BaseException:
+            listener.close()
+            raise
+        self._sessions[url] = session
+        return session
 
-    def push(self, model: torch.nn.Module, dtype: str) -> None:
-        """Send the policy's merged (whole) weights to the server in ``dtype`` and check what it loaded."""
-        if self._group is None:
-            self._open_group()
+    def push(self, model: torch.nn.Module, dtype: str, url: str | None = None) -> None:
+        """Send the policy's merged (whole) weights to a server in ``dtype``; the server checks them first."""
+        url = url or self.url
+        session = self._sessions.get(url) or self._open(url)
         names, tensors = [], []
         for name, value in merged_weights(model):
             names.append(name)
-            tensors.append(value.detach().to(DTYPES[dtype]) if value.is_floating_point() else value.detach())
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        flat = torch.cat([t.reshape(-1).to(device) for t in tensors])
-        answer: dict = {}
-        failure: list[BaseException] = []
+            tensors.append(value.detach().to(weight_wire.DTYPES[dtype]))
+        flat = torch.cat([t.reshape(-1).cpu() for t in tensors])
+        update = {"names": names, "dtype_names": [dtype] * len(names), "shapes": [list(t.shape) for t in tensors],
+                  "nbytes": flat.numel() * flat.element_size(), "checksum": weight_wire.checksum(tensors),
+                  "token": self._key() or ""}
 
-        def ask():  # the server receives while we broadcast: its answer comes after the broadcast
+        def send():
+            flag = torch.tensor([weight_wire.VERDICT_ACCEPT], dtype=torch.int32)
+            options = torch.distributed.AllreduceOptions()
+            options.reduceOp = torch.distributed.ReduceOp.MIN
+            session.group.allreduce([flag], options).wait()
+            if int(flag) != weight_wire.VERDICT_ACCEPT:
+                return False  # a worker refused: the bytes stay here; the request's answer says why
+            broadcast = torch.distributed.BroadcastOptions()
+            broadcast.rootRank = 0
+            session.group.broadcast([flat], broadcast).wait()
+            return True
+
+        self._call(url, "/start_weight_update", {})
+        try:
+            self._together(url, "/update_weights", {"update_info": update}, send)
+        finally:  # the server's update session ends either way, so the next push can start one
             try:
-                answer.update(self._call("/update_weights", {"session": self._session, "names": names,
-                                                             "shapes": [list(t.shape) for t in tensors], "dtype": dtype}))
-            except BaseException as e:  # noqa: BLE001 - raised below, in the caller's thread
-                failure.append(e)
-
-        thread = threading.Thread(target=ask, daemon=True)
-        thread.start()
-        options = torch.distributed.BroadcastOptions()
-        options.rootRank = 0
-        self._group.broadcast([flat], options).wait()
-        thread.join(self.timeout_s)
-        if failure:
-            raise failure[0]
-        expected = checksum(tensors)
-        if not torch.isclose(torch.tensor(answer["checksum"], dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
-                             rtol=1e-9, atol=1e-6):
-            raise RolloutServerError(f"rollout server at {self.url} loaded other weights than were pushed "
-                                     f"(checksum {answer['checksum']!r}, pushed {expected!r})")
+                version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
+                self._call(url, "/finish_weight_update", {"weight_version": version})
+            except RolloutServerError:
+                version = None
+        if version is None:
+            raise RolloutServerError(f"rollout server at {url} did not finish the weight update")
+        self._call(url, "/reset_prefix_cache", {})  # cached prefixes hold keys and values of the old weights
+        session.version += 1
+        session.expected_version = version
         self.pushes += 1
 
     def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
-        if not self.stale:
-            return
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if distributed else 0
-        server = self.health() if rank == 0 else None
-        if server is not None:
-            self._check_model(model, server)
+        if not self.stale:
+            if rank == 0:
+                self._check_versions()
+            return
+        servers = {url: self.health(url) for url in self.urls} if rank == 0 else {}
         with self._full_weights():  # FSDP: every rank takes part in gathering the full weights; rank 0 sends them
-            if server is not None:
-                self.push(model, server["dtype"])
+            for url, server in servers.items():
+                self.push(model, server["dtype"], url)
         if distributed:
             torch.distributed.barrier()  # every rank samples from the weights rank 0 just pushed
         self.stale = False
 
+    def _check_versions(self) -> None:
+        """A server that restarted, or took another trainer's weights, since this trainer's last push."""
+        for url in self.urls:
+            session = self._sessions.get(url)
+            expected = None if session is None else session.expected_version
+            if expected is None:
+                continue
+            serving = self._call(url, "/weight_info", timeout=self.connect_timeout_s)["weight_version"]
+            if serving != expected:
+                self._sessions.pop(url, None)
+                raise RolloutServerError(
+                    f"rollout server at {url} serves weights version {serving!r}, not {expected!r} that this trainer "
+                    "pushed last: it restarted or another trainer pushed to it. Resume from the last checkpoint "
+                    "(the first step pushes the weights again)")
+
     # --- sampling -------------------------------------------------------------------------------
+    def _model_id(self, url: str) -> str:
+        if url not in self._models:
+            self._models[url] = self._call(url, "/v1/models", timeout=self.connect_timeout_s)["data"][0]["id"]
+        return self._models[url]
+
+    def _complete(self, url: str, request: dict) -> dict:
+        params = request["params"]
+        body = {"model": self._model_id(url), "prompt": request["prompt_token_ids"], "n": params["n"],
+                "temperature": params["temperature"], "top_p": params["top_p"], "top_k": params["top_k"],
+                "max_tokens": params["max_tokens"], "stop_token_ids": params["stop_token_ids"], "logprobs": 0,
+                "seed": params["seed"], "skip_special_tokens": params["skip_special_tokens"], "return_token_ids": True}
+        choices = sorted(self._call(url, "/v1/completions", body)["choices"], key=lambda c: c["index"])
+        return {"completions": [{"token_ids": c["token_ids"], "logprobs": (c.get("logprobs") or {}).get("token_logprobs") or [],
+                                 "finish_reason": c["finish_reason"]} for c in choices]}
+
     @torch.no_grad()
     def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
                attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
         self.prepare(model, tokenizer)
         requests = vllm_engine.requests(tokenizer, input_ids, attention_mask, params, seed)
-        outputs = self._call("/generate", {"requests": requests})["outputs"]
+        workers = max(1, min(len(requests), self.max_parallel_requests))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            outputs = list(pool.map(lambda ir: self._complete(self.urls[ir[0] % len(self.urls)], ir[1]),
+                                    enumerate(requests)))
         return vllm_engine.engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def close(self) -> None:
-        self._group, self._session, self.stale = None, None, True
+        for session in self._sessions.values():
+            session.listener.close()
+        self._sessions, self.stale = {}, True
