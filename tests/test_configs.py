@@ -173,14 +173,16 @@ def test_the_rollout_server_override_and_the_slurm_templates_arguments_parse(cap
     parsed = _print_config(capsys, CONFIGS / "grpo" / "countdown_embedded.yaml", CONFIGS / "rollout" / "vllm_server.yaml")
     rollout = parsed["model"]["init_args"]["rollout"]
     assert rollout["class_path"] == "lit_align.sampling.remote.VLLMServer"
-    assert rollout["init_args"]["url"] == "http://127.0.0.1:8765" and rollout["init_args"]["group_port"] == 8766
+    assert rollout["init_args"]["url"] == "http://127.0.0.1:8000" and rollout["init_args"]["weights_host"] == "127.0.0.1"
     script = (CONFIGS.parent / "tools" / "slurm" / "rollout_server.sbatch").read_text()
     overrides = [line.strip().rstrip("\\").strip().replace('"', "") for line in script.splitlines()
                  if line.strip().startswith("--model.init_args.rollout")]
-    assert len(overrides) == 3
-    overrides = [o.replace("${rollout}", "node7").replace("${port}", "9000").replace("$group_port", "9001") for o in overrides]
+    assert len(overrides) == 4
+    overrides = [o.replace("${rollout}", "node7").replace("${port}", "9000").replace("${nodes[0]}", "node1")
+                 .replace("$weights_port", "9001") for o in overrides]
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(CONFIGS / "grpo" / "countdown_embedded.yaml"), *overrides, "--print_config"])
     rollout = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]["rollout"]
     assert rollout["class_path"] == "lit_align.sampling.remote.VLLMServer"
-    assert rollout["init_args"]["url"] == "http://node7:9000" and rollout["init_args"]["group_port"] == 9001
+    assert rollout["init_args"]["url"] == "http://node7:9000"
+    assert rollout["init_args"]["weights_host"] == "node1" and rollout["init_args"]["weights_port"] == 9001

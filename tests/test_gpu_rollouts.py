@@ -1,6 +1,6 @@
 """Rollout checks that only a GPU can run, ready for the first GPU loan (``bash tools/bench/gpu_rollouts.sh``):
-sleep mode on a real engine, the rollout server on a GPU (on its own GPU where two exist), and QLoRA with
-vLLM refused. Each with the log-prob agreement check of the CPU tests. Skipped without CUDA and vLLM."""
+sleep mode on a real engine, vLLM's own server on a GPU (on its own GPU where two exist), two server
+replicas behind one client, tensor parallelism over two GPUs (where two exist), and QLoRA with vLLM refused. Each with the log-prob agreement check of the CPU tests. Skipped without CUDA and vLLM."""
 
 from __future__ import annotations
 
@@ -39,14 +39,40 @@ def test_sleep_mode_on_a_real_engine_keeps_the_engine_in_sync(model_dir):
 
 
 def test_the_server_on_a_gpu_of_its_own_stays_in_sync(model_dir, tmp_path, monkeypatch):
-    """The server on the last GPU (the only one on a one-GPU machine, shared), NCCL for the pushes."""
+    """vLLM's server on the last GPU (the only one on a one-GPU machine, shared), the gloo plugin for pushes."""
     last = torch.cuda.device_count() - 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", str(last))  # the server process sees only its GPU
-    server = Server(model_dir, tmp_path / "server.log")
+    server = Server(model_dir, tmp_path / "server.log", memory="0.3")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     try:
         server.wait()
-        engine = VLLMServer(server.url, server.group_port)
+        engine = server.engine()
+        gaps = _fit("grpo", engine, model_dir)
+        assert engine.pushes == 2 and max(gaps) <= 1e-3, gaps
+    finally:
+        server.stop()
+
+
+def test_two_server_replicas_behind_one_client_stay_in_sync(model_dir, tmp_path):
+    """Two servers (data-parallel replicas the client spreads rows over) on the same GPU: both take every push."""
+    servers = [Server(model_dir, tmp_path / f"server{i}.log", memory="0.3") for i in range(2)]
+    try:
+        for server in servers:
+            server.wait()
+        engine = VLLMServer([s.url for s in servers], api_key=servers[0].key)
+        gaps = _fit("grpo", engine, model_dir)
+        assert engine.pushes == 4 and max(gaps) <= 1e-3, gaps  # 2 servers x (start + after step 1)
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallelism needs two GPUs")
+def test_a_tensor_parallel_server_stays_in_sync(model_dir, tmp_path):
+    server = Server(model_dir, tmp_path / "server.log", memory="0.3", extra=("--tensor-parallel-size", "2"))
+    try:
+        server.wait()
+        engine = server.engine()
         gaps = _fit("grpo", engine, model_dir)
         assert engine.pushes == 2 and max(gaps) <= 1e-3, gaps
     finally:

