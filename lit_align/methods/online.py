@@ -3,7 +3,7 @@
 A training step takes G prompts from the data module (``data.batch_size``) and:
 
 1. **draws** k completions per prompt (or, where a curriculum sets ``PromptBatch.group_sizes``, that many
-   for each prompt) in one engine call and scores them (``_draw``); with dynamic
+   for each prompt) in one engine call and scores them (``_start_draw``, ``_settle``); with dynamic
    sampling, groups without signal are set aside and more prompts are drawn in later steps
    (``rollouts.DynamicSampling``);
 2. **prepares** one ``rollouts.RolloutBatch`` (``prepare``): the reference log-probs where the objective
@@ -20,6 +20,12 @@ A training step takes G prompts from the data module (``data.batch_size``) and:
    returns the draw's ``outcomes``: problem ids, draw index, group sizes and the rewards before the
    overlong penalty, also on the steps that only draw (dynamic sampling).
 
+**Drawing ahead** (``max_staleness``, with an engine in another process): a step starts its batch's draw
+and, while the engine draws, learns from a batch drawn earlier, at most ``max_staleness`` optimiser steps
+older than the weights that learn (one batch ahead when it equals the optimiser steps one batch takes).
+Draws still on their way are read before the next weights push and before a checkpoint, which saves them,
+so a resumed run learns from the same samples. The first steps only draw while the pipeline fills.
+
 Optimisation is manual, so gradient clipping is ``max_grad_norm``. Simplifications: rows are split into
 steps and micro-batches in order, not shuffled; with dynamic sampling the surplus groups of the last
 draw are dropped (counted in ``train/groups_dropped``).
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import deque
 from typing import Literal
 
 import torch
@@ -81,6 +88,7 @@ class OnlineRL(PolicyModule):
         overlong_buffer: int | None = None,
         overlong_penalty: float = 1.0,
         tis_cap: float | None = None,
+        max_staleness: int = 0,
         max_grad_norm: float | None = None,
         log_completions_every_n_steps: int = 0,
         log_completions_count: int = 4,
@@ -108,6 +116,11 @@ class OnlineRL(PolicyModule):
             overlong_buffer: DAPO's soft overlong punishment over the last this many tokens (None: off).
             overlong_penalty: the punishment at max_new_tokens.
             tis_cap: truncated importance sampling against the engine's log-probs, capped here (None: off).
+            max_staleness: most optimiser steps between the weights a sample was drawn with and the weights
+                that learn from it (TRL's name). 0: synchronous. From steps_per_generation x num_iterations
+                up, with an engine that samples in another process (``VLLMServer``), the next batches are
+                drawn while this one trains, as many as the bound allows; needs ``tis_cap`` (the correction
+                uses the engine's log-probs) and no dynamic sampling.
             max_grad_norm: clip the gradient norm of each optimiser step (None: no clipping).
             log_completions_every_n_steps: log a few completions every this many optimiser steps (0: never).
             log_completions_count: how many completions each time.
@@ -123,6 +136,11 @@ class OnlineRL(PolicyModule):
                    tis_cap=tis_cap, max_grad_norm=max_grad_norm,
                    overlong_buffer=overlong_buffer, max_new_tokens=self.generation.max_new_tokens)
         self.init_reference(reference)
+        self.max_staleness = max_staleness
+        self.depth = check_staleness(max_staleness, steps_per_generation * num_iterations, tis_cap, dynamic_sampling,
+                                     self.rollout)
+        self._queue: deque[_Draw] = deque()  # draws on their way or waiting to be learnt from, oldest first
+        self.stale_batches_dropped = 0
         self.batch_kind = PromptKind(samples_per_prompt=k)  # a curriculum's sample budget is prompts x k
         self.objective, self.reward, self.k = objective, reward, k
         self.mask_truncated_completions = mask_truncated_completions
@@ -167,34 +185,64 @@ class OnlineRL(PolicyModule):
         self.reward.to(self.device)  # not a submodule (neither trained nor sharded): this rank's device
 
     def on_train_batch_start(self, batch: PromptBatch, batch_idx: int) -> None:
+        # read every draw still on its way first: the engine must not take new weights in the middle of one
+        self._settle_all()
         # start the engine or push the last step's weights here, outside training_step: where gathering
         # sharded weights is allowed, and where an engine's start is not timed as sampling
         self.rollout.prepare(self.policy, self.tokenizer)
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> dict | None:
-        drawn = self._draw(batch, batch_idx)
+        self._queue.append(self._start_draw(batch, batch_idx))
+        if len(self._queue) <= self.depth:  # the pipeline fills: this step only draws
+            return None
+        entry = self._queue.popleft()
+        drawn = self._settle(entry)
+        self._outcomes = entry.outcomes
         outcomes = self._book_outcomes()
+        staleness = self.global_step - entry.version  # optimiser steps since the weights that drew it
+        if staleness > self.max_staleness:  # never learnt from (a guard: the pipeline's depth keeps within it)
+            self.stale_batches_dropped += 1
+            log.warning("%s: a generation batch drawn %d optimiser steps ago is dropped (max_staleness %d)",
+                        type(self).__name__, staleness, self.max_staleness)
+            return outcomes or None
         rollouts = self._collect(drawn, len(batch.records)) if self.dynamic is not None else drawn
         if rollouts is None:
             return outcomes or None
         prepared = self.prepare(rollouts)
-        return self._report(prepared, self.learn(prepared)) | outcomes
+        extra = {"train/staleness": float(staleness), "train/stale_batches_dropped": float(self.stale_batches_dropped)}
+        return self._report(prepared, self.learn(prepared), extra) | outcomes
 
     # --- 1. draw ---------------------------------------------------------------------------------
-    def _draw(self, batch: PromptBatch, batch_idx: int) -> Rollouts:
-        """The batch's samples (``group_sizes[i]`` for prompt i, else k each) and rewards; records the
-        outcomes a curriculum reads where the batch names its problems."""
+    def _start_draw(self, batch: PromptBatch, batch_idx: int) -> _Draw:
+        """Ask the engine for the batch's samples (``group_sizes[i]`` for prompt i, else k each); an engine in
+        another process goes on drawing while this process trains."""
         sizes = [self.k] * len(batch.records) if batch.group_sizes is None else list(batch.group_sizes)
         check_group_sizes(sizes, len(batch.records))
         sizes = [int(s) for s in sizes]
         seed = derive_seed(self.global_step, batch_idx, self.global_rank)
-        samples = self.rollout.sample_groups(self.policy, self.tokenizer, batch.input_ids, batch.attention_mask,
-                                             self.sampling, sizes, seed=seed)
+        future = self.rollout.sample_groups_in_background(self.policy, self.tokenizer, batch.input_ids,
+                                                          batch.attention_mask, self.sampling, sizes, seed=seed)
+        return _Draw(self.global_step, sizes, batch, future)
+
+    def _draw(self, batch: PromptBatch, batch_idx: int) -> Rollouts:
+        """The batch's samples and rewards, drawn and read at once (what a synchronous step does)."""
+        return self._settle(self._start_draw(batch, batch_idx))
+
+    def _settle_all(self) -> None:
+        for entry in self._queue:
+            self._settle(entry)
+
+    def _settle(self, entry: _Draw) -> Rollouts:
+        """The draw's samples, read from the engine and scored (once); records the outcomes a curriculum
+        reads where the batch names its problems."""
+        if entry.rollouts is not None:
+            return entry.rollouts
+        samples, batch, sizes = entry.future.result(), entry.batch, entry.sizes
         each = (lambda values: [v for v, size in zip(values, sizes) for _ in range(size)])  # one per sample
         with torch.no_grad():
             rewards = checked_rewards(self.reward, each(batch.prompts), samples.texts, each(batch.records))
             rewards = rewards.to(self.device)
-        self._outcomes = None if batch.problem_ids is None else {
+        entry.outcomes = None if batch.problem_ids is None else {
             "problem_ids": list(batch.problem_ids), "draw_index": batch.draw_index, "group_sizes": sizes,
             "rewards": rewards.detach().float().cpu().tolist()}
         if self.overlong_buffer is not None:
@@ -203,7 +251,8 @@ class OnlineRL(PolicyModule):
                                                     self.overlong_penalty).to(rewards.device)
         self.prompts_seen += len(batch.records)
         self.completions_seen += len(samples)
-        return Rollouts(samples, rewards, list(batch.prompts), sizes)
+        entry.rollouts, entry.future, entry.batch = Rollouts(samples, rewards, list(batch.prompts), sizes), None, None
+        return entry.rollouts
 
     def _book_outcomes(self) -> dict:
         """Every rank's outcomes of this draw (rank order), booked with the data's curriculum on every rank
@@ -319,10 +368,10 @@ class OnlineRL(PolicyModule):
         return float(loss_mask.size(0)), float(tokens)
 
     # --- 4. report -------------------------------------------------------------------------------
-    def _report(self, batch: RolloutBatch, stats: StepStats) -> dict:
+    def _report(self, batch: RolloutBatch, stats: StepStats, extra: dict[str, float] | None = None) -> dict:
         counts = {"prompts_seen": float(self.prompts_seen), "completions_seen": float(self.completions_seen),
                   "optimizer_steps": float(self.global_step)}
-        metrics = step_metrics(batch, stats, counts, self.num_iterations, self._gather, self._total)
+        metrics = step_metrics(batch, stats, counts, self.num_iterations, self._gather, self._total) | (extra or {})
         # callback metrics (checkpoint monitors, the progress bar); the loggers get the rows from RolloutLog
         self.log_dict({k: torch.tensor(v) for k, v in metrics.items()}, logger=False, batch_size=len(batch.rollouts.prompts))
         every = self.log_completions_every_n_steps
@@ -348,8 +397,10 @@ class OnlineRL(PolicyModule):
 
     # --- checkpoints: every rank's dynamic-sampling buffer and counters ride along ------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._settle_all()  # a draw on its way is read and saved: a resumed run learns from the same samples
         state = {"dynamic": None if self.dynamic is None else self.dynamic.state(),
-                 "prompts_seen": self.prompts_seen, "completions_seen": self.completions_seen}
+                 "prompts_seen": self.prompts_seen, "completions_seen": self.completions_seen,
+                 "queue": [e.state() for e in self._queue], "stale_batches_dropped": self.stale_batches_dropped}
         checkpoint["online_rl"] = {"ranks": every_rank(state, self._world_size)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -359,6 +410,8 @@ class OnlineRL(PolicyModule):
         self.prompts_seen, self.completions_seen = state["prompts_seen"], state["completions_seen"]
         if self.dynamic is not None and state["dynamic"] is not None:
             self.dynamic.load_state(state["dynamic"])
+        self._queue = deque(_Draw.from_state(e) for e in state.get("queue", []))
+        self.stale_batches_dropped = state.get("stale_batches_dropped", 0)
 
 
 def _sizes_within(sizes: list[int], rows: slice) -> list[int]:
@@ -370,3 +423,48 @@ def _sizes_within(sizes: list[int], rows: slice) -> list[int]:
             out.append(size)
         at += size
     return out
+
+
+@dataclasses.dataclass
+class _Draw:
+    """A draw on its way or waiting to be learnt from: the optimiser steps done when it was drawn (its weights'
+    version), its group sizes, and either its prompt batch and the engine's future, or, once read and scored
+    (``OnlineRL._settle``), its rollouts and curriculum outcomes."""
+
+    version: int
+    sizes: list[int]
+    batch: PromptBatch | None = None
+    future: object = None
+    rollouts: Rollouts | None = None
+    outcomes: dict | None = None
+
+    def state(self) -> dict:  # plain containers: checkpoints load with weights_only
+        return {"version": self.version, "sizes": self.sizes, "rollouts": self.rollouts.state(), "outcomes": self.outcomes}
+
+    @classmethod
+    def from_state(cls, state: dict) -> _Draw:
+        return cls(state["version"], state["sizes"], rollouts=Rollouts.from_state(state["rollouts"]),
+                   outcomes=state["outcomes"])
+
+
+def check_staleness(max_staleness: int, steps_per_batch: int, tis_cap: float | None, dynamic_sampling: bool,
+                    rollout) -> int:
+    """How many generation batches may be drawn ahead of the one that trains (0: synchronous), or a
+    ValueError naming the setting that does not allow ``max_staleness``."""
+    if max_staleness < 0:
+        raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+    if max_staleness == 0:
+        return 0
+    if max_staleness < steps_per_batch:
+        raise ValueError(f"max_staleness {max_staleness} is below the {steps_per_batch} optimiser steps one generation "
+                         "batch takes (steps_per_generation x num_iterations): no batch could be drawn ahead")
+    if not getattr(rollout, "samples_in_background", False):
+        raise ValueError(f"max_staleness > 0 needs a rollout engine that samples in another process "
+                         f"(lit_align.sampling.remote.VLLMServer); {type(rollout).__name__} samples here")
+    if tis_cap is None:
+        raise ValueError("max_staleness > 0 needs tis_cap: samples drawn with older weights are corrected by "
+                         "truncated importance sampling against the engine's log-probs")
+    if dynamic_sampling:
+        raise ValueError("max_staleness > 0 cannot be combined with dynamic_sampling (groups set aside would age "
+                         "past the bound)")
+    return max_staleness // steps_per_batch

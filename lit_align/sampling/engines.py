@@ -22,6 +22,7 @@ README for the exact commands: it pins its own torch and transformers).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import math
@@ -68,6 +69,21 @@ class RolloutEngine:
             input_ids = input_ids.repeat_interleave(repeats, dim=0)
             attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
         return self.sample(model, tokenizer, input_ids, attention_mask, dataclasses.replace(params, n=unit), seed=seed)
+
+    samples_in_background = False
+    """True where sampling runs in another process, so a draw can overlap training (``max_staleness``)."""
+
+    def sample_groups_in_background(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                                    input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+                                    sizes: list[int], seed: int = 0) -> concurrent.futures.Future:
+        """``sample_groups`` as a future. Here it samples at once and hands back a finished future; engines
+        whose sampling runs elsewhere (``samples_in_background``) return while the draw goes on."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            future.set_result(self.sample_groups(model, tokenizer, input_ids, attention_mask, params, sizes, seed))
+        except BaseException as e:  # noqa: BLE001 - raised where the result is read
+            future.set_exception(e)
+        return future
 
     def weights_changed(self) -> None:
         """The policy's weights moved (an optimiser step): sample from the new ones next time."""

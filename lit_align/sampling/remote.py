@@ -102,7 +102,7 @@ class VLLMServer(RolloutEngine):
         return self.urls[0]
 
     def __getstate__(self):  # a checkpoint or deep copy carries the settings, never a connection or a key
-        return dict(self.__dict__, _sessions={}, _models={}, stale=True, pushes=0, _gather=None,
+        return dict(self.__dict__, _sessions={}, _models={}, stale=True, pushes=0, _gather=None, _pool=None,
                     api_key=None if self.api_key is None else "")
 
     def _key(self) -> str | None:
@@ -315,5 +315,20 @@ class VLLMServer(RolloutEngine):
                                     enumerate(requests)))
         return vllm_engine.engine_samples(tokenizer, input_ids, attention_mask, params, outputs)
 
+    samples_in_background = True
+
+    def sample_groups_in_background(self, model, tokenizer, input_ids, attention_mask, params, sizes, seed=0):
+        """The draw's requests go out from a thread of their own while the caller trains; the weights must be
+        pushed first (``prepare``), and pushed again only once the draw is read (a push mid-draw would mix
+        weights within it)."""
+        if self.stale:
+            raise RuntimeError("VLLMServer: push the weights (prepare) before a draw in the background")
+        if getattr(self, "_pool", None) is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lit_align-draw")
+        return self._pool.submit(self.sample_groups, model, tokenizer, input_ids, attention_mask, params, sizes, seed)
+
     def close(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self._sessions, self.stale = {}, True  # each session's store closes its socket as it goes

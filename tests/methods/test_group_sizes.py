@@ -278,9 +278,9 @@ def test_a_step_returns_each_draws_outcomes_also_while_dynamic_sampling_collects
 def test_group_sizes_below_two_are_refused(tokenizer):
     module = _grpo("dapo")
     with pytest.raises(ValueError, match="group_sizes must be whole numbers of at least 2"):
-        module._draw(_batch(tokenizer, [2, 1, 3]), 0)
+        module._start_draw(_batch(tokenizer, [2, 1, 3]), 0)
     with pytest.raises(ValueError, match="3 prompts"):
-        module._draw(_batch(tokenizer, [2, 2]), 0)
+        module._start_draw(_batch(tokenizer, [2, 2]), 0)
 
 
 def test_every_ranks_values_are_gathered_whatever_their_lengths(monkeypatch):
