@@ -167,6 +167,7 @@ def engine_gap_recorder():
             self.gaps = []
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
+            if outputs:  # a step that only drew (drawing ahead) learnt nothing and logged no gap
+                self.gaps.append(float(trainer.callback_metrics["train/engine_logprob_gap"]))
 
     return Gaps()

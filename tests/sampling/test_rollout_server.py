@@ -279,16 +279,17 @@ class SkipsPushes(VLLMServer):
         pass
 
 
-def _fit(method: str, engine: VLLMServer, folder, steps: int = 2) -> list[float]:
+def _fit(method: str, engine, folder, steps: int = 2, callbacks=(), **kwargs):
+    """The engine-gap of every step that learnt; with ``kwargs``, (gaps, the trained module)."""
     torch.manual_seed(0)
     common = dict(model=str(folder), reward=LengthReward(), rollout=engine, generation=SamplingParams(max_new_tokens=8, temperature=0.7),
-                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2))
+                  optimizer=lambda p: torch.optim.Adam(p, lr=5e-2)) | kwargs
     module = RLOO(rloo_k=2, **common) if method == "rloo" else GRPO(num_generations=2, **common)
     gaps = engine_gap_recorder()
     L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-              callbacks=[gaps]).fit(module, AlignDataModule(ChatPrompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
-    return gaps.gaps
+              callbacks=[gaps, *callbacks]).fit(module, AlignDataModule(ChatPrompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
+    return (gaps.gaps, module) if kwargs else gaps.gaps
 
 
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
@@ -308,3 +309,42 @@ def test_a_skipped_push_is_caught_by_the_same_check(served):
     gaps = _fit("rloo", engine, folder)
     assert engine.pushes == 1 and gaps[0] <= 1e-3
     assert gaps[1] > 1e-3, gaps
+
+
+class Outputs(L.Callback):
+    def __init__(self):
+        self.outputs = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.outputs.append(outputs)
+
+
+def test_with_max_staleness_zero_the_server_loop_learns_what_the_colocated_synchronous_loop_learns(served):
+    server, folder, _, _ = served
+    _, through_server = _fit("grpo", server.engine(), folder, max_staleness=0, tis_cap=None)
+    local = VLLM(**ENGINE)
+    try:
+        _, colocated = _fit("grpo", local, folder, tis_cap=None)
+    finally:
+        local.close()
+    theirs, ours = through_server.policy.state_dict(), colocated.policy.state_dict()
+    assert all(torch.allclose(theirs[k], ours[k], atol=1e-5) for k in ours)
+
+
+def test_drawing_one_batch_ahead_from_the_server_stays_within_the_bound_and_uses_its_log_probs(served, monkeypatch):
+    """max_staleness 1: each batch is drawn while the one before trains; the update's importance weights use
+    the log-probs the server returned for the weights it drew with (one step older than the policy's)."""
+    import lit_align.objectives.policy_gradient as pg
+
+    server, folder, _, _ = served
+    corrections, real = [], pg.tis_weights
+    monkeypatch.setattr(pg, "tis_weights", lambda old, engine, cap: corrections.append((old, engine)) or real(old, engine, cap))
+    engine, seen = server.engine(), Outputs()
+    _, module = _fit("grpo", engine, folder, steps=3, callbacks=[seen], max_staleness=1, tis_cap=2.0)
+    staleness = [out["metrics"]["train/staleness"] for out in seen.outputs if out]
+    assert staleness == [0.0, 1.0, 1.0] and module.global_step == 3
+    assert engine.pushes == 3  # the start, and after the first two steps (the third's weights sample nothing)
+    old, drawn = corrections[0]
+    assert torch.allclose(old * (drawn != 0), drawn, atol=1e-3)  # drawn with the weights that learn
+    for old, drawn in corrections[1:]:
+        assert not torch.allclose(old * (drawn != 0), drawn, atol=1e-3)  # the server's, one step older
