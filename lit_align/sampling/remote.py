@@ -12,7 +12,8 @@ weights (LoRA merged, in the server's dtype) go through vLLM's weight-transfer r
 engine in the server (``vllm_gloo``, protocol in ``weight_wire``): the trainer hosts the group's store,
 bound to ``weights_host`` (loopback unless told otherwise); the server checks names, shapes, dtype, byte
 count and checksum before it loads anything. Under DDP every rank samples its own prompts; rank 0 alone
-pushes (every rank holds the full weights) and the others wait at a barrier until it has.
+pushes (every rank holds the full weights) and tells the others how it went: they sample once it has, or
+stop with its error at once (never a wait until the process-group timeout).
 
 Failure is loud, bounded in time and names the address: a server that does not answer, refuses a push
 (a model of another shape, a wrong key), dies during one, or serves a weights version other than the
@@ -259,19 +260,38 @@ class VLLMServer(RolloutEngine):
         return torch.cat([t.reshape(-1).cpu() for t in tensors])
 
     def prepare(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Push the policy's weights to every server where they moved (rank 0 sends; FSDP ranks gather with
+        it), or check that the servers still serve the last push. Under DDP every rank learns rank 0's
+        outcome at once, so a failed server stops every rank with the same error instead of leaving the
+        others waiting at the next collective."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if distributed else 0
+        failure = None
         if not self.stale:
             if rank == 0:
-                self._check_versions()
-            return
-        servers = {url: self.health(url) for url in self.urls} if rank == 0 else {}
-        with self._full_weights():  # FSDP: every rank takes part in gathering the full weights; rank 0 sends them
-            for url, server in servers.items():
-                self.push(model, server["dtype"], url)
-        if distributed:
-            torch.distributed.barrier()  # every rank samples from the weights rank 0 just pushed
+                failure = self._failure(self._check_versions)
+        else:
+            servers: dict = {}
+            if rank == 0:
+                failure = self._failure(lambda: servers.update({url: self.health(url) for url in self.urls}))
+            with self._full_weights():  # FSDP: every rank takes part in gathering the full weights; rank 0 sends them
+                for url, server in servers.items():
+                    failure = failure or self._failure(lambda: self.push(model, server["dtype"], url))
+        if distributed:  # every rank samples from the weights rank 0 just pushed, or stops with its error
+            verdict = [failure]
+            torch.distributed.broadcast_object_list(verdict, src=0)
+            failure = verdict[0]
+        if failure is not None:
+            raise RolloutServerError(failure)
         self.stale = False
+
+    @staticmethod
+    def _failure(step: Callable[[], object]) -> str | None:
+        try:
+            step()
+        except RolloutServerError as e:
+            return str(e)
+        return None
 
     def _check_versions(self) -> None:
         """A server that restarted, or took another trainer's weights, since this trainer's last push."""
