@@ -67,6 +67,19 @@ def test_two_server_replicas_behind_one_client_stay_in_sync(model_dir, tmp_path)
             server.stop()
 
 
+def test_pushes_through_vllms_own_nccl_engine_stay_in_sync(model_dir, tmp_path):
+    """transfer: nccl: the server started with vLLM's NCCL backend, pushed through vLLM's trainer-side engine."""
+    server = Server(model_dir, tmp_path / "server.log", memory="0.3",
+                    extra=("--weight-transfer-config", '{"backend": "nccl"}'))  # the later flag wins
+    try:
+        server.wait()
+        engine = VLLMServer(server.url, api_key=server.key, transfer="nccl")
+        gaps = _fit("grpo", engine, model_dir)
+        assert engine.pushes == 2 and max(gaps) <= 1e-3, gaps
+    finally:
+        server.stop()
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="tensor parallelism needs two GPUs")
 def test_a_tensor_parallel_server_stays_in_sync(model_dir, tmp_path):
     server = Server(model_dir, tmp_path / "server.log", memory="0.3", extra=("--tensor-parallel-size", "2"))

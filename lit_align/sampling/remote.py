@@ -73,7 +73,7 @@ class VLLMServer(RolloutEngine):
 
     def __init__(self, url: str | list[str] = "http://127.0.0.1:8000", api_key: str | None = None,
                  weights_host: str = "127.0.0.1", weights_port: int = 0, timeout_s: float = 600.0,
-                 connect_timeout_s: float = 60.0, max_parallel_requests: int = 64):
+                 connect_timeout_s: float = 60.0, max_parallel_requests: int = 64, transfer: str = "gloo"):
         """
         Args:
             url: the server's address, or several servers' (each row of a batch goes to one of them).
@@ -85,7 +85,14 @@ class VLLMServer(RolloutEngine):
             timeout_s: longest wait for one engine call or weight push.
             connect_timeout_s: longest wait for a server at the first contact.
             max_parallel_requests: requests in flight at once per call (the server batches them).
+            transfer: "gloo" (lit_align's engine in the server, ``lit_align_gloo``: CPUs and GPUs, checked
+                pushes) or "nccl" (vLLM's own NCCL engine, the server started with ``{"backend": "nccl"}``,
+                driven by vLLM's trainer-side engine; GPUs only, needs vLLM in the trainer's environment;
+                vLLM's checks, not lit_align's).
         """
+        if transfer not in ("gloo", "nccl"):
+            raise ValueError(f"transfer must be 'gloo' or 'nccl', got {transfer!r}")
+        self.transfer = transfer
         self.urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else list(url))]
         if not self.urls:
             raise ValueError("VLLMServer needs at least one url")
@@ -212,6 +219,8 @@ class VLLMServer(RolloutEngine):
     def push(self, model: torch.nn.Module, dtype: str, url: str | None = None) -> None:
         """Send the policy's merged (whole) weights to a server in ``dtype``; the server checks them first."""
         url = url or self.url
+        if self.transfer == "nccl":
+            return self._push_nccl(model, dtype, url)
         session = self._sessions.get(url) or self._open(url)
         names, tensors = [], []
         for name, value in merged_weights(model):
@@ -250,6 +259,38 @@ class VLLMServer(RolloutEngine):
                 pass
             raise
         self._call(url, "/reset_prefix_cache", {})  # cached prefixes hold keys and values of the old weights
+        session.version += 1
+        session.expected_version = version
+        self.pushes += 1
+
+    def _push_nccl(self, model: torch.nn.Module, dtype: str, url: str) -> None:
+        """A push through vLLM's own NCCL engine: vLLM's trainer-side engine drives the server's routes
+        through this client's calls (key and timeouts included); the version is then recorded as for gloo."""
+        from vllm.distributed.weight_transfer.factory import WeightTransferTrainerFactory
+        from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
+
+        source = _merged_source(model, weight_wire.DTYPES[dtype])
+        session = self._sessions.get(url)
+        if session is None:
+            world = 1 + int(self._call(url, "/get_world_size")["world_size"])
+            port = self.weights_port
+            if not port:
+                with socket.socket() as probe:
+                    probe.bind((self.weights_host, 0))
+                    port = probe.getsockname()[1]
+            engine = WeightTransferTrainerFactory.trainer_init(
+                NCCLTrainerInitInfo(master_address=self.weights_host, master_port=port, world_size=world, rank=0),
+                client=_Control(self, url), source=source)
+            session = self._sessions[url] = _Session(None, engine, (self.weights_host, port), world)
+        session.group.source = source
+        try:
+            session.group.send_weights()
+        except Exception as e:
+            self._sessions.pop(url, None)  # vLLM's NCCL group is unusable after a failed send
+            raise RolloutServerError(f"rollout server at {url}: the NCCL push failed ({type(e).__name__}: {e})") from None
+        version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
+        self._call(url, "/update_weight_version", {"new_version": version})
+        self._call(url, "/reset_prefix_cache", {})
         session.version += 1
         session.expected_version = version
         self.pushes += 1
@@ -352,3 +393,38 @@ class VLLMServer(RolloutEngine):
             self._pool.shutdown(wait=True)
             self._pool = None
         self._sessions, self.stale = {}, True  # each session's store closes its socket as it goes
+
+
+class _Control:
+    """vLLM's trainer-side engines drive a server through four calls; these make them with this client's
+    ``_call`` (its key, its timeouts, its errors that name the address)."""
+
+    def __init__(self, client: VLLMServer, url: str):
+        self.client, self.url = client, url
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.client._call(self.url, "/init_weight_transfer_engine", {"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.client._call(self.url, "/start_weight_update", {})
+
+    def update_weights(self, update_info) -> None:
+        self.client._call(self.url, "/update_weights", {"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.client._call(self.url, "/finish_weight_update", {"weight_version": weight_version})
+
+
+def _merged_source(model: torch.nn.Module, dtype: torch.dtype):
+    """The policy's merged weights as vLLM's ``WeightSource`` (for its own trainer-side engines), on the GPU."""
+    from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
+
+    class Merged(WeightSource):
+        def metadata(self):
+            return [ParamMeta(name, dtype, tuple(t.shape)) for name, t in merged_weights(model)]
+
+        def __iter__(self):
+            for name, t in merged_weights(model):
+                yield name, t.detach().to(device="cuda", dtype=dtype)
+
+    return Merged()
