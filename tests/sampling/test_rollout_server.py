@@ -279,8 +279,8 @@ class SkipsPushes(VLLMServer):
         pass
 
 
-def _fit(method: str, engine, folder, steps: int = 2, callbacks=(), **kwargs):
-    """The engine-gap of every step that learnt; with ``kwargs``, (gaps, the trained module)."""
+def _fit(method: str, engine, folder, steps: int = 2, callbacks=(), ckpt_path=None, **kwargs):
+    """The engine-gap of every step that learnt; with ``kwargs`` or ``ckpt_path``, (gaps, the trained module)."""
     torch.manual_seed(0)
     common = dict(model=str(folder), reward=LengthReward(), rollout=engine, generation=SamplingParams(max_new_tokens=8, temperature=0.7),
                   optimizer=lambda p: torch.optim.Adam(p, lr=5e-2)) | kwargs
@@ -288,8 +288,9 @@ def _fit(method: str, engine, folder, steps: int = 2, callbacks=(), **kwargs):
     gaps = engine_gap_recorder()
     L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
-              callbacks=[gaps, *callbacks]).fit(module, AlignDataModule(ChatPrompts(), batch_size=2).connect(module.tokenizer, module.batch_kind))
-    return (gaps.gaps, module) if kwargs else gaps.gaps
+              callbacks=[gaps, *callbacks]).fit(module, AlignDataModule(ChatPrompts(), batch_size=2).connect(module.tokenizer, module.batch_kind),
+                                                ckpt_path=ckpt_path)
+    return (gaps.gaps, module) if kwargs or ckpt_path else gaps.gaps
 
 
 @pytest.mark.parametrize("method", ["rloo", "grpo"])
@@ -348,3 +349,30 @@ def test_drawing_one_batch_ahead_from_the_server_stays_within_the_bound_and_uses
     assert torch.allclose(old * (drawn != 0), drawn, atol=1e-3)  # drawn with the weights that learn
     for old, drawn in corrections[1:]:
         assert not torch.allclose(old * (drawn != 0), drawn, atol=1e-3)  # the server's, one step older
+
+
+def test_a_run_stopped_by_a_killed_server_resumes_from_its_checkpoint_after_a_restart(tmp_path):
+    """The server dies after the first optimiser step (a checkpoint was saved there): the next step fails
+    with the error naming the address; after a restart at the same address the run resumes from the
+    checkpoint, pushes its weights again and trains to the end in sync."""
+    _llama(tmp_path / "m")
+    server = Server(tmp_path / "m", tmp_path / "server.log")
+    ckpt = tmp_path / "step1.ckpt"
+
+    class SaveThenKill(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            if trainer.global_step == 1 and not ckpt.exists():
+                trainer.save_checkpoint(ckpt)
+                server.stop()
+
+    try:
+        server.wait()
+        with pytest.raises(RolloutServerError, match=rf"rollout server at {server.url} did not answer"):
+            _fit("grpo", server.engine(timeout_s=60), tmp_path / "m", steps=3, callbacks=[SaveThenKill()])
+        server = Server(tmp_path / "m", tmp_path / "server.log", port=server.port)
+        server.wait()
+        engine = server.engine(timeout_s=60)
+        gaps, module = _fit("grpo", engine, tmp_path / "m", steps=3, ckpt_path=str(ckpt))
+        assert module.global_step == 3 and engine.pushes == 2 and max(gaps) <= 1e-3, gaps
+    finally:
+        server.stop()
