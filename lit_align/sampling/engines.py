@@ -43,6 +43,20 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+def group_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+               sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor, SamplingParams]:
+    """The rows and settings of one ``sample`` call that draws ``sizes[i]`` completions for prompt row i:
+    with u the greatest common divisor of the sizes, row i repeated ``sizes[i] / u`` times, n = u."""
+    if len(sizes) != input_ids.size(0) or any(s < 1 for s in sizes):
+        raise ValueError(f"sizes {list(sizes)} must give at least 1 sample for each of {input_ids.size(0)} prompts")
+    unit = math.gcd(*sizes) if sizes else 1
+    repeats = torch.tensor([s // unit for s in sizes], device=input_ids.device)
+    if bool((repeats > 1).any()):
+        input_ids = input_ids.repeat_interleave(repeats, dim=0)
+        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
+    return input_ids, attention_mask, dataclasses.replace(params, n=unit)
+
+
 class RolloutEngine:
     """Where completions come from (a plain base class, so configs can pick one by class_path)."""
 
@@ -61,14 +75,8 @@ class RolloutEngine:
         One ``sample`` call: with u the greatest common divisor of the sizes, row i is repeated
         ``sizes[i] / u`` times and each row draws u, so a group is adjacent runs of the same prompt. Equal
         sizes k make it ``sample`` with n = k; the same ``seed`` draws the same samples."""
-        if len(sizes) != input_ids.size(0) or any(s < 1 for s in sizes):
-            raise ValueError(f"sizes {list(sizes)} must give at least 1 sample for each of {input_ids.size(0)} prompts")
-        unit = math.gcd(*sizes) if sizes else 1
-        repeats = torch.tensor([s // unit for s in sizes], device=input_ids.device)
-        if bool((repeats > 1).any()):
-            input_ids = input_ids.repeat_interleave(repeats, dim=0)
-            attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-        return self.sample(model, tokenizer, input_ids, attention_mask, dataclasses.replace(params, n=unit), seed=seed)
+        input_ids, attention_mask, params = group_rows(input_ids, attention_mask, params, sizes)
+        return self.sample(model, tokenizer, input_ids, attention_mask, params, seed=seed)
 
     samples_in_background = False
     """True where sampling runs in another process, so a draw can overlap training (``max_staleness``)."""

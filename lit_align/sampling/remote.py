@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lit_align.sampling import vllm_engine, weight_wire
-from lit_align.sampling.engines import RolloutEngine, merged_weights
+from lit_align.sampling.engines import RolloutEngine, group_rows, merged_weights
 from lit_align.sampling.generate import Samples, SamplingParams
 
 if TYPE_CHECKING:
@@ -369,6 +369,11 @@ class VLLMServer(RolloutEngine):
     def sample(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, input_ids: torch.Tensor,
                attention_mask: torch.Tensor, params: SamplingParams, seed: int = 0) -> Samples:
         self.prepare(model, tokenizer)
+        return self._sample_now(tokenizer, input_ids, attention_mask, params, seed)
+
+    def _sample_now(self, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: SamplingParams,
+                    seed: int) -> Samples:
+        """The requests of one call, sent concurrently, read into ``Samples`` (no push, no check)."""
         requests = vllm_engine.requests(tokenizer, input_ids, attention_mask, params, seed)
         workers = max(1, min(len(requests), self.max_parallel_requests))
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -382,11 +387,14 @@ class VLLMServer(RolloutEngine):
         """The draw's requests go out from a thread of their own while the caller trains; the weights must be
         pushed first (``prepare``), and pushed again only once the draw is read (a push mid-draw would mix
         weights within it)."""
-        if self.stale:
-            raise RuntimeError("VLLMServer: push the weights (prepare) before a draw in the background")
+        # here, in the caller's thread: the push where one is due, or the version check. The thread below
+        # only sends requests: an optimiser step that marks the weights stale while it runs must not make it
+        # push (mid-draw, from weights being updated)
+        self.prepare(model, tokenizer)
+        input_ids, attention_mask, params = group_rows(input_ids, attention_mask, params, sizes)
         if getattr(self, "_pool", None) is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lit_align-draw")
-        return self._pool.submit(self.sample_groups, model, tokenizer, input_ids, attention_mask, params, sizes, seed)
+        return self._pool.submit(self._sample_now, tokenizer, input_ids, attention_mask, params, seed)
 
     def close(self) -> None:
         if getattr(self, "_pool", None) is not None:
