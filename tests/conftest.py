@@ -158,6 +158,21 @@ class ChatPrompts:
             yield f"p:{i}", {"prompt": [{"role": "user", "content": f"say something {i}"}]}
 
 
+def step_outputs_recorder():
+    """A Lightning callback that keeps what every training step returned (its ``outputs``; {} for a step
+    that returned nothing)."""
+    import lightning as L
+
+    class Outputs(L.Callback):
+        def __init__(self):
+            self.outputs = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.outputs.append(outputs)
+
+    return Outputs()
+
+
 def engine_gap_recorder():
     """A Lightning callback that keeps ``train/engine_logprob_gap`` after every training batch (its ``gaps``)."""
     import lightning as L

@@ -60,10 +60,14 @@ class RolloutServerError(RuntimeError):
 class _Session:
     """One server's weights group: the store this trainer hosts and the gloo group over it."""
 
-    def __init__(self, store, group, address: tuple, world: int):
-        self.store, self.group, self.address, self.world = store, group, address, world
+    def __init__(self, store, group, address: tuple):
+        self.store, self.group, self.address = store, group, address  # the store lives as long as the group
         self.version = 0  # pushes over this session
         self.expected_version: str | None = None  # the weights version the server took at the last push
+
+    def next_version(self) -> str:
+        """The name the next push's weights get on the server: unique per session, counting pushes."""
+        return f"{uuid.uuid4().hex[:8]}-{self.version + 1}"
 
 
 class VLLMServer(RolloutEngine):
@@ -210,7 +214,7 @@ class VLLMServer(RolloutEngine):
         options._devices = [torch.distributed.ProcessGroupGloo.create_device(hostname=self.weights_host)]
         init = {"master_address": self.weights_host, "master_port": address[1], "world_size": world, "rank_offset": 1,
                 "timeout_s": self.timeout_s, "token": self._key() or ""}
-        session = _Session(store, None, address, world)
+        session = _Session(store, None, address)
         session.group = self._together(url, "/init_weight_transfer_engine", {"init_info": init},
                                        lambda: torch.distributed.ProcessGroupGloo(store, 0, world, options))
         self._sessions[url] = session
@@ -248,7 +252,7 @@ class VLLMServer(RolloutEngine):
         version = None
         try:
             self._together(url, "/update_weights", {"update_info": update}, send)
-            version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
+            version = session.next_version()
             self._call(url, "/finish_weight_update", {"weight_version": version})
         except RolloutServerError:
             if sent:  # refused after the bytes travelled: the server's side of the group may not be reusable
@@ -258,6 +262,10 @@ class VLLMServer(RolloutEngine):
             except RolloutServerError:
                 pass
             raise
+        self._pushed(url, session, version)
+
+    def _pushed(self, url: str, session: _Session, version: str) -> None:
+        """After a push the server took as ``version``: drop its cached prefixes and book the push."""
         self._call(url, "/reset_prefix_cache", {})  # cached prefixes hold keys and values of the old weights
         session.version += 1
         session.expected_version = version
@@ -281,19 +289,16 @@ class VLLMServer(RolloutEngine):
             engine = WeightTransferTrainerFactory.trainer_init(
                 NCCLTrainerInitInfo(master_address=self.weights_host, master_port=port, world_size=world, rank=0),
                 client=_Control(self, url), source=source)
-            session = self._sessions[url] = _Session(None, engine, (self.weights_host, port), world)
+            session = self._sessions[url] = _Session(None, engine, (self.weights_host, port))
         session.group.source = source
         try:
             session.group.send_weights()
         except Exception as e:
             self._sessions.pop(url, None)  # vLLM's NCCL group is unusable after a failed send
             raise RolloutServerError(f"rollout server at {url}: the NCCL push failed ({type(e).__name__}: {e})") from None
-        version = f"{uuid.uuid4().hex[:8]}-{session.version + 1}"
+        version = session.next_version()
         self._call(url, "/update_weight_version", {"new_version": version})
-        self._call(url, "/reset_prefix_cache", {})
-        session.version += 1
-        session.expected_version = version
-        self.pushes += 1
+        self._pushed(url, session, version)
 
     @staticmethod
     def _wire(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from lit_align.objectives.logprobs import completion_logprobs
 from lit_align.sampling.engines import HFGenerate
 from lit_align.sampling.generate import SamplingParams
 
-from conftest import ChatPrompts, LengthReward
+from conftest import ChatPrompts, LengthReward, step_outputs_recorder
 from fault_injection import SaveAtBatch
 
 
@@ -34,13 +34,6 @@ class Elsewhere(HFGenerate):
             samples.engine_logps = completion_logprobs(model, samples)[0] * samples.completion_mask
         return samples
 
-
-class Outputs(L.Callback):
-    def __init__(self):
-        self.outputs = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.outputs.append(outputs)
 
 
 def _grpo(rollout=None, **kwargs) -> GRPO:
@@ -64,7 +57,7 @@ def test_one_batch_ahead_each_batch_is_learnt_one_step_late_and_corrected_by_the
     corrections = []
     real = pg.tis_weights
     monkeypatch.setattr(pg, "tis_weights", lambda old, engine, cap: corrections.append((old, engine)) or real(old, engine, cap))
-    module, seen = _grpo(max_staleness=1), Outputs()
+    module, seen = _grpo(max_staleness=1), step_outputs_recorder()
     _fit(module, steps=3, callbacks=[seen])
     assert module.depth == 1 and not seen.outputs[0]  # the first batch only drew (Lightning hands on {})
     staleness = [out["metrics"]["train/staleness"] for out in seen.outputs[1:]]
@@ -79,7 +72,7 @@ def test_one_batch_ahead_each_batch_is_learnt_one_step_late_and_corrected_by_the
 def test_a_batch_older_than_the_bound_is_never_learnt_from():
     """A pipeline deeper than the bound allows (planted: depth 2 under max_staleness 1) makes batches two
     steps old: each is dropped and counted, and no step learns from one."""
-    module, seen = _grpo(max_staleness=1), Outputs()
+    module, seen = _grpo(max_staleness=1), step_outputs_recorder()
     module.depth = 2
     _fit(module, steps=3, callbacks=[seen])
     learnt = [out["metrics"] for out in seen.outputs if out]

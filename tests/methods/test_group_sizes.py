@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import statistics
 
-import lightning as L
 import pytest
 import torch
 
@@ -23,7 +22,7 @@ from lit_align.rewards.base import Reward
 from lit_align.sampling.engines import HFGenerate
 from lit_align.sampling.generate import Samples, SamplingParams, sample
 
-from conftest import trainer
+from conftest import step_outputs_recorder, trainer
 
 SIZES = [2, 3, 4]
 REWARDS = torch.tensor([1.0, 3.0, 0.0, 0.0, 3.0, 1.0, 2.0, 3.0, 6.0])
@@ -235,14 +234,6 @@ def test_one_step_over_groups_of_different_sizes_is_the_group_by_group_update(mo
         assert _largest_difference(got, expected) <= 1e-5, (budget, learnt)
 
 
-class Outcomes(L.Callback):
-    def __init__(self):
-        self.outputs = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.outputs.append(outputs)
-
-
 class HalfConstant(Reward):
     """The first prompt scores 1 for every completion (no signal); the others their length."""
 
@@ -259,7 +250,7 @@ def test_a_step_returns_each_draws_outcomes_also_while_dynamic_sampling_collects
     monkeypatch.setattr(module.rollout, "sample_groups", lambda *a, **k: drawn.append(engine_draw(*a, **k)) or drawn[-1])
     batches = [_batch(tokenizer, [2, 3, 4], problem_ids=[7, 1, 4], draw_index=0),
                _batch(tokenizer, [3, 2, 2], problem_ids=[2, 5, 0], draw_index=1)]
-    seen = Outcomes()
+    seen = step_outputs_recorder()
     trainer(max_steps=1, limit_val_batches=0, callbacks=[seen]).fit(module, _loader(batches))
     first, second = seen.outputs
     assert set(first) == {"outcomes"}, "a draw that only collects returns its outcomes alone"

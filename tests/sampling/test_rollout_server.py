@@ -269,7 +269,7 @@ import lightning as L  # noqa: E402
 from lit_align.data.datamodule import AlignDataModule  # noqa: E402
 from lit_align.methods.grpo import GRPO  # noqa: E402
 from lit_align.methods.rloo import RLOO  # noqa: E402
-from conftest import ChatPrompts, LengthReward, engine_gap_recorder  # noqa: E402
+from conftest import ChatPrompts, LengthReward, engine_gap_recorder, step_outputs_recorder  # noqa: E402
 
 
 class SkipsPushes(VLLMServer):
@@ -312,13 +312,6 @@ def test_a_skipped_push_is_caught_by_the_same_check(served):
     assert gaps[1] > 1e-3, gaps
 
 
-class Outputs(L.Callback):
-    def __init__(self):
-        self.outputs = []
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        self.outputs.append(outputs)
-
 
 def test_with_max_staleness_zero_the_server_loop_learns_what_the_colocated_synchronous_loop_learns(served):
     server, folder, _, _ = served
@@ -340,7 +333,7 @@ def test_drawing_one_batch_ahead_from_the_server_stays_within_the_bound_and_uses
     server, folder, _, _ = served
     corrections, real = [], pg.tis_weights
     monkeypatch.setattr(pg, "tis_weights", lambda old, engine, cap: corrections.append((old, engine)) or real(old, engine, cap))
-    engine, seen = server.engine(), Outputs()
+    engine, seen = server.engine(), step_outputs_recorder()
     _, module = _fit("grpo", engine, folder, steps=3, callbacks=[seen], max_staleness=1, tis_cap=2.0)
     staleness = [out["metrics"]["train/staleness"] for out in seen.outputs if out]
     assert staleness == [0.0, 1.0, 1.0] and module.global_step == 3
