@@ -120,7 +120,7 @@ def test_online_rl_with_dynamic_sampling_steps_in_lockstep_under_two_process_ddp
     assert prompts[0] and prompts[1] and prompts[0] != prompts[1], "each rank keeps the groups it drew"
 
 
-def _online_config(folder: Path, devices: int) -> Path:
+def _online_config(folder: Path, devices: int, **model) -> Path:
     config = {
         "seed_everything": 5,
         "trainer": {"accelerator": "cpu", "devices": devices, "strategy": "ddp" if devices > 1 else "auto",
@@ -134,7 +134,7 @@ def _online_config(folder: Path, devices: int) -> Path:
             "steps_per_generation": 2, "micro_batch_size": 1, "rollout": {"class_path": "fault_injection.PromptSeededGenerate"},
             "reward": {"class_path": "fault_injection.DistinctCharacters"},
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
-            "generation": {"max_new_tokens": 8, "temperature": 1.0}}},
+            "generation": {"max_new_tokens": 8, "temperature": 1.0}} | model},
         "data": {"train": {"class_path": "lit_align.tasks.countdown.CountdownSource",
                            "init_args": {"num_problems": 16, "with_traces": False}}, "batch_size": 4 // devices},
     }
@@ -174,6 +174,29 @@ def test_online_rl_under_two_process_ddp_matches_one_process_with_the_same_promp
         got, want = [float(r[name]) for r in two], [float(r[name]) for r in one]
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6), name
     assert float(one[-1]["train/completions_seen"]) == 2 * 4 * 2  # 2 generation batches of 4 prompts x 2
+
+
+def test_ranks_that_skip_different_flat_groups_stay_in_step_and_match_one_process(tmp_path, monkeypatch):
+    """No KL and a reward flat for about half of the prompts (``HalfFlat``): each rank skips the passes of
+    its own flat groups, so in some optimiser step one rank has a group to learn from and the other none.
+    Every backward all-reduces under DDP, so the rank with fewer passes must make up the difference (with
+    passes that add zero) or the ranks' collectives fall out of step; the weights must end where one
+    process with the same 4 prompts ends."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    settings = {"beta": 0.0, "scale_rewards": "group", "reward": {"class_path": "fault_injection.HalfFlat"}}
+    main(["fit", "--config", str(_online_config(tmp_path / "one", devices=1, **settings))])
+    one = _metrics(tmp_path / "one")
+    flat = [float(r["train/zero_variance_groups"]) for r in one]
+    assert any(0 < f < 1 for f in flat), f"no step mixed flat and varied groups ({flat}): the test says nothing"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "tests"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-m", "lit_align", "fit", "--config",
+                           str(_online_config(tmp_path / "two", devices=2, **settings))],
+                          env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-5, atol=1e-5, msg=name)
+    assert [float(r["train/zero_variance_groups"]) for r in _metrics(tmp_path / "two")] == flat
 
 
 @pytest.mark.slow

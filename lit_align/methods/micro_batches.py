@@ -8,6 +8,8 @@ prompt once per micro-batch it appears in (else once per row). Groups are kept w
 in a micro-batch; a group larger than the budget is split. The token budget follows veRL's dynamic
 batch size (``ppo_max_token_len_per_gpu``) under the name the loop uses: ``max_tokens_per_micro_batch``.
 
+``live_runs`` leaves out the rows whose passes the loop skips (groups whose advantages are all zero).
+
 ``needs_recompute`` decides activation checkpointing per micro-batch: only where its activations,
 estimated by ``activation_bytes``, exceed the memory budget.
 """
@@ -84,6 +86,27 @@ def plan_micro_batches(rows: range, tokens: RowTokens, k: pg.Sizes, max_rows: in
             current = range(current.start, row + 1)
     if len(current):
         out.append(current)
+    return out
+
+
+def live_runs(rows: range, skipped: list[bool]) -> list[range]:
+    """The maximal runs of ``rows`` none of whose rows is ``skipped`` (one flag per row of the batch).
+
+    >>> live_runs(range(1, 8), [False, False, True, True, False, False, True, False])
+    [range(1, 2), range(4, 6), range(7, 8)]
+    >>> live_runs(range(0, 2), [True, True])
+    []
+    """
+    out, start = [], None
+    for row in rows:
+        if skipped[row]:
+            if start is not None:
+                out.append(range(start, row))
+            start = None
+        elif start is None:
+            start = row
+    if start is not None:
+        out.append(range(start, rows.stop))
     return out
 
 

@@ -13,7 +13,8 @@ A training step takes G prompts from the data module (``data.batch_size``) and:
 3. **learns** (``learn``): ``num_iterations`` passes over the batch, each split into ``steps_per_generation``
    optimiser steps, each the sum of ``micro_batch_size`` backward passes of the objective (a
    ``objectives.rl.PolicyGradient`` chosen by ``class_path``) whose normalisers are the whole step's, so
-   the accumulated gradient is the one-batch gradient and memory follows the micro-batch;
+   the accumulated gradient is the one-batch gradient and memory follows the micro-batch; groups whose
+   advantages are all zero (equal rewards) run no pass where that changes nothing (``skip_zero_advantage_groups``);
 4. **reports** the step's metrics over every rank's samples, and every ``log_completions_every_n_steps``
    steps a few completions, as plain rows returned to Lightning; ``RolloutLog`` writes them to the loggers.
    Where the batch names its problems (``PromptBatch.problem_ids``, set by a curriculum), every step also
@@ -47,7 +48,7 @@ from lit_align.data.datamodule import DataView
 from lit_align.lightning.curriculum import CurriculumLog
 from lit_align.lightning.rollout_log import RolloutLog
 from lit_align.methods.base import PolicyModule
-from lit_align.methods.micro_batches import MicroBatching
+from lit_align.methods.micro_batches import MicroBatching, live_runs
 from lit_align.methods.rl_metrics import StepStats, completion_rows, step_metrics
 from lit_align.modeling import models
 from lit_align.methods.rollouts import (DynamicSampling, Plan, RolloutBatch, Rollouts, check_group_sizes, check_loop,
@@ -80,6 +81,7 @@ class OnlineRL(PolicyModule):
         micro_batch_size: int | None = None,
         max_tokens_per_micro_batch: int | None = None,
         share_prompt: bool = True,
+        skip_zero_advantage_groups: bool = True,
         activation_memory_budget_gib: float | None = None,
         steps_per_generation: int = 1,
         num_iterations: int = 1,
@@ -107,6 +109,11 @@ class OnlineRL(PolicyModule):
                 whole groups wherever they fit (methods.micro_batches).
             share_prompt: forward each group's prompt once for its k completions (objectives.shared_prompt);
                 False: every row runs prompt and completion (the plain path).
+            skip_zero_advantage_groups: run no pass over a group whose advantages are all 0 (all its rewards
+                equal) where the objective adds nothing for a zero advantage (no KL in the loss, no entropy
+                bonus): the loss and its gradient are exactly those of the passes run, and the step's
+                normalisers still count the group's tokens. The first pass's logged entropy, KL and engine gap
+                are then over the groups learnt from. False: every group runs.
             activation_memory_budget_gib: with gradient_checkpointing, recompute only the micro-batches whose
                 estimated activations exceed this (None: recompute every one).
             steps_per_generation: optimiser steps each generation batch is split into.
@@ -147,6 +154,7 @@ class OnlineRL(PolicyModule):
         self.batching = MicroBatching(micro_batch_size, max_tokens_per_micro_batch, share_prompt,
                                       self.gradient_checkpointing, activation_memory_budget_gib, self.lora is not None)
         self.steps_per_generation, self.num_iterations = steps_per_generation, num_iterations
+        self.skip_zero_advantage_groups = skip_zero_advantage_groups
         self.dynamic = DynamicSampling(max_draws) if dynamic_sampling else None
         self.overlong_buffer, self.overlong_penalty, self.tis_cap = overlong_buffer, overlong_penalty, tis_cap
         self.max_grad_norm, self.log_completions_count = max_grad_norm, log_completions_count
@@ -322,14 +330,20 @@ class OnlineRL(PolicyModule):
         """Every optimiser step of every pass over ``batch``; returns what they add up to."""
         optimizer, scheduler, stats = self.optimizers(), self.lr_schedulers(), StepStats()
         rows = range(len(batch.samples))
+        skipped = self._skipped_rows(batch)
         size = -(-len(rows) // self.steps_per_generation)
         for iteration in range(self.num_iterations):
             for s, step_rows in enumerate(rows[i : i + size] for i in range(0, len(rows), size)):
                 if 0 <= self.trainer.max_steps <= self.global_step:
                     break
                 totals = self._step_totals(batch.loss_mask[step_rows.start : step_rows.stop])
-                for mb in self.batching.plan(batch.samples, step_rows, batch.sizes):
+                micro = [mb for run in live_runs(step_rows, skipped)
+                         for mb in self.batching.plan(batch.samples, run, batch.sizes)]
+                passes = self._backward_passes(len(micro))  # agreed before any backward all-reduces
+                for mb in micro:
                     self._learn_micro_batch(batch, slice(mb.start, mb.stop), iteration, s == 0, totals, stats)
+                for _ in range(passes - len(micro)):
+                    self._zero_backward()
                 if self.max_grad_norm is not None:
                     self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
                 optimizer.step()
@@ -339,6 +353,33 @@ class OnlineRL(PolicyModule):
                 self.rollout.weights_changed()  # the engine samples from the new weights next time
                 stats.steps += 1
         return stats
+
+    def _skipped_rows(self, batch: RolloutBatch) -> list[bool]:
+        """Per row: whether its passes are skipped, its group's advantages being all exactly 0 (rewards all
+        equal: ``pg.group_advantages``) and the objective adding nothing for them. Advantages that the training
+        forward itself fills (``Plan.TRAINING_FORWARD``) are not known before it: nothing is skipped then."""
+        if (not self.skip_zero_advantage_groups or batch.plan is Plan.TRAINING_FORWARD
+                or not self.objective.zero_advantage_adds_nothing):
+            return [False] * len(batch.samples)
+        zero = batch.advantages == 0
+        return torch.cat([g.all(dim=1, keepdim=True).expand_as(g).reshape(-1)
+                          for g in pg.grouped(zero, batch.sizes)]).tolist()
+
+    def _backward_passes(self, passes: int) -> int:
+        """Backward passes this rank runs for an optimiser step whose micro-batches are ``passes``: at least
+        one (a step whose groups were all skipped still steps on zero gradients, as the unskipped loop does:
+        AdamW would pass over a gradient left None), and under DDP the most any rank runs, since every
+        backward all-reduces (ranks skip different groups, and token budgets cut ranks' rows differently)."""
+        passes = max(passes, 1)
+        if self._world_size > 1:
+            most = self.trainer.strategy.reduce(torch.tensor(float(passes), device=self.device), reduce_op="max")
+            passes = int(most)
+        return passes
+
+    def _zero_backward(self) -> None:
+        """A backward pass that adds 0 to every trainable parameter's gradient (and joins DDP's all-reduce)."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        self.manual_backward(sum((p.sum() * 0.0).float() for p in trainable))
 
     def _learn_micro_batch(self, batch: RolloutBatch, rows: slice, iteration: int, first_step: bool,
                            totals: tuple[float, float], stats: StepStats) -> None:

@@ -152,11 +152,24 @@ def group_advantages(rewards: torch.Tensor, k: Sizes, estimator: Estimator = "rl
       over ``batch_rewards`` where given (under data parallelism: every rank's rewards), else ``rewards``.
     - ``dr_grpo``: group mean as baseline, no scaling; expected gradient (k-1)/k grad E[R] for a group of k.
 
+    A group whose rewards are all equal gets advantages of exactly 0 (``uniform_groups``): its mean, summed
+    in floating point, can miss the common value by an ulp, and the group std's 1e-4 floor would scale that
+    residue up (eight rewards of 0.1 gave -7.4e-5 each, all of one sign). The online loop relies on the
+    exact 0 to skip such groups' passes.
+
     >>> group_advantages(torch.tensor([1.0, 3.0, 2.0, 2.0]), 2, "dr_grpo").tolist()
     [-1.0, 1.0, 0.0, 0.0]
     >>> group_advantages(torch.tensor([1.0, 3.0, 0.0, 0.0, 3.0]), [2, 3], "dr_grpo").tolist()
     [-1.0, 1.0, -1.0, -1.0, 2.0]
+    >>> group_advantages(torch.full((8,), 0.1), 8, "grpo").tolist() == [0.0] * 8
+    True
     """
+    flat = torch.cat([(g == g[:, :1]).all(dim=1, keepdim=True).expand_as(g).reshape(-1) for g in grouped(rewards, k)])
+    return _advantages(rewards, k, estimator, scale_rewards, batch_rewards).masked_fill(flat, 0.0)
+
+
+def _advantages(rewards: torch.Tensor, k: Sizes, estimator: Estimator, scale_rewards: ScaleRewards,
+                batch_rewards: torch.Tensor | None) -> torch.Tensor:
     if estimator == "rloo":
         return rloo_advantages(rewards, k)
     if estimator not in ("grpo", "dr_grpo"):

@@ -119,6 +119,14 @@ class PolicyGradient:
         return self.kl_in_reward and self.kl_coef > 0
 
     @property
+    def zero_advantage_adds_nothing(self) -> bool:
+        """Whether a completion whose advantage is 0 adds nothing to the loss or its gradient: true of every
+        surrogate here (each is the advantage times a factor) unless the KL sits in the loss or an entropy
+        bonus is on. The loop then skips the passes of groups whose advantages are all 0. A subclass whose
+        surrogate is not proportional to the advantage must return False."""
+        return (self.kl_in_reward or not self.kl_coef) and not self.entropy_coef
+
+    @property
     def advantages_need_the_batch(self) -> bool:
         """Whether a group's advantages depend on other groups (GRPO's batch std)."""
         return self.estimator == "grpo" and self.scale_rewards == "batch"

@@ -53,7 +53,8 @@ def test_the_checkout_is_made_at_the_commit_then_reused_and_a_moved_one_refused(
 
 
 def test_a_baseline_contender_follows_lit_align_and_is_chosen_with_it():
-    assert run.contenders("grpo", False, baselines=("37faeba",)) == ["lit_align", "lit_align@37faeba", "trl"]
+    assert run.contenders("grpo", False, baselines=("37faeba",)) == ["lit_align", "lit_align@37faeba", "lit_align+every_group",
+                                                                     "trl"]
     assert run.contenders("logprobs", False, baselines=("37faeba",)) == run.CONTENDERS["logprobs"]  # no lit_align
     assert run.chosen("lit_align@37faeba", ["lit_align"]) and not run.chosen("lit_align@37faeba", ["trl"])
     assert run.chosen("trl", None) and not run.chosen("lit_align", ["lit_align@37faeba"])

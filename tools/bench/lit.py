@@ -36,6 +36,7 @@ class Clock(L.Callback):
     def __init__(self, clock: StepClock, steps: int, rloo_rows: int = 0, phases: PhaseTimer | None = None):
         self.clock, self.steps, self.rloo_rows, self.phases = clock, steps, rloo_rows, phases
         self.peak_rss_mib: float | None = None
+        self.flat_groups: list[float] = []  # online RL: each step's share of groups whose rewards are all equal
 
     def on_train_start(self, trainer, pl_module):
         if self.phases is not None:
@@ -50,6 +51,8 @@ class Clock(L.Callback):
         else:
             tokens = int(batch.attention_mask.sum())
         self.clock.step_done(tokens)
+        if "train/zero_variance_groups" in trainer.callback_metrics:
+            self.flat_groups.append(float(trainer.callback_metrics["train/zero_variance_groups"]))
         if self.phases is not None:
             self.phases.step_done()
         self.peak_rss_mib = peak_rss_mib()  # the peak of the measured steps, before any FLOP replay
@@ -81,6 +84,8 @@ def _module(spec: Spec):
         online = {"generation": sampling, "micro_batch_size": s.rl_micro_batch or None, "lora": lora,
                   "gradient_checkpointing": bool(s.rl_checkpointing), **({"rollout": rollout} if rollout else {})}
         online |= _new_loop_settings(spec)
+        if _variant(spec).endswith("+every_group"):
+            online["skip_zero_advantage_groups"] = False
         reward = rl_task.reward(s.rl_task)
         if spec.method == "grpo":  # TRL's GRPO defaults: DAPO token mean, group std, clip 0.2, no KL
             return GRPO(model=POLICY, reward=reward, num_generations=s.rloo_k, beta=0.0, loss_type="dapo",
@@ -130,6 +135,8 @@ def run(spec: Spec) -> dict:
         hand_over_gradient_clipping(trainer, module)
     trainer.fit(module, data)
     result = summary(clock, s.warmup, train_peak_rss_mib=timing.peak_rss_mib)
+    if timing.flat_groups:  # what skip_zero_advantage_groups can skip, step by step (warm-up dropped)
+        result["flat_group_share"] = timing.flat_groups[s.warmup :]
     if phases is not None:
         result |= {"phases": split(result["step_s"], phases.steps[s.warmup :]), "phase_hooks": phases.hooked,
                    "phase_hooks_missing": phases.missing}

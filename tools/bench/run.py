@@ -39,12 +39,14 @@ from .data import write_data
 from .peak import describe
 from .report import aggregate, busy, machine, markdown, phase_markdown, with_phases, with_ratios
 
+# lit_align+every_group: online RL with skip_zero_advantage_groups off (every group's passes run, as at 37faeba
+# and in TRL), to show what skipping the groups whose rewards are all equal buys on the same workload
 CONTENDERS = {
     "sft": ["lit_align", "lit_align+packing", "trl", "trl+padding_free", "bare", "bare+packing"],
     "rm": ["lit_align", "trl", "bare"],
     "dpo": ["lit_align", "trl", "bare"],
-    "rloo": ["lit_align", "trl", "bare"],
-    "grpo": ["lit_align", "trl"],
+    "rloo": ["lit_align", "lit_align+every_group", "trl", "bare"],
+    "grpo": ["lit_align", "lit_align+every_group", "trl"],
     "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
 }
 # --vllm: RLOO with each side's colocated vLLM engine (run from the vLLM environment, with TRL added)

@@ -1,0 +1,120 @@
+"""Groups whose rewards are all equal have advantages of exactly 0, and where the objective adds nothing
+for a zero advantage the loop runs no pass over them: the update is the one the loop makes when it runs
+every group, for every GRPO loss type, with and without LoRA, and an optimiser step whose groups were
+all skipped still steps (AdamW's weight decay) as the unskipped loop does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_align.data.collate import collate_prompts
+from lit_align.data.datamodule import AlignDataModule
+from lit_align.data.formats import prompt_ids
+from lit_align.methods import GRPO, OnlineRL
+from lit_align.methods.grpo import LOSS_TYPES
+from lit_align.modeling.models import LoRA
+from lit_align.rewards.base import Reward
+from lit_align.sampling.generate import SamplingParams, sample
+
+from conftest import trainer
+
+RECORDS = [{"prompt": "hello"}, {"prompt": "the quick brown fox jumps over the lazy dog"}, {"prompt": "say a"},
+           {"prompt": "two words"}]
+K = 3
+LEARN, LEARN_MICRO_BATCH = OnlineRL.learn, OnlineRL._learn_micro_batch  # before any test patches them
+
+
+class FlatFor(Reward):
+    """0.9 for every completion of the prompts listed in ``flat`` (three such rewards give GRPO advantages
+    of 6e-4 from the rounding of their mean alone), else a score that varies with the completion."""
+
+    def __init__(self, flat: tuple[str, ...]):
+        self.flat = flat
+
+    def __call__(self, prompts, completions, records):
+        return torch.tensor([0.9 if r["prompt"] in self.flat else float(sum(map(ord, c)) % 7)
+                             for c, r in zip(completions, records)])
+
+
+def _update(monkeypatch, tokenizer, flat: tuple[str, ...], steps: int = 1, loss_type: str = "dapo",
+            lora: bool = True, optimizer=None, beta: float = 0.0, **loop) -> tuple[dict, list[list[range]], list[list[int]]]:
+    """The weights' change after ``steps`` optimiser steps on pinned samples (each step the same four
+    prompts), the rows of every micro-batch learnt and the flat groups, step by step."""
+    torch.manual_seed(0)
+    module = GRPO(model="tiny:causal-lm", reward=FlatFor(flat), num_generations=K, loss_type=loss_type, beta=beta,
+                  lora=LoRA(r=2, alpha=4, dropout=0.0) if lora else None,
+                  generation=SamplingParams(max_new_tokens=8, temperature=0.7), micro_batch_size=K,
+                  optimizer=optimizer or (lambda p: torch.optim.SGD(p, lr=1.0)),
+                  scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0), **loop)
+    module.configure_model()
+    start = {n: t.detach().clone() for n, t in module.policy.named_parameters() if t.requires_grad}
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in RECORDS], RECORDS, tokenizer.pad_token_id)
+    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
+    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
+    learnt: list[list[range]] = []
+
+    def recorded(self, batch, rows, *args):
+        learnt[-1].append(range(rows.start, rows.stop))
+        return LEARN_MICRO_BATCH(self, batch, rows, *args)
+
+    monkeypatch.setattr(OnlineRL, "_learn_micro_batch", recorded)
+    def learn(self, b):
+        flat_groups.append([g for g in range(len(RECORDS)) if bool((b.rollouts.rewards[g * K : (g + 1) * K] == 0.9).all())])
+        learnt.append([])
+        return LEARN(self, b)
+
+    flat_groups: list[list[int]] = []
+    monkeypatch.setattr(OnlineRL, "learn", learn)
+
+    class Repeat:
+        def records(self):
+            for _ in range(steps):
+                yield from (("m", r) for r in RECORDS)
+
+    trainer(max_steps=steps, limit_val_batches=0).fit(
+        module, AlignDataModule(Repeat(), batch_size=len(RECORDS)).connect(module.tokenizer, module.batch_kind))
+    return ({n: start[n] - p.detach() for n, p in module.policy.named_parameters() if p.requires_grad}, learnt,
+            flat_groups)
+
+
+def _largest_difference(a: dict, b: dict) -> float:
+    scale = max(1.0, max(float(t.abs().max()) for t in b.values()))
+    return max(float((a[n] - t).abs().max()) for n, t in b.items()) / scale
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
+def test_skipping_flat_groups_leaves_the_update_unchanged(monkeypatch, tokenizer, loss_type, lora):
+    flat = ("hello", "say a")  # the first and third groups
+    expected, every, _ = _update(monkeypatch, tokenizer, flat, loss_type=loss_type, lora=lora,
+                                 skip_zero_advantage_groups=False)
+    got, skipped, [flat_groups] = _update(monkeypatch, tokenizer, flat, loss_type=loss_type, lora=lora)
+    groups = [range(g * K, (g + 1) * K) for g in range(len(RECORDS))]
+    assert every == [groups] and len(flat_groups) == 2
+    assert skipped == [[r for g, r in enumerate(groups) if g not in flat_groups]]  # the flat groups ran no pass
+    assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "the step must move the weights"
+    assert _largest_difference(got, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("settings", [{"beta": 0.1}, {"entropy_coef": 0.01}], ids=["kl_in_loss", "entropy_bonus"])
+def test_a_kl_in_the_loss_or_an_entropy_bonus_runs_every_group(monkeypatch, tokenizer, settings):
+    """There a flat group's loss is not 0: its KL (or entropy) still pulls on the weights."""
+    _, learnt, [flat_groups] = _update(monkeypatch, tokenizer, ("hello", "say a"), **settings)
+    assert len(flat_groups) == 2 and learnt == [[range(g * K, (g + 1) * K) for g in range(len(RECORDS))]]
+
+
+def test_a_step_with_every_group_flat_still_steps_like_the_unskipped_loop(monkeypatch, tokenizer):
+    """AdamW decays weights even on zero gradients, and passes over a gradient left None: a step whose
+    groups were all skipped must leave zeros, not None, behind."""
+    flat = tuple(r["prompt"] for r in RECORDS)
+
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=0.1, weight_decay=0.5)
+
+    expected, every, _ = _update(monkeypatch, tokenizer, flat, steps=2, optimizer=adamw,
+                                 skip_zero_advantage_groups=False)
+    got, skipped, _ = _update(monkeypatch, tokenizer, flat, steps=2, optimizer=adamw)
+    assert [len(s) for s in every] == [4, 4] and skipped == [[], []]
+    assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "weight decay must move the weights"
+    assert _largest_difference(got, expected) <= 1e-6
