@@ -29,6 +29,36 @@ def tiny_lm(tokenizer):
     return tiny.tiny_causal_lm(tokenizer)
 
 
+def pinned_grpo(monkeypatch, tokenizer, records: list[dict], lora: bool, **settings):
+    """A GRPO on the tiny model (LoRA r2 where ``lora``; plain SGD at lr 1 unless ``optimizer`` is given)
+    whose engine always returns the samples first drawn for ``records`` (seed 3): the module, its
+    trainable weights before training, and the samples."""
+    from lit_align.data.collate import collate_prompts
+    from lit_align.data.formats import prompt_ids
+    from lit_align.methods import GRPO
+    from lit_align.modeling.models import LoRA
+    from lit_align.sampling.generate import SamplingParams, sample
+
+    torch.manual_seed(0)
+    settings = {"optimizer": lambda p: torch.optim.SGD(p, lr=1.0), **settings}
+    module = GRPO(model="tiny:causal-lm", lora=LoRA(r=2, alpha=4, dropout=0.0) if lora else None,
+                  generation=SamplingParams(max_new_tokens=8, temperature=0.7),
+                  scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0), **settings)
+    module.configure_model()
+    start = {n: t.detach().clone() for n, t in module.policy.named_parameters() if t.requires_grad}
+    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in records], records, tokenizer.pad_token_id)
+    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
+    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
+    return module, start, pinned
+
+
+def largest_relative_difference(got: dict, expected: dict) -> float:
+    """The largest absolute difference between two dicts of tensors (weight changes, say), over the
+    expected side's largest magnitude (at least 1)."""
+    scale = max(1.0, max(float(t.abs().max()) for t in expected.values()))
+    return max(float((got[n] - t).abs().max()) for n, t in expected.items()) / scale
+
+
 def trainer(**settings):
     """A quiet Lightning trainer on one CPU: no logger, checkpoints, progress bar, model summary or sanity
     validation; ``settings`` add to these or override them (``from conftest import trainer``)."""

@@ -7,16 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_align.data.collate import collate_prompts
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.formats import prompt_ids
 from lit_align.methods import GRPO, micro_batches
 from lit_align.methods.grpo import LOSS_TYPES
-from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
-from lit_align.sampling.generate import SamplingParams, sample
 
-from conftest import trainer
+from conftest import largest_relative_difference, pinned_grpo, trainer
 
 RECORDS = [{"prompt": "hello"}, {"prompt": "the quick brown fox jumps over the lazy dog"}, {"prompt": "say a"}]
 K = 3
@@ -29,17 +25,8 @@ class CharSum(Reward):
 
 def _update(monkeypatch, tokenizer, loss_type: str, lora: bool, **loop) -> tuple[dict, list[range]]:
     """The weights' change after one plain-SGD step (lr 1) on pinned samples, and the micro-batches learnt."""
-    torch.manual_seed(0)
-    module = GRPO(model="tiny:causal-lm", reward=CharSum(), num_generations=K, loss_type=loss_type, beta=0.1,
-                  lora=LoRA(r=2, alpha=4, dropout=0.0) if lora else None,
-                  generation=SamplingParams(max_new_tokens=8, temperature=0.7),
-                  optimizer=lambda p: torch.optim.SGD(p, lr=1.0),
-                  scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0), **loop)
-    module.configure_model()
-    start = {n: t.detach().clone() for n, t in module.policy.named_parameters() if t.requires_grad}
-    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in RECORDS], RECORDS, tokenizer.pad_token_id)
-    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
-    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
+    module, start, pinned = pinned_grpo(monkeypatch, tokenizer, RECORDS, lora, reward=CharSum(), num_generations=K,
+                                        loss_type=loss_type, beta=0.1, **loop)
     learnt: list[range] = []
     plan = micro_batches.plan_micro_batches
     monkeypatch.setattr(micro_batches, "plan_micro_batches", lambda *a, **k: learnt.append(plan(*a, **k)) or learnt[-1])
@@ -54,11 +41,6 @@ def _update(monkeypatch, tokenizer, loss_type: str, lora: bool, **loop) -> tuple
     return {n: start[n] - p.detach() for n, p in module.policy.named_parameters() if p.requires_grad}, learnt[-1], pinned
 
 
-def _largest_difference(a: dict, b: dict) -> float:
-    scale = max(1.0, max(float(t.abs().max()) for t in b.values()))
-    return max(float((a[n] - t).abs().max()) for n, t in b.items()) / scale
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
 def test_token_budgets_and_the_shared_prompt_give_the_whole_batch_update(monkeypatch, tokenizer, loss_type, lora):
@@ -71,7 +53,7 @@ def test_token_budgets_and_the_shared_prompt_give_the_whole_batch_update(monkeyp
         assert all(tokens.forwarded(r, True, K) <= budget or len(r) == 1 for r in learnt)
         assert all(r.start % K == 0 and r.stop % K == 0 for r in learnt) == whole_groups, learnt
         assert len(learnt) > 1
-        assert _largest_difference(got, expected) <= 1e-5, (budget, learnt)
+        assert largest_relative_difference(got, expected) <= 1e-5, (budget, learnt)
 
 
 def test_recompute_follows_the_memory_budget():

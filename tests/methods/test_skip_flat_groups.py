@@ -8,16 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_align.data.collate import collate_prompts
 from lit_align.data.datamodule import AlignDataModule
-from lit_align.data.formats import prompt_ids
-from lit_align.methods import GRPO, OnlineRL
+from lit_align.methods import OnlineRL
 from lit_align.methods.grpo import LOSS_TYPES
-from lit_align.modeling.models import LoRA
 from lit_align.rewards.base import Reward
-from lit_align.sampling.generate import SamplingParams, sample
 
-from conftest import trainer
+from conftest import largest_relative_difference, pinned_grpo, trainer
 
 RECORDS = [{"prompt": "hello"}, {"prompt": "the quick brown fox jumps over the lazy dog"}, {"prompt": "say a"},
            {"prompt": "two words"}]
@@ -41,17 +37,9 @@ def _update(monkeypatch, tokenizer, flat: tuple[str, ...], steps: int = 1, loss_
             lora: bool = True, optimizer=None, beta: float = 0.0, **loop) -> tuple[dict, list[list[range]], list[list[int]]]:
     """The weights' change after ``steps`` optimiser steps on pinned samples (each step the same four
     prompts), the rows of every micro-batch learnt and the flat groups, step by step."""
-    torch.manual_seed(0)
-    module = GRPO(model="tiny:causal-lm", reward=FlatFor(flat), num_generations=K, loss_type=loss_type, beta=beta,
-                  lora=LoRA(r=2, alpha=4, dropout=0.0) if lora else None,
-                  generation=SamplingParams(max_new_tokens=8, temperature=0.7), micro_batch_size=K,
-                  optimizer=optimizer or (lambda p: torch.optim.SGD(p, lr=1.0)),
-                  scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1.0), **loop)
-    module.configure_model()
-    start = {n: t.detach().clone() for n, t in module.policy.named_parameters() if t.requires_grad}
-    batch = collate_prompts([prompt_ids(r, "m", tokenizer) for r in RECORDS], RECORDS, tokenizer.pad_token_id)
-    pinned = sample(module.policy, tokenizer, batch.input_ids, batch.attention_mask, module.sampling, seed=3)
-    monkeypatch.setattr(module.rollout, "sample", lambda *a, **k: pinned)
+    loop |= {"optimizer": optimizer} if optimizer else {}
+    module, start, _ = pinned_grpo(monkeypatch, tokenizer, RECORDS, lora, reward=FlatFor(flat), num_generations=K,
+                                   loss_type=loss_type, beta=beta, micro_batch_size=K, **loop)
     learnt: list[list[range]] = []
 
     def recorded(self, batch, rows, *args):
@@ -78,11 +66,6 @@ def _update(monkeypatch, tokenizer, flat: tuple[str, ...], steps: int = 1, loss_
             flat_groups)
 
 
-def _largest_difference(a: dict, b: dict) -> float:
-    scale = max(1.0, max(float(t.abs().max()) for t in b.values()))
-    return max(float((a[n] - t).abs().max()) for n, t in b.items()) / scale
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("loss_type", sorted(LOSS_TYPES))
 def test_skipping_flat_groups_leaves_the_update_unchanged(monkeypatch, tokenizer, loss_type, lora):
@@ -94,7 +77,7 @@ def test_skipping_flat_groups_leaves_the_update_unchanged(monkeypatch, tokenizer
     assert every == [groups] and len(flat_groups) == 2
     assert skipped == [[r for g, r in enumerate(groups) if g not in flat_groups]]  # the flat groups ran no pass
     assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "the step must move the weights"
-    assert _largest_difference(got, expected) <= 1e-6
+    assert largest_relative_difference(got, expected) <= 1e-6
 
 
 @pytest.mark.parametrize("settings", [{"beta": 0.1}, {"entropy_coef": 0.01}], ids=["kl_in_loss", "entropy_bonus"])
@@ -117,4 +100,4 @@ def test_a_step_with_every_group_flat_still_steps_like_the_unskipped_loop(monkey
     got, skipped, _ = _update(monkeypatch, tokenizer, flat, steps=2, optimizer=adamw)
     assert [len(s) for s in every] == [4, 4] and skipped == [[], []]
     assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "weight decay must move the weights"
-    assert _largest_difference(got, expected) <= 1e-6
+    assert largest_relative_difference(got, expected) <= 1e-6
