@@ -109,8 +109,8 @@ class OnlineRL(PolicyModule):
                 whole groups wherever they fit (methods.micro_batches).
             share_prompt: forward each group's prompt once for its k completions (objectives.shared_prompt);
                 False: every row runs prompt and completion (the plain path).
-            skip_zero_advantage_groups: run no pass over a group whose advantages are all 0 (all its rewards
-                equal) where the objective adds nothing for a zero advantage (no KL in the loss, no entropy
+            skip_zero_advantage_groups: run no pass (training, or the sampling weights' separate pass) over a
+                group whose advantages are all 0 (all its rewards equal) where the objective adds nothing for a zero advantage (no KL in the loss, no entropy
                 bonus): the loss and its gradient are exactly those of the passes run, and the step's
                 normalisers still count the group's tokens. The first pass's logged entropy, KL and engine gap
                 are then over the groups learnt from. False: every group runs.
@@ -302,9 +302,14 @@ class OnlineRL(PolicyModule):
         sizes = rollouts.sizes
         ref = (self.with_reference(lambda m: self._logps_no_grad(m, samples, sizes)) if objective.needs_reference
                else None)
-        old = self._logps_no_grad(self.policy, samples, sizes) if plan is Plan.SEPARATE_PASS else None
-        advantages = (torch.zeros_like(rollouts.rewards) if plan is Plan.TRAINING_FORWARD
-                      else self._advantages(rollouts.rewards, sizes, old, ref, mask))
+        advantages, skipped = None, None
+        if plan is Plan.SEPARATE_PASS and not objective.shapes_rewards:  # advantages first: no pass for flat groups
+            advantages = self._advantages(rollouts.rewards, sizes, None, ref, mask)
+            skipped = self._skipped_rows(advantages, sizes, plan)
+        old = self._logps_no_grad(self.policy, samples, sizes, skipped) if plan is Plan.SEPARATE_PASS else None
+        if advantages is None:
+            advantages = (torch.zeros_like(rollouts.rewards) if plan is Plan.TRAINING_FORWARD
+                          else self._advantages(rollouts.rewards, sizes, old, ref, mask))
         return RolloutBatch(rollouts, plan=plan, reason=reason, loss_mask=mask * keep[:, None],
                             advantages=advantages, old_logps=old, ref_logps=ref,
                             is_weights=pg.tis_weights(old, samples.engine_logps, self.tis_cap) if tis else None)
@@ -321,16 +326,20 @@ class OnlineRL(PolicyModule):
                                              self.objective.entropy_coef > 0, recompute)
 
     @torch.no_grad()
-    def _logps_no_grad(self, model, samples: Samples, sizes: list[int]) -> torch.Tensor:
-        rows = self.batching.plan(samples, range(len(samples)), sizes)
-        return torch.cat([self._logps(model, samples.select(slice(r.start, r.stop)))[0] for r in rows])
+    def _logps_no_grad(self, model, samples: Samples, sizes: list[int], skipped: list[bool] | None = None) -> torch.Tensor:
+        """(N, C) log-probs of every row; rows ``skipped`` (no pass will read them) are left 0."""
+        out = torch.zeros(samples.completion_mask.shape, device=samples.completion_mask.device)
+        for run in live_runs(range(len(samples)), skipped or [False] * len(samples)):
+            for r in self.batching.plan(samples, run, sizes):
+                out[r.start : r.stop] = self._logps(model, samples.select(slice(r.start, r.stop)))[0]
+        return out
 
     # --- 3. learn --------------------------------------------------------------------------------
     def learn(self, batch: RolloutBatch) -> StepStats:
         """Every optimiser step of every pass over ``batch``; returns what they add up to."""
         optimizer, scheduler, stats = self.optimizers(), self.lr_schedulers(), StepStats()
         rows = range(len(batch.samples))
-        skipped = self._skipped_rows(batch)
+        skipped = self._skipped_rows(batch.advantages, batch.sizes, batch.plan)
         size = -(-len(rows) // self.steps_per_generation)
         for iteration in range(self.num_iterations):
             for s, step_rows in enumerate(rows[i : i + size] for i in range(0, len(rows), size)):
@@ -354,16 +363,16 @@ class OnlineRL(PolicyModule):
                 stats.steps += 1
         return stats
 
-    def _skipped_rows(self, batch: RolloutBatch) -> list[bool]:
-        """Per row: whether its passes are skipped, its group's advantages being all exactly 0 (rewards all
-        equal: ``pg.group_advantages``) and the objective adding nothing for them. Advantages that the training
-        forward itself fills (``Plan.TRAINING_FORWARD``) are not known before it: nothing is skipped then."""
-        if (not self.skip_zero_advantage_groups or batch.plan is Plan.TRAINING_FORWARD
+    def _skipped_rows(self, advantages: torch.Tensor, sizes: list[int], plan: Plan) -> list[bool]:
+        """Per row: whether its passes (training, and the sampling weights' separate pass) are skipped, its
+        group's advantages being all exactly 0 (rewards all equal: ``pg.group_advantages``) and the objective
+        adding nothing for them. Advantages that the training forward itself fills (``Plan.TRAINING_FORWARD``)
+        are not known before it: nothing is skipped then."""
+        if (not self.skip_zero_advantage_groups or plan is Plan.TRAINING_FORWARD
                 or not self.objective.zero_advantage_adds_nothing):
-            return [False] * len(batch.samples)
-        zero = batch.advantages == 0
-        return torch.cat([g.all(dim=1, keepdim=True).expand_as(g).reshape(-1)
-                          for g in pg.grouped(zero, batch.sizes)]).tolist()
+            return [False] * len(advantages)
+        zero = advantages == 0
+        return torch.cat([g.all(dim=1, keepdim=True).expand_as(g).reshape(-1) for g in pg.grouped(zero, sizes)]).tolist()
 
     def _backward_passes(self, passes: int) -> int:
         """Backward passes this rank runs for an optimiser step whose micro-batches are ``passes``: at least

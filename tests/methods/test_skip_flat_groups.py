@@ -101,3 +101,31 @@ def test_a_step_with_every_group_flat_still_steps_like_the_unskipped_loop(monkey
     assert [len(s) for s in every] == [4, 4] and skipped == [[], []]
     assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "weight decay must move the weights"
     assert largest_relative_difference(got, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "cispo"])
+def test_the_sampling_weights_pass_skips_flat_groups_too(monkeypatch, tokenizer, loss_type):
+    """Two optimiser steps per generation batch: the clipped ratio needs the sampling weights' log-probs,
+    from a separate no-grad pass before the first step. Flat groups run neither that pass nor a training
+    pass, and both steps' updates are those of running every group."""
+    flat = ("hello", "say a")
+    no_grad_rows: list[int] = []
+    logps = OnlineRL._logps
+
+    def recorded(self, model, samples, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            no_grad_rows.append(len(samples))
+        return logps(self, model, samples, *args, **kwargs)
+
+    monkeypatch.setattr(OnlineRL, "_logps", recorded)
+    expected, every, _ = _update(monkeypatch, tokenizer, flat, steps=2, loss_type=loss_type,
+                                 steps_per_generation=2, skip_zero_advantage_groups=False)
+    rows_every, no_grad_rows[:] = sum(no_grad_rows), []
+    got, skipped, [flat_groups] = _update(monkeypatch, tokenizer, flat, steps=2, loss_type=loss_type,
+                                          steps_per_generation=2)
+    live = len(RECORDS) - len(flat_groups)  # the batch draws 4 of the 8 records (each prompt twice), shuffled
+    assert flat_groups and live, "the batch must hold flat groups and others for the check to mean something"
+    assert rows_every == K * len(RECORDS) and sum(no_grad_rows) == K * live
+    assert [len(s) for s in every] == [4] and [len(s) for s in skipped] == [live]
+    assert any(float(t.abs().max()) > 1e-4 for t in expected.values()), "the steps must move the weights"
+    assert largest_relative_difference(got, expected) <= 1e-6
