@@ -24,9 +24,10 @@ def test_the_tree_peak_sums_a_child_held_beside_the_parent():
         child.communicate("\n", timeout=30)
     parent = rss_mib()
     assert both >= parent + hold * 0.9, (both, parent)  # the child's pages are in the sum
-    # against the parent as it was before the child: the parent's own RSS may grow after the poll
-    # caught the peak (CI saw it 2 MiB higher), and that growth is not the child's
-    assert peak.peak_mib >= both * 0.95 and peak.peak_mib >= before + hold * 0.9
+    # against the parent's lower reading, before the child or after it: a whole suite's parent moves by
+    # tens of MiB on its own, both ways (CI saw it 2 MiB higher after the poll; a full local run, 1.2 GiB,
+    # ~40 MiB lower while the child was held); a peak that left the child out stays below this
+    assert peak.peak_mib >= both * 0.95 and peak.peak_mib >= min(before, parent) + hold * 0.8
     assert tree_rss_mib(__import__("os").getpid()) < parent + hold * 0.5  # and gone with it
 
 
