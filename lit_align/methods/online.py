@@ -110,8 +110,8 @@ class OnlineRL(PolicyModule):
             share_prompt: forward each group's prompt once for its k completions (objectives.shared_prompt);
                 False: every row runs prompt and completion (the plain path).
             skip_zero_advantage_groups: run no pass (training, or the sampling weights' separate pass) over a
-                group whose advantages are all 0 (all its rewards equal) where the objective adds nothing for a zero advantage (no KL in the loss, no entropy
-                bonus): the loss and its gradient are exactly those of the passes run, and the step's
+                group whose advantages are all 0 (all its rewards equal) where the objective adds nothing for a
+                zero advantage (no KL in the loss, no entropy bonus): the loss and its gradient are exactly those of the passes run, and the step's
                 normalisers still count the group's tokens. The first pass's logged entropy, KL and engine gap
                 are then over the groups learnt from. False: every group runs.
             activation_memory_budget_gib: with gradient_checkpointing, recompute only the micro-batches whose
@@ -371,8 +371,8 @@ class OnlineRL(PolicyModule):
         if (not self.skip_zero_advantage_groups or plan is Plan.TRAINING_FORWARD
                 or not self.objective.zero_advantage_adds_nothing):
             return [False] * len(advantages)
-        zero = advantages == 0
-        return torch.cat([g.all(dim=1, keepdim=True).expand_as(g).reshape(-1) for g in pg.grouped(zero, sizes)]).tolist()
+        flat = torch.cat([g.all(dim=1) for g in pg.grouped(advantages == 0, sizes)])
+        return pg.per_row(flat, sizes, len(advantages)).tolist()
 
     def _backward_passes(self, passes: int) -> int:
         """Backward passes this rank runs for an optimiser step whose micro-batches are ``passes``: at least

@@ -164,8 +164,17 @@ def group_advantages(rewards: torch.Tensor, k: Sizes, estimator: Estimator = "rl
     >>> group_advantages(torch.full((8,), 0.1), 8, "grpo").tolist() == [0.0] * 8
     True
     """
-    flat = torch.cat([(g == g[:, :1]).all(dim=1, keepdim=True).expand_as(g).reshape(-1) for g in grouped(rewards, k)])
+    flat = per_row(uniform_groups(rewards, k), k, rewards.numel())
     return _advantages(rewards, k, estimator, scale_rewards, batch_rewards).masked_fill(flat, 0.0)
+
+
+def per_row(values: torch.Tensor, k: Sizes, rows: int) -> torch.Tensor:
+    """(G,) one value per group, repeated for each of the ``rows`` rows of its group (``Sizes``).
+
+    >>> per_row(torch.tensor([True, False]), [1, 2], 3).tolist()
+    [True, False, False]
+    """
+    return values.repeat_interleave(torch.tensor(size_list(k, rows), device=values.device))
 
 
 def _advantages(rewards: torch.Tensor, k: Sizes, estimator: Estimator, scale_rewards: ScaleRewards,
