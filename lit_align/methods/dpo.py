@@ -11,15 +11,17 @@ plus an optional NLL term on the chosen response (``nll_weight`` times its per-t
 Implicit rewards beta * (log pi - log pi_ref) come back from the loss beside it (``losses.PreferenceResult``)
 and are logged as ``rewards/chosen`` etc.
 
-Chosen and rejected responses share their prompt, and with ``share_prompt`` each pair's
-prompt runs once, its keys and values serving both responses (``objectives.shared_prompt``; rows are
-cut where the labels start, ``collate.split_at_responses``): log-probs and gradients are those of
-running every row whole, at the cost of the prompt once instead of twice, in the policy's forward
-and backward and in the reference's forward. With ``share_prompt`` off, or where blocks are wrapped
-for activation checkpointing (which would replay a block into the prompt's cache), or under FSDP
-(whose every block forward is a collective, so the ranks must run as many forwards as one another),
-every row runs whole, and the log says why. Off by default: on the benchmark's pairs (short prompts)
-the extra, smaller forwards made the DPO step 2.0 x slower on the 2-core CPU (docs/benchmarks.md).
+Chosen and rejected responses share their prompt, and with ``share_prompt`` (on by default on CPU)
+each pair's prompt runs once for both responses: in the policy's forward and backward and in the
+reference's forward. Each pair runs as a prompt tree (``objectives.prompt_tree``: one row holding the
+prompt, then each response as a branch under a mask; trees regrouped by size as rows are). Where the model's attention takes no custom mask
+(flash-attention) the prompt's keys and values serve both responses instead
+(``objectives.shared_prompt``), unless blocks are wrapped for activation checkpointing (which would
+replay a block into the prompt's cache) or the model is FSDP-sharded (every block forward is a
+collective, so ranks must run as many forwards as one another); then every row runs whole, and the
+log says why. Log-probs and gradients are those of running every row whole (tests). On the 2-core
+CPU the trees made the benchmark's DPO step 0.75 x the whole-row path's (docs/benchmarks.md); on GPUs
+``share_prompt`` is off unless asked for (not measured there).
 
 The reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs for the
@@ -50,7 +52,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
 from lit_align.modeling import models
-from lit_align.objectives import logprobs, losses, ops, shared_prompt
+from lit_align.objectives import logprobs, losses, ops, prompt_tree, shared_prompt
 from lit_align.data.collate import PreferenceBatch, split_at_responses
 from lit_align.data.datamodule import DataView
 from lit_align.data.kinds import PreferenceKind
@@ -131,7 +133,7 @@ class DPO(PolicyModule):
         precompute_reference: bool = False,
         reference_cache_dir: str = "outputs/reference_logps",
         disable_dropout: bool = True,
-        share_prompt: bool = False,
+        share_prompt: bool | None = None,
         **kwargs,
     ):
         """
@@ -143,8 +145,8 @@ class DPO(PolicyModule):
             reference_cache_dir: folder of the cached reference log-probs.
             disable_dropout: switch the policy's dropout off (LoRA's included), so the policy/reference
                 log-ratio is not noisy.
-            share_prompt: run each pair's prompt once for both its responses (false, the default: every row
-                whole, regrouped by length; measured faster on CPU for short prompts).
+            share_prompt: run each pair's prompt once for both its responses; None (the default): on CPU only,
+                where it was measured; false: every row whole, regrouped by length.
         """
         super().__init__(*args, disable_dropout=disable_dropout, **kwargs)
         self.init_reference(reference)
@@ -167,9 +169,16 @@ class DPO(PolicyModule):
 
     def token_logps(self, model, batch: PreferenceBatch, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(2B, L) log-probs of each response's labelled tokens (0 elsewhere) and (2B, L) their mask; rows
-        as in the batch (chosen, then rejected). ``recompute``: checkpoint the shared path's completion rows
-        (the plain path recomputes through the model's own gradient checkpointing)."""
-        if not self._shares_prompts(model):
+        as in the batch (chosen, then rejected). ``recompute``: checkpoint the prompt cache's completion
+        rows (whole rows and prompt trees recompute through the model's own gradient checkpointing)."""
+        layout = self._prompt_layout(model, batch)
+        if layout == "tree":
+            pairs = [[i, batch.num_pairs + i] for i in range(batch.num_pairs)]
+            overhead = 1 << 62 if models.fsdp_sharded(model) else None  # one forward on every rank
+            logps = prompt_tree.prompt_tree_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels,
+                                                     pairs, group_overhead=overhead)
+            return logps, ops.loss_mask(batch.labels)
+        if layout == "rows":
             unpad = False if models.fsdp_sharded(model) else None  # one forward on every rank (see _why_prompts_cannot_be_shared)
             logps = logprobs.model_token_logprobs(model, batch.input_ids, batch.attention_mask, batch.labels,
                                                   unpad=unpad)[0]
@@ -182,15 +191,21 @@ class DPO(PolicyModule):
 
         return chosen_first(logps), chosen_first(rows.labelled)
 
-    def _shares_prompts(self, model) -> bool:
-        """Whether pairs run their prompt once; where they cannot, the reason is logged once."""
-        if not self.share_prompt:
-            return False
-        reason = _why_prompts_cannot_be_shared(model)
-        if reason and reason != self._said_why_rows_whole:
-            log.warning("DPO runs every row whole (share_prompt has no effect): %s", reason)
+    def _prompt_layout(self, model, batch: PreferenceBatch) -> Literal["tree", "cache", "rows"]:
+        """How pairs run: as prompt trees, through the prompt's cache, or every row whole; where the
+        prompt cannot be shared as asked, the reason is logged once."""
+        share = self.share_prompt if self.share_prompt is not None else batch.input_ids.device.type == "cpu"
+        if not share:
+            return "rows"
+        no_tree = prompt_tree.unsupported(model, batch.input_ids.size(1))
+        if not no_tree:
+            return "tree"
+        no_cache = _why_prompts_cannot_be_shared(model)
+        reason = f"no prompt trees: {no_tree}" + (f"; no prompt cache: {no_cache}" if no_cache else "")
+        if reason != self._said_why_rows_whole:
+            log.warning("DPO runs %s (%s)", "every row whole" if no_cache else "prompts through their cache", reason)
             self._said_why_rows_whole = reason
-        return not reason
+        return "rows" if no_cache else "cache"
 
     def sequence_logps(self, model, batch: PreferenceBatch) -> torch.Tensor:
         """(2B,) summed log-probs of each response; rows as in the batch (chosen, then rejected)."""

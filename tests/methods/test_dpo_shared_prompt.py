@@ -1,4 +1,5 @@
-"""DPO with each pair's prompt run once (``share_prompt``) trains exactly as with every row run whole."""
+"""DPO with each pair's prompt run once (``share_prompt``), as prompt trees or through the prompt's cache,
+trains exactly as with every row run whole."""
 
 import json
 import logging
@@ -19,7 +20,7 @@ from lit_align.data.preference import PreferenceExample
 from lit_align.data.sources import LocalFile
 from lit_align.methods.dpo import DPO, IPO, SigmoidDPO
 from lit_align.modeling.models import LoRA
-from lit_align.objectives import logprobs, shared_prompt
+from lit_align.objectives import logprobs, prompt_tree, shared_prompt
 
 from conftest import trainer
 
@@ -27,7 +28,19 @@ FIXTURE = str(Path(__file__).resolve().parents[1] / "fixtures" / "ultrafeedback_
 LORA = LoRA(r=4, alpha=8, dropout=0.0)
 
 
-def _module(share: bool, perturb: bool = True, **kwargs) -> DPO:
+@pytest.fixture
+def no_trees(monkeypatch):
+    """Prompt trees refused (as for an attention that takes no mask): DPO shares prompts through their cache."""
+    monkeypatch.setattr(prompt_tree, "unsupported", lambda model, longest: "a test refuses prompt trees")
+
+
+def _layout(share: bool, monkeypatch, layout: str) -> str:
+    if share and layout == "cache":
+        monkeypatch.setattr(prompt_tree, "unsupported", lambda model, longest: "a test refuses prompt trees")
+    return layout if share else "rows"
+
+
+def _module(share: bool | None, perturb: bool = True, **kwargs) -> DPO:
     """A DPO module whose trainable weights moved off the reference (the same draw for either setting)."""
     torch.manual_seed(0)
     module = DPO(model="tiny:causal-lm", share_prompt=share, **kwargs)
@@ -69,10 +82,11 @@ def _loss_and_grads(module: DPO, batch) -> tuple[torch.Tensor, list[torch.Tensor
     return loss.detach(), [p.grad.clone() for p in module.policy.parameters() if p.requires_grad]
 
 
+@pytest.mark.parametrize("layout", ["tree", "cache"])
 @pytest.mark.parametrize("loss", [SigmoidDPO(beta=0.1), IPO(beta=0.1)], ids=["sigmoid", "ipo_token_mean"])
 @pytest.mark.parametrize("setting", ["full-copy", "full-copy-checkpointed", "lora-adapter_off"])
 @pytest.mark.parametrize("which", ["fixture", "awkward"])
-def test_loss_and_gradients_equal_every_row_run_whole(loss, setting, which):
+def test_loss_and_gradients_equal_every_row_run_whole(loss, setting, which, layout, monkeypatch):
     kwargs = {"loss": loss, "nll_weight": 0.5}  # the NLL term reads the chosen rows' per-token log-probs
     if setting.startswith("lora"):
         kwargs |= {"lora": LORA, "reference": "adapter_off"}
@@ -81,8 +95,9 @@ def test_loss_and_gradients_equal_every_row_run_whole(loss, setting, which):
     for share in (False, True):
         module = _module(share, **kwargs)
         batch = _fixture_batch(module) if which == "fixture" else _awkward_batch()
+        expected = _layout(share, monkeypatch, layout)
         results[share] = _loss_and_grads(module, batch)
-        assert module._shares_prompts(module.policy) is share
+        assert module._prompt_layout(module.policy, batch) == expected
     (plain, plain_grads), (shared, shared_grads) = results[False], results[True]
     assert shared.item() == pytest.approx(plain.item(), abs=1e-5)
     assert plain.item() > 0.1, "weights moved off the reference: the loss reads every term"
@@ -136,7 +151,7 @@ def _forwards(module: DPO, batch) -> list[tuple[int, int, bool]]:
     return seen
 
 
-def test_each_pair_runs_its_prompt_once(monkeypatch):
+def test_each_pair_runs_its_prompt_once_through_its_cache(monkeypatch, no_trees):
     # no fixed cost per forward: rows are never padded, so every token forwarded is counted exactly
     monkeypatch.setattr(shared_prompt, "default_group_overhead", lambda device: 0)
     monkeypatch.setattr(logprobs, "default_group_overhead", lambda device: 0)
@@ -155,23 +170,49 @@ def test_each_pair_runs_its_prompt_once(monkeypatch):
     assert sum(s[0] * s[1] for s in whole) == int(batch.attention_mask.sum())  # every row whole, its prompt included
 
 
-def test_wrapped_blocks_fall_back_to_whole_rows_and_say_why(caplog):
+def test_each_pair_runs_its_prompt_once_as_a_tree(monkeypatch):
+    monkeypatch.setattr(prompt_tree, "default_group_overhead", lambda device: 10**9)  # every tree in one forward
+    module = _module(True)
+    batch = _fixture_batch(module, pairs=6)
+    seen = _forwards(module, batch)
+    trees = prompt_tree.Trees(batch.input_ids, batch.attention_mask, batch.labels, [[i, 6 + i] for i in range(6)])
+    assert seen == [(6, max(trees.sizes()), False)], "one forward, a pair a row, no prompt cache"
+    prompts = split_at_responses(batch).prompt_mask[::2].sum().item()  # a pair's prompt (rows 2i, 2i + 1 share it)
+    assert sum(trees.sizes()) == int(batch.attention_mask.sum()) - prompts
+
+
+def test_share_prompt_defaults_to_trees_on_cpu():
+    module = _module(None)
+    assert module._prompt_layout(module.policy, _fixture_batch(module)) == "tree"
+
+
+@pytest.mark.parametrize("trees", [True, False])
+def test_wrapped_blocks_run_trees_or_else_whole_rows_and_say_why(trees, caplog, monkeypatch):
+    """Blocks wrapped for activation checkpointing would replay a block into the prompt's cache; a prompt tree is
+    one plain forward, so it runs as usual; without trees, rows run whole."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
     results = {}
     for share in (False, True):
+        expected = _layout(share, monkeypatch, "tree" if trees else "cache")
         module = _module(share)
         apply_activation_checkpointing(module.policy, check_fn=lambda m: type(m).__name__.endswith("DecoderLayer"))
+        batch = _fixture_batch(module)
         with caplog.at_level(logging.WARNING, logger="lit_align.methods.dpo"):
-            results[share] = _loss_and_grads(module, _fixture_batch(module))
-    assert "runs every row whole" in caplog.text and "activation checkpointing" in caplog.text
-    assert not module._shares_prompts(module.policy)
+            results[share] = _loss_and_grads(module, batch)
+    assert module._prompt_layout(module.policy, batch) == ("tree" if trees else "rows")
+    said = "runs every row whole" in caplog.text and "activation checkpointing" in caplog.text
+    assert said is not trees and (expected == "tree") is trees
     assert results[True][0].item() == pytest.approx(results[False][0].item(), abs=1e-5)
+    for a, b in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["tree", "cache"])
 @pytest.mark.parametrize("reference", ["copy", "adapter_off", "precomputed"])
-def test_training_with_each_reference_matches_the_plain_path(reference, tmp_path):
+def test_training_with_each_reference_matches_the_plain_path(reference, layout, tmp_path, monkeypatch):
     def fit(share: bool) -> dict[str, torch.Tensor]:
+        expected = _layout(share, monkeypatch, layout)
         torch.manual_seed(0)
         kwargs = {"lora": LORA, "reference": "adapter_off"} if reference == "adapter_off" else {}
         module = DPO(model="tiny:causal-lm", share_prompt=share, precompute_reference=reference == "precomputed",
@@ -179,7 +220,7 @@ def test_training_with_each_reference_matches_the_plain_path(reference, tmp_path
                      optimizer=lambda p: torch.optim.SGD(p, lr=0.1), **kwargs)
         dm = connect(AlignDataModule(LocalFile(FIXTURE), batch_size=4, max_length=128), module)
         trainer(max_steps=3, limit_val_batches=0).fit(module, dm)
-        assert module._shares_prompts(module.policy) is share
+        assert module._prompt_layout(module.policy, next(iter(dm.train_dataloader()))) == expected
         return {k: v.clone() for k, v in module.policy.state_dict().items()}
 
     plain, shared = fit(False), fit(True)
@@ -215,14 +256,25 @@ def _fsdp_fit(folder: Path, share: bool) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # two processes, ~45 s: CI runs it with the slow tests
-def test_under_fsdp_rows_run_whole_and_the_log_says_why(tmp_path):
-    """FSDP gathers each block's weights in a collective at every forward: ranks whose prompts ran once would
-    run different numbers of forwards and wait on each other for ever. The run falls back, and trains alike."""
+def test_under_fsdp_prompt_trees_train_alike(tmp_path):
+    """FSDP gathers each block's weights in a collective at every forward, so ranks must run as many forwards as
+    one another: prompt trees run a batch as one forward on every rank, and train as whole rows do."""
     runs = {share: _fsdp_fit(tmp_path / f"share_{share}", share) for share in (False, True)}
     for run in runs.values():
         assert run.returncode == 0, run.stderr[-3000:]
-    assert "runs every row whole" in runs[True].stderr and "FSDP shards its blocks" in runs[True].stderr
-    assert "runs every row whole" not in runs[False].stderr
+        assert "runs every row whole" not in run.stderr and "through their cache" not in run.stderr
     plain, shared = (json.loads((tmp_path / f"share_{s}" / "losses.json").read_text()) for s in (False, True))
     assert len(plain) == 3 and len(set(plain)) > 1
     torch.testing.assert_close(torch.tensor(shared), torch.tensor(plain), atol=1e-6, rtol=1e-6)
+
+
+def test_under_fsdp_without_trees_rows_run_whole_and_the_log_says_why(monkeypatch, no_trees, caplog):
+    """Without trees the prompt cache would run a number of forwards that follows each rank's prompts: under FSDP
+    (whose block forwards are collectives) rows run whole instead."""
+    from lit_align.modeling import models
+
+    module = _module(True)
+    monkeypatch.setattr(models, "fsdp_sharded", lambda model: True)
+    with caplog.at_level(logging.WARNING, logger="lit_align.methods.dpo"):
+        assert module._prompt_layout(module.policy, _fixture_batch(module)) == "rows"
+    assert "runs every row whole" in caplog.text and "FSDP shards its blocks" in caplog.text

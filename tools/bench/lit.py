@@ -70,7 +70,8 @@ def _module(spec: Spec):
     if spec.method == "sft":
         return SFT(model=POLICY, **common)
     if spec.method == "dpo":
-        return DPO(model=POLICY, reference="copy", **common)
+        whole_rows = {"share_prompt": False} if _variant(spec).endswith("+whole_rows") else {}
+        return DPO(model=POLICY, reference="copy", **whole_rows, **common)
     if spec.method == "rm":
         return RewardModel(model=RM_BACKBONE, **common)
     if spec.method in ("rloo", "grpo"):

@@ -40,11 +40,12 @@ from .peak import describe
 from .report import aggregate, busy, machine, markdown, phase_markdown, with_phases, with_ratios
 
 # lit_align+every_group: online RL with skip_zero_advantage_groups off (every group's passes run, as at 37faeba
-# and in TRL), to show what skipping the groups whose rewards are all equal buys on the same workload
+# and in TRL), to show what skipping the groups whose rewards are all equal buys on the same workload;
+# lit_align+whole_rows: DPO with share_prompt off (every row whole, as before prompt trees)
 CONTENDERS = {
     "sft": ["lit_align", "lit_align+packing", "trl", "trl+padding_free", "bare", "bare+packing"],
     "rm": ["lit_align", "trl", "bare"],
-    "dpo": ["lit_align", "trl", "bare"],
+    "dpo": ["lit_align", "lit_align+whole_rows", "trl", "bare"],
     "rloo": ["lit_align", "lit_align+every_group", "trl", "bare"],
     "grpo": ["lit_align", "lit_align+every_group", "trl"],
     "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
