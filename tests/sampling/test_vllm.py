@@ -271,3 +271,12 @@ print("THREADS", json.dumps([before, after, changed]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     before, after, changed = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("THREADS"))[8:])
     assert before[0] == 2 and after == before and changed == 1
+
+
+@pytest.mark.slow  # the engine compiles its graphs first (about a minute on 2 cores)
+def test_a_compiled_engine_samples_from_the_current_policy_after_every_step(model_dir):
+    """The weights pushed in place reach a compiled engine too (``enforce_eager: false``, the benchmark's
+    ``lit_align+vllm_compiled``): its graphs read the same parameters, so the same 1e-3 check holds."""
+    gaps, syncs = _train(model_dir, VLLM(**ENGINE, enforce_eager=False), LoRA(r=4, alpha=8, dropout=0.0))
+    assert len(gaps) == 3 and syncs == 2
+    assert max(gaps) <= 1e-3, gaps

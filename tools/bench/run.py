@@ -50,8 +50,9 @@ CONTENDERS = {
     "grpo": ["lit_align", "lit_align+every_group", "trl"],
     "logprobs": ["chunked", "full"],  # output head only: chunked log-probs vs full-vocabulary logits
 }
-# --vllm: RLOO with each side's colocated vLLM engine (run from the vLLM environment, with TRL added)
-VLLM_CONTENDERS = {"rloo": ["lit_align+vllm", "trl+vllm"], "grpo": ["lit_align+vllm", "trl+vllm"]}
+# --vllm: RLOO with each side's colocated vLLM engine (run from the vLLM environment, with TRL added);
+# lit_align+vllm_compiled: the engine compiled (enforce_eager off, vLLM's own default), +vllm: eager
+VLLM_CONTENDERS = {"rloo": ["lit_align+vllm", "trl+vllm"], "grpo": ["lit_align+vllm", "lit_align+vllm_compiled", "trl+vllm"]}
 # --ablations: the bare loop with one optimisation switched off, to show what each buys (time ÷ bare)
 ABLATIONS = {
     "sft": ["bare+no_unpad"],
