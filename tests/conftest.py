@@ -52,6 +52,31 @@ def pinned_grpo(monkeypatch, tokenizer, records: list[dict], lora: bool, **setti
     return module, start, pinned
 
 
+def weighted_grads(model, value: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of the trainable parameters of ``value`` weighted 0.5 .. 1.5 along its elements (so every
+    element's gradient counts, each differently), summed."""
+    model.zero_grad()
+    (value * torch.linspace(0.5, 1.5, value.numel()).view_as(value)).sum().backward()
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def causal_lm_layouts(eager: bool = False):
+    """(name, tiny model) for the Llama and Qwen2 layouts, full and LoRA; with ``eager``, also a Llama whose
+    attention runs transformers' eager implementation (an additive mask, where SDPA takes a bool one)."""
+    from lit_align.modeling import models
+
+    tok = tiny.tiny_tokenizer()
+    lora = models.LoRA(r=2, alpha=4, dropout=0.0)
+    yield "llama-full", tiny.tiny_causal_lm(tok)
+    yield "llama-lora", models.apply_lora(tiny.tiny_causal_lm(tok), lora)
+    yield "qwen2-full", models.load_causal_lm("tiny:qwen2")
+    yield "qwen2-lora", models.apply_lora(models.load_causal_lm("tiny:qwen2"), lora)
+    if eager:
+        model = tiny.tiny_causal_lm(tok)
+        model.config._attn_implementation = "eager"
+        yield "llama-eager", model
+
+
 def largest_relative_difference(got: dict, expected: dict) -> float:
     """The largest absolute difference between two dicts of tensors (weight changes, say), over the
     expected side's largest magnitude (at least 1)."""

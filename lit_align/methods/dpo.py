@@ -14,14 +14,15 @@ and are logged as ``rewards/chosen`` etc.
 Chosen and rejected responses share their prompt, and with ``share_prompt`` (on by default on CPU)
 each pair's prompt runs once for both responses: in the policy's forward and backward and in the
 reference's forward. Each pair runs as a prompt tree (``objectives.prompt_tree``: one row holding the
-prompt, then each response as a branch under a mask; trees regrouped by size as rows are). Where the model's attention takes no custom mask
-(flash-attention) the prompt's keys and values serve both responses instead
-(``objectives.shared_prompt``), unless blocks are wrapped for activation checkpointing (which would
-replay a block into the prompt's cache) or the model is FSDP-sharded (every block forward is a
-collective, so ranks must run as many forwards as one another); then every row runs whole, and the
-log says why. Log-probs and gradients are those of running every row whole (tests). On the 2-core
-CPU the trees made the benchmark's DPO step 0.75 x the whole-row path's (docs/benchmarks.md); on GPUs
-``share_prompt`` is off unless asked for (not measured there).
+prompt, then each response as a branch under a mask; trees regrouped by size as rows are). Where the
+model's attention takes no custom mask (flash-attention) the prompt's keys and values serve both
+responses instead (``objectives.shared_prompt``), unless blocks are wrapped for activation
+checkpointing (which would replay a block into the prompt's cache) or the model is FSDP-sharded
+(every block forward is a collective, so ranks must run as many forwards as one another); then every
+row runs whole, and the log says why. Log-probs and gradients are those of running every row whole
+(tests). On the 2-core CPU the trees made the benchmark's DPO step 0.68 x the whole-row path's
+(paired median of 12 steps, docs/benchmarks.md); on GPUs ``share_prompt`` is off unless asked for
+(not measured there).
 
 The reference is chosen in config: ``adapter_off`` (the policy with its LoRA adapter disabled) or
 ``copy`` (a frozen copy of the starting model); with ``precompute_reference`` its log-probs for the

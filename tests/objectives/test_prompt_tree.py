@@ -1,4 +1,4 @@
-"""Prompt trees (each shared prompt once, responses as masked branches of packed rows) give the whole-row
+"""Prompt trees (each shared prompt once, its responses as masked branches of one row) give the whole-row
 path's log-probs and gradients, and forward each prompt once."""
 
 import pytest
@@ -8,7 +8,7 @@ from lit_align.data.formats import IGNORE_INDEX
 from lit_align.modeling import models, tiny
 from lit_align.objectives import logprobs, prompt_tree
 
-from conftest import largest_relative_difference
+from conftest import causal_lm_layouts, largest_relative_difference, weighted_grads
 
 
 def _rows(vocab: int, seed: int = 0):
@@ -45,25 +45,8 @@ def _whole(model, ids, mask, labels):
     return logprobs.model_token_logprobs(model, ids, mask, labels, unpad=False)[0]
 
 
-def _grads(model, value: torch.Tensor) -> list[torch.Tensor]:
-    model.zero_grad()
-    (value * torch.linspace(0.5, 1.5, value.numel()).view_as(value)).sum().backward()
-    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-
-def _models():
-    tok = tiny.tiny_tokenizer()
-    yield "llama-full", tiny.tiny_causal_lm(tok)
-    yield "llama-lora", models.apply_lora(tiny.tiny_causal_lm(tok), models.LoRA(r=2, alpha=4, dropout=0.0))
-    yield "qwen2-full", models.load_causal_lm("tiny:qwen2")
-    yield "qwen2-lora", models.apply_lora(models.load_causal_lm("tiny:qwen2"), models.LoRA(r=2, alpha=4, dropout=0.0))
-    eager = tiny.tiny_causal_lm(tok)
-    eager.config._attn_implementation = "eager"
-    yield "llama-eager", eager
-
-
 @pytest.mark.parametrize("overhead", [0, 16, 10**9], ids=["forward-per-size", "regrouped", "one-forward"])
-@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("name,model", list(causal_lm_layouts(eager=True)), ids=lambda x: x if isinstance(x, str) else "")
 def test_log_probs_and_gradients_equal_every_row_run_whole(name, model, overhead):
     torch.manual_seed(0)
     model.train()
@@ -74,7 +57,7 @@ def test_log_probs_and_gradients_equal_every_row_run_whole(name, model, overhead
     torch.testing.assert_close(tree, whole, atol=1e-5, rtol=1e-5)
     labelled = labels[:, 1:] != IGNORE_INDEX  # every row starts with a prompt token, so nothing is lost there
     assert (tree[~labelled] == 0).all() and (tree[labelled] != 0).all()
-    expected, got = _grads(model, whole), _grads(model, tree)
+    expected, got = weighted_grads(model, whole), weighted_grads(model, tree)
     assert largest_relative_difference(dict(enumerate(got)), dict(enumerate(expected))) < 1e-5
 
 

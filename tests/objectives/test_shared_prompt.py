@@ -7,6 +7,8 @@ from lit_align.modeling import models, tiny
 from lit_align.objectives import logprobs, shared_prompt
 from lit_align.sampling.generate import Samples
 
+from conftest import causal_lm_layouts, weighted_grads
+
 
 def _samples(vocab: int, k: int = 3, seed: int = 0) -> Samples:
     """Two groups of k completions of ragged lengths after left-padded prompts of different lengths, plus
@@ -27,22 +29,8 @@ def _samples(vocab: int, k: int = 3, seed: int = 0) -> Samples:
     return Samples(prompt_ids, prompt_mask, completion_ids, completion_mask, [""] * len(rows), temperature=0.7)
 
 
-def _grads(model, value: torch.Tensor) -> list[torch.Tensor]:
-    model.zero_grad()
-    (value * torch.linspace(0.5, 1.5, value.numel()).view_as(value)).sum().backward()
-    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-
-def _models():
-    tok = tiny.tiny_tokenizer()
-    yield "llama-full", tiny.tiny_causal_lm(tok)
-    yield "llama-lora", models.apply_lora(tiny.tiny_causal_lm(tok), models.LoRA(r=2, alpha=4, dropout=0.0))
-    yield "qwen2-full", models.load_causal_lm("tiny:qwen2")
-    yield "qwen2-lora", models.apply_lora(models.load_causal_lm("tiny:qwen2"), models.LoRA(r=2, alpha=4, dropout=0.0))
-
-
 @pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("name,model", list(_models()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize("name,model", list(causal_lm_layouts()), ids=lambda x: x if isinstance(x, str) else "")
 def test_log_probs_entropies_and_gradients_equal_the_plain_path(name, model, recompute):
     torch.manual_seed(0)
     model.train()
@@ -53,7 +41,7 @@ def test_log_probs_entropies_and_gradients_equal_the_plain_path(name, model, rec
     assert shared.shape == plain.shape
     assert torch.allclose(shared, plain, atol=1e-5) and torch.allclose(shared_entropy, plain_entropy, atol=1e-5)
     assert (shared[samples.completion_mask == 0] == 0).all() and (shared[samples.completion_mask == 1] != 0).all()
-    expected, got = _grads(model, plain), _grads(model, shared)
+    expected, got = weighted_grads(model, plain), weighted_grads(model, shared)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, got))
 
 
@@ -102,8 +90,8 @@ def test_layer_by_layer_recompute_over_the_prompt_cache_gives_the_plain_gradient
                         or run(*a, **k))
     samples = _samples(model.config.vocab_size)
     plain, _ = logprobs.completion_logprobs(model, samples)
-    expected = _grads(model, plain)
+    expected = weighted_grads(model, plain)
     shared, _ = shared_prompt.shared_prompt_logprobs(model, samples, recompute=True)
     assert ways and all(ways)
     assert torch.allclose(shared, plain, atol=1e-5)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, _grads(model, shared)))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(expected, weighted_grads(model, shared)))
