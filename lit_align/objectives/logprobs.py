@@ -88,7 +88,7 @@ def unpad_by_default(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _attended_spans(attention_mask: torch.Tensor) -> tuple[list[int], list[int]]:
+def attended_spans(attention_mask: torch.Tensor) -> tuple[list[int], list[int]]:
     """Per row, the first attended position and one past the last (0, 0 for an empty row)."""
     mask = attention_mask.bool()
     width = mask.size(1)
@@ -163,7 +163,7 @@ def model_token_logprobs(
         unpad = unpad_by_default(input_ids.device)
     with cast_weights_once(input_ids.device):
         if unpad and attention_mask is not None and batch > 0:
-            starts, ends = _attended_spans(attention_mask)
+            starts, ends = attended_spans(attention_mask)
             lengths = [e - s for s, e in zip(starts, ends)]
             groups = regroup_plan(lengths, width, input_ids.device, group_overhead)
             if groups is not None:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.objectives.logprobs import (cast_weights_once, chunked_head_logprobs, default_group_overhead,
-                                          plan_row_groups)
+from lit_align.objectives.logprobs import (attended_spans, cast_weights_once, chunked_head_logprobs,
+                                          default_group_overhead, plan_row_groups)
 
 MASKABLE_ATTENTION = ("sdpa", "eager")
 
@@ -103,13 +103,10 @@ class Trees:
         if sorted(r for g in groups for r in g) != list(range(rows)):
             raise ValueError(f"prompt tree groups {groups} must hold each of the {rows} rows exactly once")
         self.input_ids, self.width = input_ids, width
-        mask = attention_mask.bool()
         columns = torch.arange(width, device=input_ids.device)
-        any_ = mask.any(1)
-        self.starts = torch.where(any_, mask.int().argmax(1), 0).tolist()
-        self.ends = torch.where(any_, width - mask.flip(1).int().argmax(1), 0).tolist()
+        self.starts, self.ends = attended_spans(attention_mask)
         start_at = torch.tensor(self.starts, device=input_ids.device)[:, None]
-        self.labelled = (labels != IGNORE_INDEX) & mask & (columns[None] > start_at)
+        self.labelled = (labels != IGNORE_INDEX) & attention_mask.bool() & (columns[None] > start_at)
         firsts = torch.where(self.labelled.any(1), self.labelled.int().argmax(1), width).tolist()
         self.trees = []  # per group: (row holding the prompt, its columns (from, to), [(row, first branch column)])
         for g in groups:
