@@ -228,29 +228,39 @@ def chunked_head_logprobs(head, hidden: torch.Tensor, targets: torch.Tensor, chu
     return picked, entropy
 
 
+def picked_logprobs(model, input_ids, attention_mask, position_ids, sources: torch.Tensor, targets: torch.Tensor,
+                    chunk_size: int, with_entropy: bool = False, temperature: float = 1.0, entropy_grad: bool = True):
+    """One scoring or training forward of ``model`` (no KV cache; the head runs only here): the log-probs (and
+    entropies) of ``targets`` (M,) read from the last hidden states at the row-major flat positions ``sources``
+    (M,), in chunks as ``chunked_head_logprobs``; with the flat (rows x width, d) hidden states, for callers
+    that must keep the graph where M is 0."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=1, output_hidden_states=True, use_cache=False)
+    hidden = out.hidden_states[-1]
+    flat = hidden.reshape(-1, hidden.size(-1))
+    checkpointed = torch.is_grad_enabled() and targets.numel() > chunk_size
+    picked, entropy = chunked_head_logprobs(model.get_output_embeddings(), flat.index_select(0, sources), targets,
+                                            chunk_size, checkpointed, with_entropy, temperature, entropy_grad)
+    return picked, entropy, flat
+
+
 def _dense_logprobs(model, input_ids, attention_mask, labels, position_ids, chunk_size, with_entropy, temperature=1.0,
                     entropy_grad=True):
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        logits_to_keep=1, output_hidden_states=True, use_cache=False,  # no KV cache in a scoring or training forward
-    )
-    hidden = out.hidden_states[-1][:, :-1]
     targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    where = mask.reshape(-1).nonzero().squeeze(-1)
-    picked_hidden = hidden.reshape(-1, hidden.size(-1)).index_select(0, where)
-    picked_targets = targets.reshape(-1).index_select(0, where)
-    checkpointed = torch.is_grad_enabled() and picked_targets.numel() > chunk_size
-    picked, entropy = chunked_head_logprobs(model.get_output_embeddings(), picked_hidden, picked_targets, chunk_size,
-                                            checkpointed, with_entropy, temperature, entropy_grad)
+    where = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(-1)
+    # label (r, c) of the (rows, width - 1) targets is read from position c of row r: flat r * width + c
+    sources = where + where // max(targets.size(1), 1)
+    picked, entropy, flat = picked_logprobs(model, input_ids, attention_mask, position_ids, sources,
+                                            targets.reshape(-1).index_select(0, where), chunk_size, with_entropy,
+                                            temperature, entropy_grad)
 
     def scatter(values: list) -> torch.Tensor:
-        flat = torch.zeros(targets.numel(), dtype=torch.float32, device=hidden.device)
+        out = torch.zeros(targets.numel(), dtype=torch.float32, device=flat.device)
         if values:
-            flat = flat.index_put((where,), torch.cat(values).float())
-        elif hidden.requires_grad:  # no label at all: still a (zero) function of the model, so backward runs
-            flat = flat + hidden.sum() * 0
-        return flat.view_as(targets)
+            out = out.index_put((where,), torch.cat(values).float())
+        elif flat.requires_grad:  # no label at all: still a (zero) function of the model, so backward runs
+            out = out + flat.sum() * 0
+        return out.view_as(targets)
 
     return scatter(picked), (scatter(entropy) if with_entropy else None)
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from lit_align.data.formats import IGNORE_INDEX
-from lit_align.objectives.logprobs import (attended_spans, cast_weights_once, chunked_head_logprobs,
-                                          default_group_overhead, plan_row_groups)
+from lit_align.objectives.logprobs import (attended_spans, cast_weights_once, default_group_overhead,
+                                          picked_logprobs, plan_row_groups)
 
 MASKABLE_ATTENTION = ("sdpa", "eager")
 
@@ -181,16 +181,10 @@ def prompt_tree_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.T
             if max(sizes[t] for t in which) == 0:
                 continue
             layout = trees.layout(which)
-            result = model(input_ids=layout.input_ids, attention_mask=attention_mask_for(model, layout.allowed),
-                           position_ids=layout.position_ids, logits_to_keep=1, output_hidden_states=True,
-                           use_cache=False)
-            hidden = result.hidden_states[-1]
-            flat = hidden.reshape(-1, hidden.size(-1))
-            if layout.targets.numel() == 0:  # no label here: still a (zero) function of the model, so backward runs
+            picked, _, flat = picked_logprobs(model, layout.input_ids, attention_mask_for(model, layout.allowed),
+                                              layout.position_ids, layout.sources, layout.targets, chunk_size)
+            if not picked:  # no label here: still a (zero) function of the model, so backward runs
                 out = out + flat.sum() * 0 if flat.requires_grad else out
                 continue
-            checkpointed = torch.is_grad_enabled() and layout.targets.numel() > chunk_size
-            picked, _ = chunked_head_logprobs(model.get_output_embeddings(), flat.index_select(0, layout.sources),
-                                              layout.targets, chunk_size, checkpointed, False)
             out = out.index_put((layout.out_rows, layout.out_cols), torch.cat(picked).float())
     return out
